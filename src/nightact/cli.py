@@ -19,7 +19,8 @@ def _size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 240x320, got {text!r}")
+        message = f"expected HEIGHTxWIDTH such as 240x320, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
     if height <= 0 or width <= 0:
         raise argparse.ArgumentTypeError(f"height and width must be positive, got {text!r}")
     return height, width

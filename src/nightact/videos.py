@@ -57,8 +57,8 @@ class Clip:
     width: int  # coded width of the source
     height: int  # coded height of the source
     rotation: int  # degrees counter-clockwise applied to make the picture upright
-    indices: list[int] = field(default_factory=list)  # frame indices used, with repeats if short
-    short: bool = False  # fewer decodable frames than N
+    indices: list[int] = field(default_factory=list)  # frame indices used, in order
+    short: bool = False  # fewer decodable frames than N: the last one is repeated
 
 
 def sample_indices(total: int, count: int) -> list[int]:
@@ -142,7 +142,7 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except av.FFmpegError as error:
-        raise VideoError(path, f"not a readable video ({error})") from error
+        raise VideoError(path, f"not a readable video ({error.strerror or error})") from error
     if not container.streams.video:
         container.close()
         raise VideoError(path, "no video stream")
@@ -197,7 +197,9 @@ def read_clip(
         raise VideoError(path, "no video frames in the file")
 
     wanted = sample_indices(total, frames)
-    kept, decoded, rotation = _decode_indices(path, set(wanted), height, width, pixel_aspect)
+    # A clip with no more frames than we need is kept whole: every frame is used anyway.
+    keep = set(range(total)) if total <= frames else set(wanted)
+    kept, decoded, rotation = _decode_indices(path, keep, height, width, pixel_aspect)
     if decoded == 0:
         raise VideoError(path, "no frame could be decoded (corrupt or unsupported stream)")
     if decoded != total:
@@ -210,10 +212,18 @@ def read_clip(
                 path, set(wanted), height, width, pixel_aspect
             )
     short = decoded < frames
-    if short and not allow_short:
-        raise VideoError(
-            path, f"only {decoded} decodable frames, fewer than the {frames} requested"
-        )
+    if short:
+        if not allow_short:
+            raise VideoError(
+                path, f"only {decoded} decodable frames, fewer than the {frames} requested"
+            )
+        # Every decodable frame once, then the last one repeated: the clip keeps its real
+        # frame-to-frame motion and freezes at the end, rather than stuttering throughout.
+        wanted = list(range(decoded)) + [decoded - 1] * (frames - decoded)
+        if not set(wanted) <= kept.keys():
+            kept, decoded, rotation = _decode_indices(
+                path, set(wanted), height, width, pixel_aspect
+            )
     clip_frames = np.stack([kept[index] for index in wanted])
     return Clip(
         frames=clip_frames,

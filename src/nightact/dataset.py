@@ -1,0 +1,695 @@
+"""The prepared clip store: index class folders, split them, stream clips to disk, open splits.
+
+A store is a folder written by :func:`prepare` (``nightact prepare SRC STORE``)::
+
+    STORE/
+      store.json          written last: the config, class names, split sizes, source fingerprint.
+                          A store without it is unfinished and is never opened.
+      classes.json        {"class_names": [...]}: label i is class_names[i], folders sorted by name.
+      manifest.csv        one row per file found under SRC/<class>/ (see MANIFEST_COLUMNS).
+      train.npy           uint8 (n, frames, height, width, 3), RGB, one row per clip; also val.npy,
+      train_labels.npy    test.npy and their int64 labels. Open with np.load(mmap_mode="r").
+      prepare_config.json the PrepareConfig, as JSON.
+
+While preparing, the arrays live in ``STORE/.partial/`` and are written row by row by worker
+processes through memory maps, so memory stays flat whatever the number of videos. A row counts as
+done only once its line is in ``.partial/journal.jsonl``, appended after the row was flushed; an
+interrupted run therefore resumes from the journal and never trusts a half-written row. At the end
+the arrays are compacted (rows of skipped files removed) and moved into place with atomic renames.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from nightact.videos import VideoError, read_clip
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+SPLIT_NAMES = ("train", "val", "test")
+SHORT_CLIP_POLICIES = ("repeat-last", "skip")
+
+MANIFEST_COLUMNS = (
+    "path",  # relative to SRC
+    "class",
+    "label",
+    "split",
+    "row",  # row in STORE/<split>.npy; empty when the clip is not stored
+    "decoded_frames",  # frames that really decode
+    "header_frames",  # what the container header claims
+    "fps",
+    "width",
+    "height",
+    "rotation",  # degrees counter-clockwise applied to make the picture upright
+    "indices",  # frame indices used, space-separated
+    "file_size",
+    "sha256",
+    "status",  # ok, short (stored, last frame repeated), skipped, failed, ignored
+    "error",  # why a file was skipped, failed or ignored; a note for short clips
+)
+STORED_STATUSES = ("ok", "short")
+
+_PARTIAL = ".partial"
+_JOURNAL = "journal.jsonl"
+_PLAN = "plan.json"
+
+
+@dataclass
+class PrepareConfig:
+    """Everything that decides what a prepared store contains."""
+
+    src: str
+    out: str
+    frames: int = 10
+    height: int = 240
+    width: int = 320
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 31
+    workers: int | None = None
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    short_clips: str = "repeat-last"
+
+    def __post_init__(self) -> None:
+        self.src = str(self.src)
+        self.out = str(self.out)
+        self.split = tuple(float(fraction) for fraction in self.split)
+        self.extensions = tuple(
+            ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in self.extensions
+        )
+        if self.frames <= 0:
+            raise ValueError(f"frames must be positive, got {self.frames}")
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"height and width must be positive, got {self.height}x{self.width}")
+        if len(self.split) != 3 or any(fraction < 0 for fraction in self.split):
+            raise ValueError(f"split must be three non-negative fractions, got {self.split}")
+        if abs(sum(self.split) - 1.0) > 1e-6 or self.split[0] <= 0:
+            raise ValueError(
+                f"split fractions must sum to 1 with a non-zero train part, got {self.split}"
+            )
+        if self.short_clips not in SHORT_CLIP_POLICIES:
+            raise ValueError(
+                f"short_clips must be one of {SHORT_CLIP_POLICIES}, got {self.short_clips!r}"
+            )
+        if not self.extensions:
+            raise ValueError("extensions must name at least one file extension")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
+    def content_settings(self) -> dict:
+        """The settings that decide the store's content (not where it is or how fast)."""
+        return {
+            "frames": self.frames,
+            "height": self.height,
+            "width": self.width,
+            "split": list(self.split),
+            "seed": self.seed,
+            "extensions": list(self.extensions),
+            "short_clips": self.short_clips,
+        }
+
+
+@dataclass
+class Entry:
+    """One file found under SRC/<class>/."""
+
+    path: str  # relative to SRC, with forward slashes
+    class_name: str
+    label: int
+    file_size: int
+
+
+@dataclass
+class Split:
+    """One split of a prepared store, memory-mapped: nothing is read until it is indexed."""
+
+    name: str
+    frames: np.ndarray  # read-only memmap, uint8 (n, frames, height, width, 3)
+    labels: np.ndarray  # int64 (n,)
+    class_names: list[str]
+    paths: list[str]  # source file of each row, relative to SRC
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PrepareSummary:
+    """What a prepare run did; ``table()`` renders it for people."""
+
+    store: str
+    class_names: list[str]
+    counts: dict[str, dict[str, int]]  # class -> split -> stored clips
+    problems: list[dict]  # manifest rows with status short, skipped, failed or ignored
+    prepared: int  # clips stored in all splits
+    processed_now: int = 0  # clips decoded by this run (0 when everything was already done)
+    seconds: float = 0.0
+    already_done: bool = False
+
+    def table(self) -> str:
+        name_width = max([len("class"), *(len(name) for name in self.class_names)])
+        lines = [
+            f"{'class':<{name_width}}  " + "  ".join(f"{s:>6}" for s in SPLIT_NAMES) + "   total"
+        ]
+        totals = Counter()
+        for name in self.class_names:
+            row = self.counts.get(name, {})
+            totals.update(row)
+            cells = "  ".join(f"{row.get(s, 0):>6}" for s in SPLIT_NAMES)
+            lines.append(f"{name:<{name_width}}  {cells}  {sum(row.values()):>6}")
+        cells = "  ".join(f"{totals.get(s, 0):>6}" for s in SPLIT_NAMES)
+        lines.append(f"{'total':<{name_width}}  {cells}  {sum(totals.values()):>6}")
+        if self.problems:
+            lines.append("")
+            lines.append(f"{len(self.problems)} file(s) not stored as is:")
+            for row in self.problems:
+                lines.append(f"  [{row['status']}] {row['path']}: {row['error']}")
+        lines.append("")
+        if self.already_done:
+            lines.append(f"store {self.store} was already complete; nothing to do")
+        else:
+            rate = self.processed_now / self.seconds if self.seconds > 0 else 0.0
+            lines.append(
+                f"stored {self.prepared} clips in {self.store} "
+                f"({self.processed_now} decoded now in {self.seconds:.1f} s, {rate:.1f} clips/s)"
+            )
+        return "\n".join(lines)
+
+
+# --- indexing and splitting ----------------------------------------------------------------------
+
+
+def index_videos(
+    src: str | os.PathLike, extensions: Iterable[str] = DEFAULT_EXTENSIONS
+) -> tuple[list[str], list[Entry], list[dict]]:
+    """Find SRC/<class>/**/<video>; labels are the sorted class folder names.
+
+    Returns the class names, the video entries sorted by path, and the files and folders that
+    were passed over (manifest-shaped rows with status "ignored" and the reason).
+    """
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such folder")
+    if not src.is_dir():
+        raise NotADirectoryError(f"{src}: not a folder")
+    extensions = {ext.lower() for ext in extensions}
+    ignored: list[dict] = []
+    videos_by_class: dict[str, list[Path]] = {}
+    for child in sorted(src.iterdir()):
+        if child.name.startswith("."):
+            continue
+        relative = child.relative_to(src).as_posix()
+        if child.is_file():
+            ignored.append(_ignored_row(relative, "file outside any class folder"))
+            continue
+        files = sorted(
+            path
+            for path in child.rglob("*")
+            if path.is_file() and not any(part.startswith(".") for part in path.parts[-1:])
+        )
+        videos = [path for path in files if path.suffix.lower() in extensions]
+        for path in files:
+            if path.suffix.lower() not in extensions:
+                ignored.append(
+                    _ignored_row(
+                        path.relative_to(src).as_posix(),
+                        f"extension {path.suffix or '(none)'} is not one of --extensions",
+                    )
+                )
+        if videos:
+            videos_by_class[child.name] = videos
+        else:
+            ignored.append(_ignored_row(relative + "/", "class folder without any video"))
+    class_names = sorted(videos_by_class)
+    entries = [
+        Entry(
+            path=path.relative_to(src).as_posix(),
+            class_name=name,
+            label=label,
+            file_size=path.stat().st_size,
+        )
+        for label, name in enumerate(class_names)
+        for path in videos_by_class[name]
+    ]
+    return class_names, entries, ignored
+
+
+def _ignored_row(path: str, reason: str) -> dict:
+    row = dict.fromkeys(MANIFEST_COLUMNS, "")
+    row.update(path=path, status="ignored", error=reason)
+    return row
+
+
+def split_counts(total: int, fractions: tuple[float, ...]) -> list[int]:
+    """Whole counts per split that sum to ``total``, by largest remainder.
+
+    Every split with a non-zero fraction gets at least one item when there are enough items, so a
+    small class still appears in validation and test.
+    """
+    exact = [total * fraction for fraction in fractions]
+    counts = [int(value) for value in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    wanted = [i for i, fraction in enumerate(fractions) if fraction > 0]
+    if total >= len(wanted):
+        for i in wanted:
+            if counts[i] == 0:
+                donor = max(range(len(counts)), key=lambda j: counts[j])
+                counts[donor] -= 1
+                counts[i] += 1
+    return counts
+
+
+def assign_splits(
+    entries: list[Entry], fractions: tuple[float, ...], seed: int
+) -> dict[str, list[Entry]]:
+    """Stratified split: each class is shuffled with its own seeded generator and cut by counts.
+
+    The result depends only on the seed and each class's own files, so adding a class does not
+    reshuffle the others. Rows within a split are ordered by path for readability; training
+    shuffles anyway.
+    """
+    by_class: dict[int, list[Entry]] = {}
+    for entry in entries:
+        by_class.setdefault(entry.label, []).append(entry)
+    splits: dict[str, list[Entry]] = {name: [] for name in SPLIT_NAMES}
+    for label, members in sorted(by_class.items()):
+        members = sorted(members, key=lambda entry: entry.path)
+        order = np.random.default_rng([seed, label]).permutation(len(members))
+        start = 0
+        for name, count in zip(SPLIT_NAMES, split_counts(len(members), fractions), strict=True):
+            splits[name].extend(members[i] for i in order[start : start + count])
+            start += count
+    for name in SPLIT_NAMES:
+        splits[name].sort(key=lambda entry: entry.path)
+    return splits
+
+
+def _fingerprint(entries: list[Entry]) -> str:
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(f"{entry.path}\0{entry.file_size}\n".encode())
+    return digest.hexdigest()
+
+
+# --- preparing -----------------------------------------------------------------------------------
+
+
+def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
+    """Prepare (or resume, or confirm) the clip store ``config.out`` from ``config.src``."""
+    started = time.perf_counter()
+    out = Path(config.out)
+    class_names, entries, ignored = index_videos(config.src, config.extensions)
+    if not entries:
+        raise ValueError(
+            f"{config.src}: no videos found; expected SRC/<class name>/*"
+            f"{{{','.join(config.extensions)}}}"
+        )
+    for row in ignored:
+        log.warning("ignored %s: %s", row["path"], row["error"])
+    fingerprint = _fingerprint(entries)
+    settings = config.content_settings()
+
+    if overwrite:
+        _remove_store(out)
+    store_file = out / "store.json"
+    if store_file.exists():
+        info = json.loads(store_file.read_text())
+        if info["settings"] == settings and info["fingerprint"] == fingerprint:
+            return _summary_from_manifest(out, class_names, already_done=True)
+        raise ValueError(
+            f"{out} already holds a store prepared from other settings or other files; "
+            "use --overwrite to replace it, or another folder"
+        )
+
+    splits = assign_splits(entries, config.split, config.seed)
+    tasks = [
+        (entry, name, row) for name in SPLIT_NAMES for row, entry in enumerate(splits[name])
+    ]
+    partial = out / _PARTIAL
+    plan = {"settings": settings, "fingerprint": fingerprint, "class_names": class_names}
+    plan_file = partial / _PLAN
+    if plan_file.exists():
+        if json.loads(plan_file.read_text()) != plan:
+            raise ValueError(
+                f"{out} holds an unfinished store started from other settings or other files; "
+                "use --overwrite to start again, or another folder"
+            )
+        log.info("resuming the unfinished store in %s", out)
+    else:
+        partial.mkdir(parents=True, exist_ok=True)
+        for name in SPLIT_NAMES:
+            shape = (len(splits[name]), config.frames, config.height, config.width, 3)
+            open_memmap(partial / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape).flush()
+        # The plan is written after the arrays exist, so a plan on disk means they are usable.
+        _write_atomic(plan_file, json.dumps(plan, indent=2))
+
+    journal_path = partial / _JOURNAL
+    done = _read_journal(journal_path, Path(config.src))
+    todo = [task for task in tasks if task[0].path not in done]
+    processed_now = _process(config, todo, journal_path, done)
+    summary = _finalize(config, out, class_names, tasks, done, ignored, fingerprint)
+    summary.processed_now = processed_now
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) -> int:
+    """Decode the clips still to do, in worker processes, journaling each finished one."""
+    if not todo:
+        return 0
+    workers = min(config.workers or os.cpu_count() or 1, len(todo))
+    jobs = [
+        (
+            config.src,
+            str(journal_path.parent),
+            entry.path,
+            split,
+            row,
+            config.frames,
+            config.height,
+            config.width,
+            config.short_clips,
+        )
+        for entry, split, row in todo
+    ]
+    progress = tqdm(total=len(jobs), unit="clip", desc="prepare", dynamic_ncols=True)
+    with open(journal_path, "a", encoding="utf-8") as journal:
+
+        def record(result: dict) -> None:
+            journal.write(json.dumps(result) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+            done[result["path"]] = result
+            if result["status"] not in STORED_STATUSES:
+                log.warning("%s %s: %s", result["status"], result["path"], result["error"])
+            progress.update(1)
+
+        try:
+            if workers == 1:
+                for job in jobs:
+                    record(_prepare_one(job))
+            else:
+                # Spawned workers start clean: safe even when the caller has a deep-learning
+                # backend with its own threads loaded, and the same on Linux, macOS and Windows.
+                context = multiprocessing.get_context("spawn")
+                with context.Pool(workers) as pool:
+                    for result in pool.imap_unordered(_prepare_one, jobs):
+                        record(result)
+        finally:
+            progress.close()
+    return len(jobs)
+
+
+_open_arrays: dict[str, np.memmap] = {}
+
+
+def _prepare_one(job: tuple) -> dict:
+    """Worker: decode one video into its row; return its manifest fields. Never raises."""
+    src, partial, path, split, row, frames, height, width, short_clips = job
+    source = Path(src) / path
+    result = {"path": path, "split": split, "row": row, "status": "failed", "error": ""}
+    try:
+        stat = source.stat()
+        result.update(file_size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        clip = read_clip(source, frames=frames, height=height, width=width)
+        result.update(
+            decoded_frames=clip.decoded_frames,
+            header_frames=clip.header_frames,
+            fps=round(clip.fps, 3),
+            width=clip.width,
+            height=clip.height,
+            rotation=clip.rotation,
+            indices=" ".join(str(index) for index in clip.indices),
+            sha256=_sha256(source),
+        )
+        if clip.short and short_clips == "skip":
+            result.update(
+                status="skipped",
+                error=f"only {clip.decoded_frames} decodable frames, fewer than {frames} "
+                "(--short-clips skip)",
+            )
+            return result
+        array_path = str(Path(partial) / f"{split}.npy")
+        if array_path not in _open_arrays:
+            _open_arrays[array_path] = np.load(array_path, mmap_mode="r+")
+        array = _open_arrays[array_path]
+        array[row] = clip.frames
+        array.flush()
+        if clip.short:
+            result.update(
+                status="short",
+                error=f"only {clip.decoded_frames} decodable frames; the last one is repeated",
+            )
+        else:
+            result["status"] = "ok"
+    except VideoError as error:
+        result["error"] = error.reason
+    except Exception as error:  # noqa: BLE001 - one bad file must not stop the whole run.
+        result["error"] = f"unexpected {type(error).__name__}: {error}"
+    return result
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _read_journal(journal_path: Path, src: Path) -> dict[str, dict]:
+    """Finished clips from an earlier run, dropping any whose source file changed since."""
+    done: dict[str, dict] = {}
+    if not journal_path.exists():
+        return done
+    for line in journal_path.read_text(encoding="utf-8").splitlines():
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            # The last line of a run killed mid-write; that clip is simply done again.
+            continue
+        try:
+            stat = (src / result["path"]).stat()
+        except OSError:
+            continue
+        if (stat.st_size, stat.st_mtime_ns) == (result.get("file_size"), result.get("mtime_ns")):
+            done[result["path"]] = result
+    return done
+
+
+def _finalize(
+    config: PrepareConfig,
+    out: Path,
+    class_names: list[str],
+    tasks: list,
+    done: dict,
+    ignored: list[dict],
+    fingerprint: str,
+) -> PrepareSummary:
+    """Compact each split to its stored rows, then move everything into place atomically."""
+    partial = out / _PARTIAL
+    manifest_rows = []
+    split_sizes = {}
+    for name in SPLIT_NAMES:
+        split_tasks = [task for task in tasks if task[1] == name]
+        stored = [
+            (entry, row)
+            for entry, _, row in split_tasks
+            if done[entry.path]["status"] in STORED_STATUSES
+        ]
+        source = np.load(partial / f"{name}.npy", mmap_mode="r")
+        target = out / f"{name}.npy"
+        temporary = out / f"{name}.npy.tmp"
+        compacted = open_memmap(
+            temporary, mode="w+", dtype=np.uint8, shape=(len(stored), *source.shape[1:])
+        )
+        for new_row, (_, old_row) in enumerate(stored):
+            compacted[new_row] = source[old_row]
+        compacted.flush()
+        del compacted, source
+        os.replace(temporary, target)
+        labels = np.array([entry.label for entry, _ in stored], dtype=np.int64)
+        _write_npy_atomic(out / f"{name}_labels.npy", labels)
+        split_sizes[name] = len(stored)
+        new_rows = {entry.path: new_row for new_row, (entry, _) in enumerate(stored)}
+        for entry, _, _ in split_tasks:
+            result = done[entry.path]
+            row = dict.fromkeys(MANIFEST_COLUMNS, "")
+            row.update({key: value for key, value in result.items() if key in MANIFEST_COLUMNS})
+            row.update(
+                path=entry.path,
+                **{"class": entry.class_name},
+                label=entry.label,
+                split=name,
+                row=new_rows.get(entry.path, ""),
+            )
+            manifest_rows.append(row)
+    manifest_rows.extend(ignored)
+    manifest_rows.sort(key=lambda row: row["path"])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(manifest_rows)
+    _write_atomic(out / "manifest.csv", buffer.getvalue())
+    _write_atomic(out / "classes.json", json.dumps({"class_names": class_names}, indent=2))
+    _write_atomic(out / "prepare_config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    info = {
+        "format": 1,
+        "settings": config.content_settings(),
+        "fingerprint": fingerprint,
+        "class_names": class_names,
+        "splits": split_sizes,
+        "src": str(Path(config.src).resolve()),
+    }
+    # store.json last: its presence is what marks the store complete.
+    _write_atomic(out / "store.json", json.dumps(info, indent=2))
+    shutil.rmtree(partial, ignore_errors=True)
+    return _summary_from_manifest(out, class_names, already_done=False)
+
+
+def _summary_from_manifest(out: Path, class_names: list[str], already_done: bool):
+    rows = read_manifest(out)
+    counts: dict[str, dict[str, int]] = {name: {} for name in class_names}
+    for row in rows:
+        if row["status"] in STORED_STATUSES:
+            per_class = counts.setdefault(row["class"], {})
+            per_class[row["split"]] = per_class.get(row["split"], 0) + 1
+    problems = [row for row in rows if row["status"] != "ok"]
+    prepared = sum(row["status"] in STORED_STATUSES for row in rows)
+    return PrepareSummary(
+        store=str(out),
+        class_names=class_names,
+        counts=counts,
+        problems=problems,
+        prepared=prepared,
+        already_done=already_done,
+    )
+
+
+def _remove_store(out: Path) -> None:
+    """Delete what prepare writes in OUT, and nothing else the user may keep there."""
+    names = ["store.json", "classes.json", "manifest.csv", "prepare_config.json"]
+    for split in SPLIT_NAMES:
+        names += [f"{split}.npy", f"{split}_labels.npy", f"{split}.npy.tmp"]
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / _PARTIAL, ignore_errors=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+# --- reading a store -----------------------------------------------------------------------------
+
+
+def read_store_info(store: str | os.PathLike) -> dict:
+    """Shape, classes and split sizes of a finished store."""
+    store = Path(store)
+    store_file = store / "store.json"
+    if not store_file.exists():
+        if (store / _PARTIAL).exists():
+            raise ValueError(f"{store}: the store is unfinished; run `nightact prepare` again")
+        raise FileNotFoundError(f"{store}: not a prepared store (no store.json)")
+    info = json.loads(store_file.read_text())
+    settings = info["settings"]
+    return {
+        "frames": settings["frames"],
+        "height": settings["height"],
+        "width": settings["width"],
+        "class_names": info["class_names"],
+        "splits": info["splits"],
+        "config": settings,
+    }
+
+
+def read_manifest(store: str | os.PathLike) -> list[dict]:
+    with open(Path(store) / "manifest.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def open_split(store: str | os.PathLike, split: str) -> Split:
+    """Open one split of a finished store as read-only memory-mapped arrays."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
+    store = Path(store)
+    info = read_store_info(store)
+    frames = np.load(store / f"{split}.npy", mmap_mode="r")
+    labels = np.load(store / f"{split}_labels.npy")
+    rows = [
+        row for row in read_manifest(store) if row["split"] == split and row["row"] not in ("",)
+    ]
+    rows.sort(key=lambda row: int(row["row"]))
+    if len(rows) != len(labels) or len(frames) != len(labels):
+        raise ValueError(
+            f"{store}: {split}.npy, {split}_labels.npy and manifest.csv disagree "
+            f"({len(frames)}, {len(labels)}, {len(rows)} rows)"
+        )
+    return Split(
+        name=split,
+        frames=frames,
+        labels=labels,
+        class_names=list(info["class_names"]),
+        paths=[row["path"] for row in rows],
+    )
+
+
+def write_preview(
+    store: str | os.PathLike, split: str = "train", index: int = 0, out: str | None = None
+) -> Path:
+    """Draw one stored clip's frames side by side, titled with its class, to a PNG."""
+    # The object-oriented Figure API needs no GUI backend and changes no global state.
+    from matplotlib.figure import Figure
+
+    data = open_split(store, split)
+    if not 0 <= index < len(data):
+        raise ValueError(f"{store}: {split} has {len(data)} clips; index {index} is out of range")
+    clip = np.asarray(data.frames[index])
+    class_name = data.class_names[int(data.labels[index])]
+    columns = min(5, len(clip))
+    rows = -(-len(clip) // columns)
+    aspect = clip.shape[1] / clip.shape[2]
+    figure = Figure(figsize=(3 * columns, 3 * rows * aspect + 0.8), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for number, axis in enumerate(axes.flat):
+        axis.set_axis_off()
+        if number < len(clip):
+            axis.imshow(clip[number])
+            axis.set_title(f"frame {number + 1}", fontsize=9)
+    figure.suptitle(f"{class_name}  ({split} #{index}: {data.paths[index]})", fontsize=12)
+    path = Path(out) if out else Path(store) / f"preview-{split}-{index}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    return path
+
