@@ -1,0 +1,86 @@
+"""Shared fixtures: real video files written with a real encoder, and the shared real clips."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+# Real footage nobody on the project made; present in the team's checkout, absent in a user's.
+SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+
+BARCODE_BITS = 8
+
+
+def barcode_frame(index: int, height: int = 64, width: int = 96) -> np.ndarray:
+    """An RGB frame whose vertical bars spell ``index`` in binary (most significant bit left).
+
+    The bars are wide and fully black or white, so H.264 compression and scaling keep them
+    readable: a decoded frame tells which source frame it is.
+    """
+    frame = np.zeros((height, width, 3), dtype=np.uint8)
+    bar = width // BARCODE_BITS
+    for bit in range(BARCODE_BITS):
+        if (index >> (BARCODE_BITS - 1 - bit)) & 1:
+            frame[:, bit * bar : (bit + 1) * bar] = 255
+    return frame
+
+
+def read_barcode(frame: np.ndarray) -> int:
+    """Read back the index of a frame made by :func:`barcode_frame`, after any scaling.
+
+    The frame must span the barcode's full width (vertical padding is fine: the middle row is read).
+    """
+    middle_row = frame[frame.shape[0] // 2].mean(axis=1)
+    bar = frame.shape[1] / BARCODE_BITS
+    value = 0
+    for bit in range(BARCODE_BITS):
+        value = (value << 1) | int(middle_row[int((bit + 0.5) * bar)] > 127)
+    return value
+
+
+def write_barcode_video(
+    path: Path,
+    count: int,
+    height: int = 64,
+    width: int = 96,
+    fps: int = 25,
+    frame_times: list[float] | None = None,
+) -> Path:
+    """Write ``count`` barcode frames as H.264; ``frame_times`` (seconds) makes it variable-rate."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "10", "preset": "veryfast"}
+        time_base = Fraction(1, 1000)
+        stream.codec_context.time_base = time_base
+        for index in range(count):
+            frame = av.VideoFrame.from_ndarray(barcode_frame(index, height, width), format="rgb24")
+            seconds = frame_times[index] if frame_times else index / fps
+            frame.pts = round(seconds / time_base)
+            frame.time_base = time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture
+def barcode_video(tmp_path):
+    """Factory for barcode videos in the test's own folder."""
+
+    def make(name: str = "clip.mp4", count: int = 40, **kwargs) -> Path:
+        return write_barcode_video(tmp_path / name, count, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def shared_videos() -> Path:
+    if not SHARED_VIDEOS.is_dir():
+        pytest.skip(f"real clips not available: {SHARED_VIDEOS} is absent (team checkout only)")
+    return SHARED_VIDEOS

@@ -1,0 +1,260 @@
+"""Decoding, frame sampling and letterboxing, on videos written by a real encoder."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+from conftest import read_barcode
+
+from nightact.videos import (
+    VideoError,
+    count_frames,
+    letterbox,
+    read_clip,
+    sample_indices,
+    write_video,
+)
+
+# --- frame indices -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("total", [1, 3, 9, 10, 11, 37, 100, 451])
+def test_sample_indices_follow_the_original_rule(total):
+    expected = [int(i * total / 10) for i in range(10)]
+    expected[-1] = min(expected[-1], total - 1)
+    assert sample_indices(total, 10) == expected
+    assert all(0 <= index < total for index in sample_indices(total, 10))
+
+
+def test_sample_indices_reject_empty_clips():
+    with pytest.raises(ValueError, match="at least one frame"):
+        sample_indices(0, 10)
+
+
+@pytest.mark.parametrize("count", [10, 37, 64])
+def test_read_clip_returns_exactly_the_sampled_frames(barcode_video, count):
+    path = barcode_video(count=count)
+    clip = read_clip(path, frames=10, height=64, width=96)
+    assert clip.frames.shape == (10, 64, 96, 3)
+    assert clip.frames.dtype == np.uint8
+    assert clip.indices == sample_indices(count, 10)
+    assert [read_barcode(frame) for frame in clip.frames] == clip.indices
+    assert clip.decoded_frames == count
+    assert not clip.short
+
+
+def test_variable_frame_rate_video_gives_the_frames_in_presentation_order(barcode_video):
+    gaps = np.random.default_rng(3).choice([0.02, 0.1, 0.4], size=49)
+    times = np.concatenate([[0.0], np.cumsum(gaps)]).tolist()
+    path = barcode_video(count=50, frame_times=times)
+    clip = read_clip(path, frames=10, height=64, width=96)
+    assert [read_barcode(frame) for frame in clip.frames] == sample_indices(50, 10)
+
+
+def test_short_clip_repeats_its_last_frame(barcode_video):
+    path = barcode_video(count=4)
+    clip = read_clip(path, frames=10, height=64, width=96)
+    assert clip.short
+    assert clip.indices == [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]
+    assert [read_barcode(frame) for frame in clip.frames] == clip.indices
+    with pytest.raises(VideoError, match="only 4 decodable frames"):
+        read_clip(path, frames=10, height=64, width=96, allow_short=False)
+
+
+def test_truncated_stream_samples_only_what_decodes(barcode_video, tmp_path):
+    # Matroska keeps its index at the end, so a cut-off file still decodes up to the cut.
+    path = barcode_video(name="cut.mkv", count=60)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    clip = read_clip(path, frames=10, height=64, width=96)
+    assert 0 < clip.decoded_frames < 60
+    assert clip.indices == sample_indices(clip.decoded_frames, 10)
+    # Every frame is the one asked for: no stale or repeated frames from a failed seek.
+    assert [read_barcode(frame) for frame in clip.frames] == clip.indices
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.mp4", b"", "empty file"),
+        ("text.mp4", b"this is not a video at all\n" * 20, "not a readable video"),
+        ("random.mp4", bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8)), "video"),
+    ],
+)
+def test_unusable_files_raise_a_video_error_naming_the_file(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(VideoError, match=reason) as caught:
+        read_clip(path)
+    assert caught.value.path == str(path)
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_raises_a_video_error(tmp_path):
+    with pytest.raises(VideoError, match="file not found"):
+        read_clip(tmp_path / "nowhere.mp4")
+
+
+def test_mp4_cut_before_its_index_is_reported(barcode_video):
+    path = barcode_video(count=30)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(VideoError):
+        read_clip(path)
+
+
+def test_count_frames_ignores_the_header(barcode_video):
+    assert count_frames(barcode_video(count=23)) == 23
+
+
+# --- letterbox -----------------------------------------------------------------------------------
+
+
+def _expected_padding(source_height, source_width, height, width):
+    """An independent computation of the content box inside the letterboxed frame."""
+    scale = min(height / source_height, width / source_width)
+    content_height = round(source_height * scale)
+    content_width = round(source_width * scale)
+    top = (height - content_height) // 2
+    left = (width - content_width) // 2
+    return top, left, content_height, content_width
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [((30, 80), (60, 80)), ((80, 30), (60, 80)), ((50, 50), (24, 32)), ((45, 160), (240, 320))],
+)
+def test_letterbox_pads_with_zeros_centred(source, target):
+    image = np.full((*source, 3), 200, dtype=np.uint8)
+    boxed = letterbox(image, *target)
+    top, left, content_height, content_width = _expected_padding(*source, *target)
+    assert boxed.shape == (*target, 3)
+    mask = np.zeros(target, dtype=bool)
+    mask[top : top + content_height, left : left + content_width] = True
+    assert (boxed[~mask] == 0).all()
+    assert (boxed[mask] == 200).all()
+
+
+def test_letterbox_keeps_an_image_of_the_target_shape_unchanged():
+    image = np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(letterbox(image, 24, 32), image)
+
+
+def test_letterbox_downscale_averages_source_pixels():
+    rng = np.random.default_rng(2)
+    blocks = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    image = blocks.repeat(4, axis=0).repeat(4, axis=1)  # 48x64 made of 4x4 constant blocks
+    boxed = letterbox(image, 12, 16)
+    assert np.abs(boxed.astype(int) - blocks.astype(int)).max() <= 1
+
+
+def test_letterbox_area_filter_matches_block_means():
+    image = np.random.default_rng(4).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    boxed = letterbox(image, 24, 32)
+    means = image.reshape(24, 2, 32, 2, 3).astype(float).mean(axis=(1, 3))
+    assert np.abs(boxed.astype(float) - means).max() <= 1.0
+
+
+def test_read_clip_letterboxes_a_portrait_video(tmp_path):
+    frames = [np.full((64, 32, 3), 255, dtype=np.uint8)] * 5
+    path = write_video(tmp_path / "portrait.mp4", frames, fps=10)
+    clip = read_clip(path, frames=5, height=24, width=32)
+    top, left, content_height, content_width = _expected_padding(64, 32, 24, 32)
+    assert (left, content_width) == (10, 12)
+    assert (clip.frames[:, :, :left] == 0).all()
+    assert (clip.frames[:, :, left + content_width :] == 0).all()
+    assert (clip.frames[:, :, left + 1 : left + content_width - 1] > 240).all()
+
+
+class _TurnedFrame:
+    """A real decoded frame that claims a display-matrix rotation.
+
+    PyAV cannot write a display matrix, so the quarter-turn cases are checked by giving the
+    conversion a real frame with the rotation it would have read from a phone video.
+    """
+
+    def __init__(self, frame, rotation):
+        self._frame, self.rotation = frame, rotation
+        self.width, self.height = frame.width, frame.height
+
+    def reformat(self, **kwargs):
+        return self._frame.reformat(**kwargs)
+
+
+@pytest.mark.parametrize(("rotation", "white_on_top"), [(90, False), (-90, True), (270, True)])
+def test_quarter_turn_rotation_makes_the_picture_upright(rotation, white_on_top):
+    from nightact.videos import _frame_to_picture
+
+    # Stored landscape 32x64, left half white. A positive display-matrix angle turns the
+    # picture counter-clockwise (FFmpeg's autorotate does the same), which takes the left half
+    # to the bottom; a negative one turns it clockwise, taking the left half to the top.
+    picture = np.zeros((32, 64, 3), dtype=np.uint8)
+    picture[:, :32] = 255
+    frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+    upright = _frame_to_picture(_TurnedFrame(frame, rotation), 64, 32, pixel_aspect=1)
+    expected = np.rot90(picture, rotation // 90)
+    assert upright.shape == (64, 32, 3)
+    np.testing.assert_array_equal(upright, expected)
+    assert (upright[:32].mean() > upright[32:].mean()) == white_on_top
+
+
+# --- the real clips ------------------------------------------------------------------------------
+
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".webm", ".mkv", ".mov"}
+
+
+def test_every_shared_real_clip_decodes_to_n_frames(shared_videos):
+    paths = sorted(path for path in shared_videos.iterdir() if path.suffix in VIDEO_SUFFIXES)
+    assert len(paths) >= 5
+    for path in paths:
+        clip = read_clip(path, frames=10, height=60, width=80)
+        assert clip.frames.shape == (10, 60, 80, 3), path.name
+        assert not clip.short, path.name
+        assert clip.indices == sample_indices(clip.decoded_frames, 10), path.name
+        assert clip.frames.max() > 0, path.name
+
+
+def test_webm_without_duration_is_counted_from_its_packets(shared_videos):
+    clip = read_clip(shared_videos / "quirk_no_duration.webm", frames=10, height=60, width=80)
+    assert clip.header_frames == 0
+    assert clip.decoded_frames == 74
+    assert clip.indices == sample_indices(74, 10)
+
+
+def test_rotated_phone_clip_comes_out_upright(shared_videos):
+    path = shared_videos / "quirk_rotated_vfr_phone.mp4"
+    clip = read_clip(path, frames=10, height=90, width=160)
+    assert clip.rotation in (180, -180)
+    with av.open(str(path)) as container:
+        raw = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    # The stored picture is upside down; ours is it turned by 180 degrees.
+    expected = letterbox(np.ascontiguousarray(raw[::-1, ::-1]), 90, 160)
+    difference = np.abs(clip.frames[0].astype(int) - expected.astype(int)).mean()
+    unrotated = np.abs(clip.frames[0].astype(int) - letterbox(raw, 90, 160).astype(int)).mean()
+    assert difference < 3
+    assert unrotated > 3 * difference
+
+
+def test_non_square_pixels_are_shown_at_their_display_shape(shared_videos):
+    # 176x144 with pixels 128/117 wide displays as 192.5x144: it nearly fills a 4:3 frame,
+    # where the coded shape alone would leave black bars of 13 columns on each side.
+    clip = read_clip(shared_videos / "carphone_gesturing_176x144.mp4", 10, 240, 320)
+    assert clip.width == 176 and clip.height == 144
+    column_energy = clip.frames.mean(axis=(0, 1, 3))
+    assert column_energy[:8].mean() > 10
+    assert column_energy[-8:].mean() > 10
+
+
+def test_night_clip_is_dark_and_full_hd(shared_videos):
+    clip = read_clip(shared_videos / "night_walk_1920x1080.mp4", frames=10, height=90, width=160)
+    assert (clip.width, clip.height) == (1920, 1080)
+    assert clip.frames.mean() < 40
+
+
+def test_avi_that_is_not_h264_decodes(shared_videos):
+    path = shared_videos / "pedestrians_cctv_768x576.avi"
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name != "h264"
+    clip = read_clip(path, frames=10, height=60, width=80)
+    assert clip.decoded_frames == 250
