@@ -341,9 +341,7 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
         )
 
     splits = assign_splits(entries, config.split, config.seed)
-    tasks = [
-        (entry, name, row) for name in SPLIT_NAMES for row, entry in enumerate(splits[name])
-    ]
+    tasks = [(entry, name, row) for name in SPLIT_NAMES for row, entry in enumerate(splits[name])]
     partial = out / _PARTIAL
     plan = {"settings": settings, "fingerprint": fingerprint, "class_names": class_names}
     plan_file = partial / _PLAN
@@ -416,6 +414,9 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
                         record(result)
         finally:
             progress.close()
+            # In-process runs share the worker's cache of open arrays: drop it, so a later run
+            # on a rewritten store never writes through a map of the old file.
+            _open_arrays.clear()
     return len(jobs)
 
 
@@ -692,4 +693,3 @@ def write_preview(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)
     return path
-

@@ -1,0 +1,38 @@
+# The two commands a new user runs (see README.md): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# A stamp per install flavour, so `make demo` after `make test` does not reinstall.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/nightact demo
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+# The default suite (slow tests excluded), then the model and cell tests again under JAX.
+test: lint
+	$(BIN)/python -m pytest
+	KERAS_BACKEND=jax $(BIN)/python -m pytest tests/test_models.py tests/test_cells.py
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/prepare.py
+	$(BIN)/python benchmarks/train.py
+
+clean:
+	rm -rf $(VENV) nightact-demo .pytest_cache .ruff_cache

@@ -1,0 +1,289 @@
+"""The prepare pipeline: index, stratified split, clip store on disk, resume, bad files, preview."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import read_barcode, write_barcode_video
+
+from nightact.cli import main
+from nightact.dataset import (
+    MANIFEST_COLUMNS,
+    PrepareConfig,
+    assign_splits,
+    index_videos,
+    open_split,
+    prepare,
+    read_manifest,
+    read_store_info,
+    split_counts,
+    write_preview,
+)
+from nightact.videos import read_clip, write_video
+
+CLASSES = ("Throwing objects", "boxing", "walking on stairs")
+
+
+def _make_source(root: Path, per_class: int = 6, frames: int = 12) -> Path:
+    """Tiny real videos: class k's pictures have brightness set by k, so labels can be checked."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(CLASSES):
+        for number in range(per_class):
+            count = int(rng.integers(frames, frames + 8))
+            level = 40 + 80 * label
+            pictures = [np.full((32, 48, 3), level + i, dtype=np.uint8) for i in range(count)]
+            write_video(root / name / f"clip_{number:02d}.mp4", pictures, fps=12)
+    return root
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return _make_source(tmp_path_factory.mktemp("videos"))
+
+
+def _config(src, out, **overrides) -> PrepareConfig:
+    settings = dict(src=src, out=out, frames=4, height=16, width=24, workers=1)
+    settings.update(overrides)
+    return PrepareConfig(**settings)
+
+
+def test_split_counts_sum_up_and_leave_no_split_empty():
+    assert split_counts(20, (0.7, 0.15, 0.15)) == [14, 3, 3]
+    assert split_counts(3, (0.7, 0.15, 0.15)) == [1, 1, 1]
+    assert split_counts(2, (0.7, 0.15, 0.15)) == [2, 0, 0]
+    for total in range(1, 60):
+        counts = split_counts(total, (0.6, 0.25, 0.15))
+        assert sum(counts) == total
+        assert all(abs(count - total * f) <= 1.5 for count, f in zip(counts, (0.6, 0.25, 0.15)))
+    assert split_counts(10, (1.0, 0.0, 0.0)) == [10, 0, 0]
+
+
+def test_index_uses_sorted_folder_names_and_reports_what_it_passes_over(tmp_path):
+    src = _make_source(tmp_path / "src", per_class=1)
+    (src / "notes.txt").write_text("hello")
+    (src / "boxing" / "readme.md").write_text("hello")
+    (src / "empty class").mkdir()
+    class_names, entries, ignored = index_videos(src)
+    assert class_names == sorted(CLASSES)
+    assert [entry.label for entry in entries] == [0, 1, 2]
+    reasons = {row["path"]: row["error"] for row in ignored}
+    assert "outside any class folder" in reasons["notes.txt"]
+    assert "extension .md" in reasons["boxing/readme.md"]
+    assert "without any video" in reasons["empty class/"]
+
+
+def test_split_is_stratified_and_deterministic(tmp_path):
+    src = _make_source(tmp_path / "src", per_class=20, frames=2)
+    _, entries, _ = index_videos(src)
+    splits = assign_splits(entries, (0.7, 0.15, 0.15), seed=5)
+    for name, expected in zip(("train", "val", "test"), (14, 3, 3)):
+        assert Counter(entry.class_name for entry in splits[name]) == dict.fromkeys(
+            CLASSES, expected
+        )
+    assert len({entry.path for members in splits.values() for entry in members}) == 60
+    again = assign_splits(entries, (0.7, 0.15, 0.15), seed=5)
+    other = assign_splits(entries, (0.7, 0.15, 0.15), seed=6)
+    paths = {name: [entry.path for entry in members] for name, members in splits.items()}
+    assert paths == {name: [entry.path for entry in members] for name, members in again.items()}
+    assert paths != {name: [entry.path for entry in members] for name, members in other.items()}
+
+
+def test_prepare_writes_a_store_whose_rows_are_the_decoded_clips(source, tmp_path):
+    out = tmp_path / "store"
+    summary = prepare(_config(source, out, workers=2))
+    assert summary.prepared == 18
+    info = read_store_info(out)
+    assert info["class_names"] == sorted(CLASSES)
+    assert info["splits"] == {"train": 12, "val": 3, "test": 3}
+    rows = read_manifest(out)
+    assert tuple(rows[0]) == MANIFEST_COLUMNS
+    for split_name in ("train", "val", "test"):
+        split = open_split(out, split_name)
+        assert split.frames.shape == (len(split), 4, 16, 24, 3)
+        assert split.frames.dtype == np.uint8
+        assert not split.frames.flags.writeable
+        for row in range(len(split)):
+            path = source / split.paths[row]
+            expected = read_clip(path, frames=4, height=16, width=24).frames
+            np.testing.assert_array_equal(split.frames[row], expected)
+            assert split.class_names[split.labels[row]] == path.parent.name
+    by_path = {row["path"]: row for row in rows}
+    clip_row = by_path["boxing/clip_00.mp4"]
+    assert clip_row["status"] == "ok" and clip_row["class"] == "boxing"
+    assert int(clip_row["decoded_frames"]) >= 12
+    assert clip_row["indices"] == " ".join(
+        str(i) for i in [int(i * int(clip_row["decoded_frames"]) / 4) for i in range(4)]
+    )
+    assert len(clip_row["sha256"]) == 64
+    saved = json.loads((out / "prepare_config.json").read_text())
+    assert saved["frames"] == 4 and saved["height"] == 16
+    assert not (out / ".partial").exists()
+
+
+def test_bad_files_are_reported_and_skipped_while_the_rest_is_prepared(source, tmp_path):
+    src = tmp_path / "src"
+    _make_source(src, per_class=4)
+    good = (src / "boxing" / "clip_00.mp4").read_bytes()
+    (src / "boxing" / "zero.mp4").write_bytes(b"")
+    (src / "boxing" / "text.mp4").write_text("definitely not a video\n")
+    (src / "boxing" / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (src / "boxing" / "clip.txt").write_bytes(good)  # a video with the wrong extension
+    out = tmp_path / "store"
+    code = main(["prepare", str(src), str(out), "--frames", "4", "--size", "16x24"])
+    assert code == 0
+    rows = {row["path"]: row for row in read_manifest(out)}
+    assert rows["boxing/zero.mp4"]["status"] == "failed"
+    assert "empty" in rows["boxing/zero.mp4"]["error"]
+    assert rows["boxing/text.mp4"]["status"] == "failed"
+    assert "not a readable video" in rows["boxing/text.mp4"]["error"]
+    assert rows["boxing/truncated.mp4"]["status"] == "failed"
+    assert rows["boxing/clip.txt"]["status"] == "ignored"
+    assert sum(row["status"] == "ok" for row in rows.values()) == 12
+    stored = sum(len(open_split(out, name)) for name in ("train", "val", "test"))
+    assert stored == 12
+    for row in rows.values():
+        assert (row["row"] == "") == (row["status"] not in ("ok", "short"))
+
+
+def test_nothing_preparable_exits_non_zero(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "boxing").mkdir(parents=True)
+    (src / "boxing" / "broken.mp4").write_text("no")
+    assert main(["prepare", str(src), str(tmp_path / "store")]) == 1
+    assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "store2")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_short_clips_follow_the_policy(tmp_path):
+    src = tmp_path / "src"
+    write_barcode_video(src / "a" / "long.mp4", 20)
+    write_barcode_video(src / "a" / "short.mp4", 3)
+    write_barcode_video(src / "b" / "long.mp4", 20)
+    kept = prepare(_config(src, tmp_path / "kept", split=(1.0, 0.0, 0.0), height=64, width=96))
+    assert kept.prepared == 3
+    train = open_split(tmp_path / "kept", "train")
+    row = train.paths.index("a/short.mp4")
+    assert [read_barcode(frame) for frame in train.frames[row]] == [0, 1, 2, 2]
+    statuses = {row["path"]: row["status"] for row in read_manifest(tmp_path / "kept")}
+    assert statuses["a/short.mp4"] == "short"
+    skipped = prepare(_config(src, tmp_path / "skip", split=(1.0, 0.0, 0.0), short_clips="skip"))
+    assert skipped.prepared == 2
+    statuses = {row["path"]: row["status"] for row in read_manifest(tmp_path / "skip")}
+    assert statuses["a/short.mp4"] == "skipped"
+
+
+def test_second_run_does_nothing_and_other_settings_are_refused(source, tmp_path):
+    out = tmp_path / "store"
+    prepare(_config(source, out))
+    before = (out / "train.npy").stat().st_mtime_ns
+    again = prepare(_config(source, out))
+    assert again.already_done and again.prepared == 18
+    assert (out / "train.npy").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="other settings"):
+        prepare(_config(source, out, frames=5))
+    replaced = prepare(_config(source, out, frames=5), overwrite=True)
+    assert replaced.prepared == 18
+    assert open_split(out, "train").frames.shape[1] == 5
+
+
+def test_interrupted_run_resumes_without_redoing_finished_clips(source, tmp_path):
+    out = tmp_path / "store"
+    command = [
+        sys.executable, "-m", "nightact.cli", "prepare", str(source), str(out),
+        "--frames", "4", "--size", "16x24", "--workers", "1",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / ".partial" / "journal.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(journal.read_text().splitlines())
+    assert 4 <= finished < 18, "the run should have been stopped part way"
+    assert not (out / "store.json").exists()
+    with pytest.raises(ValueError, match="unfinished"):
+        open_split(out, "train")
+
+    resumed = prepare(_config(source, out))
+    assert resumed.processed_now == 18 - finished
+    fresh = tmp_path / "fresh"
+    prepare(_config(source, fresh))
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(np.load(out / f"{name}.npy"), np.load(fresh / f"{name}.npy"))
+    with open(out / "manifest.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 18
+
+
+def test_a_source_file_changed_since_it_was_journaled_is_prepared_again(tmp_path, monkeypatch):
+    import nightact.dataset as dataset
+
+    src = tmp_path / "src"
+    _make_source(src, per_class=3)
+    out = tmp_path / "store"
+    real_prepare_one = dataset._prepare_one
+    calls = []
+
+    def interrupted_after_four(job):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(job[2])
+        return real_prepare_one(job)
+
+    monkeypatch.setattr(dataset, "_prepare_one", interrupted_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(_config(src, out))
+    monkeypatch.setattr(dataset, "_prepare_one", real_prepare_one)
+    assert len((out / ".partial" / "journal.jsonl").read_text().splitlines()) == 4
+
+    changed = src / calls[0]
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    summary = prepare(_config(src, out))
+    assert summary.processed_now == 9 - 4 + 1
+    assert summary.prepared == 9
+
+
+def test_preview_writes_a_png_of_the_clip(source, tmp_path):
+    out = tmp_path / "store"
+    prepare(_config(source, out))
+    png = write_preview(out, split="val", index=1)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 2000
+    with pytest.raises(ValueError, match="out of range"):
+        write_preview(out, split="val", index=99)
+    assert main(["preview", str(out), "--split", "test", "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").exists()
+
+
+def test_data_commands_never_import_the_deep_learning_stack(tmp_path):
+    # A blocker makes any import of these packages fail, as on a machine without them.
+    script = f"""
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {{"tensorflow", "keras", "jax", "torch", "sklearn"}}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Blocker())
+from nightact.cli import main
+assert main(["synth", {str(tmp_path / "videos")!r}, "--videos-per-class", "1",
+             "--min-seconds", "1", "--max-seconds", "1.5", "--workers", "1"]) == 0
+assert main(["prepare", {str(tmp_path / "videos")!r}, {str(tmp_path / "store")!r},
+             "--frames", "3", "--size", "12x16", "--workers", "1"]) == 0
+assert main(["preview", {str(tmp_path / "store")!r}]) == 0
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "videos").rglob("*.mp4"))) == 12
