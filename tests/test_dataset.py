@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_barcode, write_barcode_video
 
+from conftest import read_barcode, write_barcode_video
 from nightact.cli import main
 from nightact.dataset import (
     MANIFEST_COLUMNS,
@@ -62,9 +62,10 @@ def test_split_counts_sum_up_and_leave_no_split_empty():
     assert split_counts(3, (0.7, 0.15, 0.15)) == [1, 1, 1]
     assert split_counts(2, (0.7, 0.15, 0.15)) == [2, 0, 0]
     for total in range(1, 60):
-        counts = split_counts(total, (0.6, 0.25, 0.15))
+        fractions = (0.6, 0.25, 0.15)
+        counts = split_counts(total, fractions)
         assert sum(counts) == total
-        assert all(abs(count - total * f) <= 1.5 for count, f in zip(counts, (0.6, 0.25, 0.15)))
+        assert all(abs(n - total * f) <= 1.5 for n, f in zip(counts, fractions, strict=True))
     assert split_counts(10, (1.0, 0.0, 0.0)) == [10, 0, 0]
 
 
@@ -86,7 +87,7 @@ def test_split_is_stratified_and_deterministic(tmp_path):
     src = _make_source(tmp_path / "src", per_class=20, frames=2)
     _, entries, _ = index_videos(src)
     splits = assign_splits(entries, (0.7, 0.15, 0.15), seed=5)
-    for name, expected in zip(("train", "val", "test"), (14, 3, 3)):
+    for name, expected in zip(("train", "val", "test"), (14, 3, 3), strict=True):
         assert Counter(entry.class_name for entry in splits[name]) == dict.fromkeys(
             CLASSES, expected
         )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from conftest import read_barcode
 
+from conftest import read_barcode
 from nightact.videos import (
     VideoError,
     count_frames,
