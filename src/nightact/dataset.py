@@ -416,11 +416,52 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
             progress.close()
             # In-process runs share the worker's cache of open arrays: drop it, so a later run
             # on a rewritten store never writes through a map of the old file.
-            _open_arrays.clear()
+            _close_arrays()
     return len(jobs)
 
 
-_open_arrays: dict[str, np.memmap] = {}
+# Worker-side cache: array file -> (open descriptor, byte offset of row 0, bytes per row).
+_open_arrays: dict[str, tuple[int, int, int]] = {}
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
+    """Shape and data offset of a uint8 .npy file, read from its header."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"{path}: unsupported .npy format version {version}")
+        if dtype != np.uint8:
+            raise ValueError(f"{path}: expected uint8 clips, found {dtype}")
+        return shape, handle.tell()
+
+
+def _write_row(array_path: str, row: int, frames: np.ndarray) -> None:
+    """Write one clip into its row with plain file I/O and make it durable.
+
+    Writing through a memory map would count every touched page of the store in the worker's
+    resident memory; positioned writes keep memory flat however large the store grows.
+    """
+    if array_path not in _open_arrays:
+        shape, offset = _npy_layout(Path(array_path))
+        row_bytes = int(np.prod(shape[1:]))
+        _open_arrays[array_path] = (os.open(array_path, os.O_WRONLY), offset, row_bytes)
+    descriptor, offset, row_bytes = _open_arrays[array_path]
+    data = np.ascontiguousarray(frames, dtype=np.uint8)
+    if data.nbytes != row_bytes:
+        raise ValueError(f"{array_path}: clip of {data.shape} does not fit a row")
+    os.pwrite(descriptor, data.tobytes(), offset + row * row_bytes)
+    # Durable before the journal says so: a power cut must not leave a trusted empty row.
+    os.fdatasync(descriptor)
+
+
+def _close_arrays() -> None:
+    for descriptor, _, _ in _open_arrays.values():
+        os.close(descriptor)
+    _open_arrays.clear()
 
 
 def _prepare_one(job: tuple) -> dict:
@@ -449,12 +490,7 @@ def _prepare_one(job: tuple) -> dict:
                 "(--short-clips skip)",
             )
             return result
-        array_path = str(Path(partial) / f"{split}.npy")
-        if array_path not in _open_arrays:
-            _open_arrays[array_path] = np.load(array_path, mmap_mode="r+")
-        array = _open_arrays[array_path]
-        array[row] = clip.frames
-        array.flush()
+        _write_row(str(Path(partial) / f"{split}.npy"), row, clip.frames)
         if clip.short:
             result.update(
                 status="short",
@@ -514,17 +550,7 @@ def _finalize(
             for entry, _, row in split_tasks
             if done[entry.path]["status"] in STORED_STATUSES
         ]
-        source = np.load(partial / f"{name}.npy", mmap_mode="r")
-        target = out / f"{name}.npy"
-        temporary = out / f"{name}.npy.tmp"
-        compacted = open_memmap(
-            temporary, mode="w+", dtype=np.uint8, shape=(len(stored), *source.shape[1:])
-        )
-        for new_row, (_, old_row) in enumerate(stored):
-            compacted[new_row] = source[old_row]
-        compacted.flush()
-        del compacted, source
-        os.replace(temporary, target)
+        _compact(partial / f"{name}.npy", out / f"{name}.npy", [row for _, row in stored])
         labels = np.array([entry.label for entry, _ in stored], dtype=np.int64)
         _write_npy_atomic(out / f"{name}_labels.npy", labels)
         split_sizes[name] = len(stored)
@@ -562,6 +588,25 @@ def _finalize(
     _write_atomic(out / "store.json", json.dumps(info, indent=2))
     shutil.rmtree(partial, ignore_errors=True)
     return _summary_from_manifest(out, class_names, already_done=False)
+
+
+def _compact(source: Path, target: Path, rows: list[int]) -> None:
+    """Copy the kept rows of ``source`` into a new .npy at ``target``, one row at a time."""
+    shape, offset = _npy_layout(source)
+    if rows == list(range(shape[0])):
+        os.replace(source, target)
+        return
+    row_bytes = int(np.prod(shape[1:]))
+    temporary = target.with_name(target.name + ".tmp")
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0, *shape[1:]), np.uint8))
+    header["shape"] = (len(rows), *shape[1:])
+    with open(source, "rb") as reader, open(temporary, "wb") as writer:
+        np.lib.format.write_array_header_1_0(writer, header)
+        for row in rows:
+            writer.write(os.pread(reader.fileno(), row_bytes, offset + row * row_bytes))
+        writer.flush()
+        os.fsync(writer.fileno())
+    os.replace(temporary, target)
 
 
 def _summary_from_manifest(out: Path, class_names: list[str], already_done: bool):
