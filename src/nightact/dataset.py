@@ -39,11 +39,11 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from nightact.videos import VideoError, read_clip
+from nightact.videos import VIDEO_EXTENSIONS, VideoError, read_clip
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+DEFAULT_EXTENSIONS = VIDEO_EXTENSIONS
 SPLIT_NAMES = ("train", "val", "test")
 SHORT_CLIP_POLICIES = ("repeat-last", "skip")
 

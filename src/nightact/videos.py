@@ -33,6 +33,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# File extensions indexed as videos by default (prepare, download, predict).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
 # swscale's area-averaging filter: the right choice for the large downscales we do.
 INTERPOLATION = "AREA"
 
