@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 
 def predict(model, paths, **kwargs):
-    """Predict the action in each video; see :func:`nightact.predict.predict_videos`."""
-    from nightact.predict import predict_videos
+    """Predict the action in each video; see :func:`nightact.inference.predict_videos`."""
+    from nightact.inference import predict_videos
 
     return predict_videos(model, paths, **kwargs)
