@@ -133,6 +133,16 @@ def _run_preview(args) -> int:
 # --- model commands: models, explain (nightact.models, nightact.cells) --------------------------
 
 
+def _layer_widths(text: str) -> tuple[int, ...]:
+    """Parse comma-separated layer widths, e.g. 128,64,32."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 128,64,32, got {text!r}"
+        ) from None
+
+
 def _add_model_commands(subparsers) -> None:
     from nightact.cells import CELL_NAMES
 
@@ -144,6 +154,15 @@ def _add_model_commands(subparsers) -> None:
         "--size", type=_size, default=(240, 320), help="HEIGHTxWIDTH (default 240x320)"
     )
     models.add_argument("--classes", type=int, default=12, help="number of classes (default 12)")
+    models.add_argument(
+        "--units",
+        type=_layer_widths,
+        default=(128, 64, 32),
+        help="recurrent layer widths (default 128,64,32)",
+    )
+    models.add_argument(
+        "--conv-filters", type=int, default=256, help="filters of the CNN models (default 256)"
+    )
     models.set_defaults(run=_run_models)
 
     explain = subparsers.add_parser(
@@ -171,7 +190,14 @@ def _run_models(args) -> int:
     from nightact.models import describe_models, format_model_table
 
     height, width = args.size
-    rows = describe_models(frames=args.frames, height=height, width=width, num_classes=args.classes)
+    rows = describe_models(
+        frames=args.frames,
+        height=height,
+        width=width,
+        num_classes=args.classes,
+        units=args.units,
+        conv_filters=args.conv_filters,
+    )
     print(format_model_table(rows))
     return 0
 
@@ -206,6 +232,7 @@ def _run_explain(args) -> int:
 
 
 def _add_training_commands(subparsers) -> None:
+    from nightact.demo import DemoConfig
     from nightact.report import MODEL_ORDER
 
     train = subparsers.add_parser(
@@ -272,7 +299,7 @@ def _add_training_commands(subparsers) -> None:
     evaluate = subparsers.add_parser(
         "evaluate", help="score a run's best checkpoint on the held-out test split"
     )
-    evaluate.add_argument("run", help="a training run folder")
+    evaluate.add_argument("run_folder", metavar="RUN", help="a training run folder")
     evaluate.add_argument(
         "--split",
         choices=["test", "val", "train"],
@@ -292,8 +319,10 @@ def _add_training_commands(subparsers) -> None:
         "compare", help="compare runs: curves, confusion matrices, table (HTML + Markdown)"
     )
     compare.add_argument(
-        "runs", nargs="+", help="run folders, or folders holding runs; unevaluated runs are "
-        "evaluated on their test split first"
+        "runs",
+        nargs="+",
+        help="run folders, or folders holding runs; unevaluated runs are "
+        "evaluated on their test split first",
     )
     compare.add_argument("--out", default="report", help="report folder (default report)")
     compare.set_defaults(run=_run_compare)
@@ -303,12 +332,15 @@ def _add_training_commands(subparsers) -> None:
         help="synthetic videos -> store -> train all six -> evaluate -> report, on a CPU",
     )
     demo.add_argument("--out", default="nightact-demo", help="folder (default ./nightact-demo)")
+    demo.add_argument("--models", default=None, help="comma-separated models (default: all six)")
     demo.add_argument(
-        "--models", default=None, help="comma-separated models (default: all six)"
+        "--epochs", type=int, default=None, help=f"per model (default {DemoConfig.epochs})"
     )
-    demo.add_argument("--epochs", type=int, default=None, help="per model (default 15)")
     demo.add_argument(
-        "--videos-per-class", type=int, default=None, help="synthetic videos per class (30)"
+        "--videos-per-class",
+        type=int,
+        default=None,
+        help=f"synthetic videos per class (default {DemoConfig.videos_per_class})",
     )
     demo.add_argument("--seed", type=int, default=None, help="default 0")
     demo.add_argument(
@@ -356,9 +388,7 @@ def _run_train(args) -> int:
     if config is None:
         if "data" not in explicit or "model" not in explicit:
             raise ValueError("--data and --model are required (except to --resume a run)")
-        explicit.setdefault(
-            "out", f"runs/{explicit['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        explicit.setdefault("out", f"runs/{explicit['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
         explicit["resume"] = args.resume
         if args.preset:
             config = TrainConfig.from_preset(args.preset, **explicit)
@@ -377,7 +407,7 @@ def _run_evaluate(args) -> int:
     from nightact.evaluate import evaluate, format_metrics
 
     metrics = evaluate(
-        args.run,
+        args.run_folder,
         split=args.split,
         data=args.data,
         batch_size=args.batch_size,
@@ -425,7 +455,9 @@ def _widths(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"--units expects comma-separated integers such as 128,64,32, got {text!r}")
+        raise ValueError(
+            f"--units expects comma-separated integers such as 128,64,32, got {text!r}"
+        ) from None
 
 
 # --- end training commands ----------------------------------------------------------------------

@@ -127,14 +127,16 @@ def recurrent_head(
     x = features
     for index, width in enumerate(units, start=1):
         last = index == len(units)
-        x = recurrent_layer(
+        recurrent = recurrent_layer(
             width, return_sequences=not last, unroll=unroll, name=f"rnn_{index}"
-        )(x)
+        )
+        x = recurrent(x)
         x = layers.Dropout(dropout, name=f"dropout_{index}")(x)
     # float32 softmax: stable probabilities and loss under mixed_float16.
-    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(
-        x
+    classifier = layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="probabilities"
     )
+    return classifier(x)
 
 
 def features_per_step(model: keras.Model) -> int:
@@ -209,7 +211,7 @@ def format_model_table(rows: list[dict]) -> str:
     def render(line) -> str:
         cells = [
             text.ljust(width) if column in left else text.rjust(width)
-            for column, (text, width) in enumerate(zip(line, widths))
+            for column, (text, width) in enumerate(zip(line, widths, strict=True))
         ]
         return "  ".join(cells).rstrip()
 
@@ -219,7 +221,9 @@ def format_model_table(rows: list[dict]) -> str:
 
 def _check_shape(frames, height, width, num_classes, units, dropout) -> None:
     if min(frames, height, width) < 1:
-        raise ValueError(f"frames, height and width must be positive, got {frames}x{height}x{width}")
+        raise ValueError(
+            f"frames, height and width must be positive, got {frames}x{height}x{width}"
+        )
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     if not units or min(units) < 1:

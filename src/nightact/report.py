@@ -1,0 +1,436 @@
+"""Compare training runs: curves, confusion matrices and a table, as HTML and Markdown.
+
+``compare([RUN, ...], OUT)`` reads each run's ``config.json``, ``history.csv`` and
+``evaluation/metrics.json`` (written by ``nightact evaluate``) and writes::
+
+    OUT/
+      report.html     self-contained: the figures are embedded, it opens from disk
+      report.md       the same report in Markdown, with the PNGs beside it
+      report.json     the table's numbers, per model and per run
+      loss.png        training and validation loss per epoch, one line per model
+      accuracy.png    training and validation accuracy per epoch
+      confusion.png   one test-split confusion matrix per model
+
+Several runs of the same model (different seeds) are drawn as their mean with a band of one
+standard deviation, their confusion matrices are summed, and the table shows mean +- std.
+Nothing here imports Keras: a report is made from the files the runs left on disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import logging
+import math
+import os
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Same order as nightact.models.MODEL_NAMES (not imported: that would load Keras).
+MODEL_ORDER = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")
+MODEL_LABELS = {
+    "simple_rnn": "SimpleRNN",
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "cnn_simple_rnn": "CNN + SimpleRNN",
+    "cnn_lstm": "CNN + LSTM",
+    "cnn_gru": "CNN + GRU",
+}
+FIGURES = ("loss.png", "accuracy.png", "confusion.png")
+TABLE_COLUMNS = (
+    "model",
+    "runs",
+    "parameters",
+    "size MB",
+    "s per epoch",
+    "inference ms per clip",
+    "test accuracy",
+    "macro F1",
+    "mean class accuracy",
+)
+
+
+def find_runs(paths) -> list[Path]:
+    """Run folders among ``paths``; a folder that is not a run stands for the runs inside it."""
+    runs = []
+    for path in map(Path, paths):
+        if (path / "config.json").is_file():
+            runs.append(path)
+        elif path.is_dir():
+            inside = sorted(child for child in path.iterdir() if (child / "config.json").is_file())
+            if not inside:
+                raise FileNotFoundError(f"{path}: neither a training run nor a folder of runs")
+            runs.extend(inside)
+        else:
+            raise FileNotFoundError(f"{path}: no such training run")
+    return runs
+
+
+def load_run(run: str | os.PathLike) -> dict:
+    """The files of one evaluated run: its config, history rows and test metrics."""
+    run = Path(run)
+    config_path = run / "config.json"
+    metrics_path = run / "evaluation" / "metrics.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run}: not a training run (no config.json)")
+    if not metrics_path.is_file():
+        raise FileNotFoundError(
+            f"{run}: not evaluated yet (no evaluation/metrics.json); run `nightact evaluate {run}`"
+        )
+    history = []
+    history_path = run / "history.csv"
+    if history_path.is_file():
+        with open(history_path, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                history.append({key: float(value) for key, value in row.items() if value})
+    return {
+        "run": str(run),
+        "config": json.loads(config_path.read_text(encoding="utf-8")),
+        "history": history,
+        "metrics": json.loads(metrics_path.read_text(encoding="utf-8")),
+    }
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One table row per model: the runs' numbers, their mean and standard deviation."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["config"]["model"], []).append(run)
+    order = [name for name in MODEL_ORDER if name in groups]
+    order += sorted(name for name in groups if name not in MODEL_ORDER)
+    rows = []
+    for name in order:
+        members = groups[name]
+        values = {
+            "parameters": [run["metrics"]["parameters"] for run in members],
+            "size_mb": [run["metrics"]["model_size_mb"] for run in members],
+            "seconds_per_epoch": [_seconds_per_epoch(run["history"]) for run in members],
+            "inference_ms_per_clip": [run["metrics"]["inference_ms_per_clip"] for run in members],
+            "accuracy": [run["metrics"]["accuracy"] for run in members],
+            "macro_f1": [run["metrics"]["macro_f1"] for run in members],
+            "mean_class_accuracy": [run["metrics"]["mean_class_accuracy"] for run in members],
+        }
+        rows.append(
+            {
+                "model": name,
+                "label": MODEL_LABELS.get(name, name),
+                "runs": [run["run"] for run in members],
+                "seeds": [run["config"].get("seed") for run in members],
+                "values": values,
+                "mean": {key: _mean(numbers) for key, numbers in values.items()},
+                "std": {key: _std(numbers) for key, numbers in values.items()},
+            }
+        )
+    return rows
+
+
+def compare(runs, out: str | os.PathLike) -> Path:
+    """Write the comparison report of ``runs`` (run folders, or folders of runs) to ``out``.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    loaded = [load_run(run) for run in find_runs(runs)]
+    if not loaded:
+        raise ValueError("compare needs at least one evaluated run")
+    class_names = loaded[0]["metrics"]["class_names"]
+    for run in loaded[1:]:
+        if run["metrics"]["class_names"] != class_names:
+            raise ValueError(
+                f"{run['run']}: its classes differ from {loaded[0]['run']}'s; "
+                "compare runs of the same data"
+            )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(loaded)
+    figures = {
+        "loss.png": curves_figure(loaded, rows, "loss", "loss"),
+        "accuracy.png": curves_figure(loaded, rows, "accuracy", "accuracy"),
+        "confusion.png": confusion_grid_figure(loaded, rows, class_names),
+    }
+    for name, figure in figures.items():
+        figure.savefig(out / name, dpi=100, bbox_inches="tight")
+    context = _context(loaded)
+    (out / "report.json").write_text(
+        json.dumps({**context, "models": rows}, indent=2), encoding="utf-8"
+    )
+    (out / "report.md").write_text(render_markdown(rows, context), encoding="utf-8")
+    images = {name: (out / name).read_bytes() for name in FIGURES}
+    report = out / "report.html"
+    report.write_text(render_html(rows, context, images), encoding="utf-8")
+    log.info("wrote %s (%d runs of %d models)", report, len(loaded), len(rows))
+    return report
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def _colours(rows: list[dict]) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    return {row["model"]: palette(index % 10) for index, row in enumerate(rows)}
+
+
+def curves_figure(runs: list[dict], rows: list[dict], metric: str, label: str):
+    """Train (left) and validation (right) curves of ``metric``, one line per model.
+
+    Several runs of a model: the mean per epoch, with a band of one standard deviation.
+    """
+    from matplotlib.figure import Figure
+
+    colours = _colours(rows)
+    figure = Figure(figsize=(13, 4.8), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    for axis, key, title in zip(
+        axes, (metric, f"val_{metric}"), ("training", "validation"), strict=True
+    ):
+        for row in rows:
+            histories = [run["history"] for run in runs if run["run"] in row["runs"]]
+            epochs, mean, std = _curve(histories, key)
+            if not epochs:
+                continue
+            name = row["label"] + (f" ({len(histories)} runs)" if len(histories) > 1 else "")
+            axis.plot(epochs, mean, color=colours[row["model"]], label=name, marker=".")
+            if len(histories) > 1:
+                axis.fill_between(
+                    epochs, mean - std, mean + std, color=colours[row["model"]], alpha=0.2
+                )
+        axis.set_title(f"{title} {label}")
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_ylabel(label)
+    if metric == "accuracy":
+        axes[0].set_ylim(0, 1.02)
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return figure
+
+
+def _curve(histories: list[list[dict]], key: str):
+    """Mean and standard deviation of ``key`` per epoch (counted from 1) over the histories."""
+    by_epoch: dict[int, list[float]] = {}
+    for history in histories:
+        for row in history:
+            if key in row and "epoch" in row:
+                by_epoch.setdefault(int(row["epoch"]) + 1, []).append(row[key])
+    epochs = sorted(by_epoch)
+    mean = np.array([np.mean(by_epoch[epoch]) for epoch in epochs])
+    std = np.array([np.std(by_epoch[epoch]) for epoch in epochs])
+    return epochs, mean, std
+
+
+def confusion_grid_figure(runs: list[dict], rows: list[dict], class_names: list[str]):
+    """One test-split confusion matrix per model, in a grid of up to three columns.
+
+    Runs of the same model are pooled (their counts summed). The class names are written once
+    per row and column of the grid, where they have room to be read whole.
+    """
+    from matplotlib.figure import Figure
+
+    from nightact.evaluate import draw_confusion
+
+    count = len(rows)
+    columns = min(3, count)
+    lines = math.ceil(count / columns)
+    side = max(3.5, 0.4 * len(class_names) + 1.2)
+    figure = Figure(figsize=(side * columns + 2.5, side * lines + 2.0), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(lines, columns, squeeze=False)).reshape(lines, columns)
+    image = None
+    for index, row in enumerate(rows):
+        line, column = divmod(index, columns)
+        axis = axes[line, column]
+        matrices = [
+            np.array(run["metrics"]["confusion"]) for run in runs if run["run"] in row["runs"]
+        ]
+        pooled = np.sum(matrices, axis=0)
+        # Names at the left of each grid row, and under the lowest matrix of each grid column.
+        lowest = index + columns >= count
+        image = draw_confusion(
+            axis,
+            pooled,
+            class_names,
+            show_x_names=lowest,
+            show_y_names=column == 0,
+            fontsize=8,
+        )
+        accuracy = np.trace(pooled) / max(pooled.sum(), 1)
+        runs_note = f", {len(matrices)} runs pooled" if len(matrices) > 1 else ""
+        axis.set_title(f"{row['label']}: {100 * accuracy:.1f} %{runs_note}", fontsize=10)
+    for index in range(count, lines * columns):
+        axes.flat[index].set_visible(False)
+    if image is not None:
+        colorbar = figure.colorbar(image, ax=axes, shrink=0.6)
+        colorbar.set_label("fraction of the true class")
+    figure.suptitle("Confusion matrices on the test split (rows: true class)", fontsize=12)
+    return figure
+
+
+# --- the table and the documents -----------------------------------------------------------------
+
+
+def table_cells(row: dict) -> list[str]:
+    """The table's cells for one model: mean +- std where the model has several runs."""
+    several = len(row["runs"]) > 1
+
+    def cell(key: str, scale: float = 1.0, digits: int = 1, suffix: str = "") -> str:
+        mean = row["mean"][key]
+        if mean is None:
+            return "n/a"
+        text = f"{scale * mean:.{digits}f}"
+        if several:
+            text += f" ± {scale * row['std'][key]:.{digits}f}"
+        return text + suffix
+
+    parameters = row["values"]["parameters"]
+    return [
+        row["label"],
+        str(len(row["runs"])),
+        f"{parameters[0]:,}" if len(set(parameters)) == 1 else cell("parameters", digits=0),
+        cell("size_mb", digits=2),
+        cell("seconds_per_epoch", digits=1),
+        cell("inference_ms_per_clip", digits=2),
+        cell("accuracy", scale=100, suffix=" %"),
+        cell("macro_f1", digits=3),
+        cell("mean_class_accuracy", scale=100, suffix=" %"),
+    ]
+
+
+def render_markdown(rows: list[dict], context: dict) -> str:
+    lines = ["# nightact: model comparison", "", *_context_lines(context), ""]
+    lines += ["## Test-split results", ""]
+    lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_COLUMNS) - 1)) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(table_cells(row)) + " |")
+    lines += ["", _TABLE_NOTE, ""]
+    for name, title in _SECTIONS:
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    lines += ["## Runs", ""]
+    for row in rows:
+        for run, seed in zip(row["runs"], row["seeds"], strict=True):
+            lines.append(f"- {row['label']} (seed {seed}): `{run}`")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(rows: list[dict], context: dict, images: dict[str, bytes]) -> str:
+    """The report as one HTML document with the PNGs embedded as base64 data URIs."""
+    escape = html.escape
+    head = "".join(f"<th>{escape(column)}</th>" for column in TABLE_COLUMNS)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in table_cells(row)) + "</tr>"
+        for row in rows
+    )
+    sections = []
+    for name, title in _SECTIONS:
+        data = base64.b64encode(images[name]).decode("ascii")
+        sections.append(
+            f'<h2>{escape(title)}</h2>\n<img src="data:image/png;base64,{data}" '
+            f'alt="{escape(title)}">'
+        )
+    run_items = "\n".join(
+        f"<li>{escape(row['label'])} (seed {escape(str(seed))}): <code>{escape(run)}</code></li>"
+        for row in rows
+        for run, seed in zip(row["runs"], row["seeds"], strict=True)
+    )
+    context_html = "\n".join(f"<p>{escape(line)}</p>" for line in _context_lines(context))
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>nightact: model comparison</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1300px; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.35em 0.7em; text-align: right; }}
+td {{ white-space: nowrap; }}
+th {{ background: #f0f3f7; }}
+td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }}
+.note {{ color: #555; font-size: 0.9em; }}
+code {{ font-size: 0.9em; }}
+</style>
+</head>
+<body>
+<h1>nightact: model comparison</h1>
+{context_html}
+<h2>Test-split results</h2>
+<table>
+<thead><tr>{head}</tr></thead>
+<tbody>
+{body}
+</tbody>
+</table>
+<p class="note">{escape(_TABLE_NOTE)}</p>
+{chr(10).join(sections)}
+<h2>Runs</h2>
+<ul>
+{run_items}
+</ul>
+</body>
+</html>
+"""
+
+
+_SECTIONS = (
+    ("loss.png", "Loss per epoch"),
+    ("accuracy.png", "Accuracy per epoch"),
+    ("confusion.png", "Confusion matrices"),
+)
+_TABLE_NOTE = (
+    "Scores are on the held-out test split, which chose nothing (the checkpoint is the epoch "
+    "with the best validation accuracy). Mean class accuracy is the mean of the per-class "
+    "recalls. Size is that of the weights, in MB of 2**20 bytes. Seconds per epoch is "
+    "the median over epochs, validation included. Inference is the model's forward pass alone, "
+    "per clip, at the training batch size. With several runs of a model: mean ± standard "
+    "deviation."
+)
+
+
+def _context(runs: list[dict]) -> dict:
+    first = runs[0]
+    config = first["config"]
+    return {
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "data": sorted({run["config"].get("data", "") for run in runs}),
+        "clip_shape": f"{config.get('frames')} frames of {config.get('height')}x"
+        f"{config.get('width')}",
+        "test_clips": sorted({run["metrics"]["clips"] for run in runs}),
+        "classes": first["metrics"]["class_names"],
+        "epochs": sorted({run["config"].get("epochs") for run in runs}),
+        "losses": sorted({run["config"].get("loss") for run in runs}),
+    }
+
+
+def _context_lines(context: dict) -> list[str]:
+    return [
+        f"Generated {context['generated']} from {', '.join(context['data'])}: "
+        f"{context['clip_shape']}, {len(context['classes'])} classes, "
+        f"{', '.join(map(str, context['test_clips']))} test clips.",
+        f"Training: up to {', '.join(map(str, context['epochs']))} epochs, loss "
+        f"{', '.join(map(str, context['losses']))}.",
+    ]
+
+
+def _seconds_per_epoch(history: list[dict]) -> float | None:
+    seconds = [row["seconds"] for row in history if "seconds" in row]
+    return statistics.median(seconds) if seconds else None
+
+
+def _mean(numbers) -> float | None:
+    numbers = [number for number in numbers if number is not None]
+    return float(np.mean(numbers)) if numbers else None
+
+
+def _std(numbers) -> float | None:
+    numbers = [number for number in numbers if number is not None]
+    # The spread between runs: the sample standard deviation (0 for a single run).
+    return float(np.std(numbers, ddof=1)) if len(numbers) > 1 else 0.0 if numbers else None

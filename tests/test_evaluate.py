@@ -1,0 +1,190 @@
+"""Metrics checked against hand-worked numbers, and evaluate() on a real tiny run."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from nightact.cli import main
+from nightact.evaluate import compute_metrics, confusion_figure, evaluate, format_metrics
+
+# Eight clips, four classes; class "d" is predicted once but never true.
+#   true   a a a b b c c c
+#   argmax a a b b c c c d
+# The probabilities also decide top-3 membership: the lowest class of each row is left out of
+# its top three, which is the true class in rows 2 and 7 only.
+NAMES = ["a", "b", "c", "d"]
+LABELS = [0, 0, 0, 1, 1, 2, 2, 2]
+PROBABILITIES = [
+    [0.70, 0.10, 0.15, 0.05],
+    [0.60, 0.20, 0.15, 0.05],
+    [0.05, 0.50, 0.30, 0.15],
+    [0.10, 0.60, 0.25, 0.05],
+    [0.20, 0.30, 0.40, 0.10],
+    [0.15, 0.20, 0.60, 0.05],
+    [0.25, 0.10, 0.50, 0.15],
+    [0.30, 0.20, 0.05, 0.45],
+]
+
+
+def test_metrics_match_hand_worked_values():
+    metrics = compute_metrics(LABELS, PROBABILITIES, NAMES)
+
+    assert metrics["clips"] == 8
+    assert metrics["confusion"] == [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 2, 1], [0, 0, 0, 0]]
+    assert metrics["accuracy"] == pytest.approx(5 / 8)
+    assert metrics["top3_accuracy"] == pytest.approx(6 / 8)
+    # precision = diagonal / column total; recall = diagonal / row total; F1 = their harmonic mean.
+    expected = {
+        "a": (2 / 2, 2 / 3, 0.8, 3),
+        "b": (1 / 2, 1 / 2, 0.5, 2),
+        "c": (2 / 3, 2 / 3, 2 / 3, 3),
+        "d": (0.0, 0.0, 0.0, 0),
+    }
+    for name, (precision, recall, f1, support) in expected.items():
+        scores = metrics["per_class"][name]
+        assert scores["precision"] == pytest.approx(precision)
+        assert scores["recall"] == pytest.approx(recall)
+        assert scores["f1"] == pytest.approx(f1)
+        assert scores["support"] == support
+    # Macro F1 averages all four classes; the mean class accuracy only the three that occur.
+    assert metrics["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3 + 0.0) / 4)
+    assert metrics["mean_class_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert metrics["confusion_normalized"][0] == pytest.approx([2 / 3, 1 / 3, 0, 0])
+    assert metrics["confusion_normalized"][3] == [0.0, 0.0, 0.0, 0.0]
+    json.dumps(metrics)  # JSON-ready as it is
+
+
+def test_metrics_reject_mismatched_inputs():
+    with pytest.raises(ValueError, match="shape"):
+        compute_metrics(LABELS, np.array(PROBABILITIES)[:, :3], NAMES)
+    with pytest.raises(ValueError, match="labels"):
+        compute_metrics(LABELS[:-1], PROBABILITIES, NAMES)
+    with pytest.raises(ValueError, match="lie in"):
+        compute_metrics([0, 0, 0, 1, 1, 2, 2, 4], PROBABILITIES, NAMES)
+
+
+def test_confusion_figure_keeps_long_class_names_whole(tmp_path):
+    from nightact.synthetic import CLASS_NAMES
+
+    rng = np.random.default_rng(0)
+    confusion = rng.integers(0, 5, size=(12, 12)) + np.diag(np.full(12, 10))
+    figure = confusion_figure(confusion, list(CLASS_NAMES), title="test")
+    path = tmp_path / "confusion.png"
+    figure.savefig(path, dpi=80, bbox_inches="tight")
+
+    axis = figure.axes[0]
+    assert [label.get_text() for label in axis.get_xticklabels()] == list(CLASS_NAMES)
+    assert [label.get_text() for label in axis.get_yticklabels()] == list(CLASS_NAMES)
+    # Every name lies inside the figure's own area (not only inside a tight crop): the layout made
+    # room for the rotated names instead of pushing them over the edge.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    area = figure.bbox
+    for label in axis.get_xticklabels() + axis.get_yticklabels():
+        box = label.get_window_extent(renderer)
+        assert area.x0 <= box.x0 and box.x1 <= area.x1, label.get_text()
+        assert area.y0 <= box.y0 and box.y1 <= area.y1, label.get_text()
+    # Rotated names of neighbouring columns do not run into each other.
+    boxes = [label.get_window_extent(renderer) for label in axis.get_xticklabels()]
+    for left, right in zip(boxes[:-1], boxes[1:], strict=True):
+        assert left.x0 < right.x0
+
+
+# --- evaluate() on a real run ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A one-epoch run of a small CNN GRU on a tiny synthetic store (it need not learn)."""
+    from nightact.dataset import PrepareConfig, prepare
+    from nightact.synthetic import SynthConfig, write_synthetic_dataset
+    from nightact.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("evaluate")
+    write_synthetic_dataset(
+        SynthConfig(
+            folder / "videos",
+            videos_per_class=4,
+            min_seconds=1.0,
+            max_seconds=1.0,
+            size=(48, 64),
+            workers=1,
+        )
+    )
+    store = folder / "store"
+    prepare(PrepareConfig(folder / "videos", store, frames=3, height=24, width=32, workers=1))
+    config = TrainConfig(
+        data=store,
+        model="cnn_gru",
+        out=folder / "run",
+        epochs=1,
+        batch_size=8,
+        units=(8, 8),
+        conv_filters=4,
+        conv_kernel=3,
+        conv_stride=2,
+    )
+    train(config, verbose=0)
+    return folder / "run"
+
+
+def test_evaluate_agrees_with_an_independent_computation(tiny_run):
+    import keras
+
+    from nightact.dataset import open_split
+
+    result = evaluate(tiny_run)
+
+    test = open_split(json.loads((tiny_run / "config.json").read_text())["data"], "test")
+    model = keras.saving.load_model(tiny_run / "model.keras")
+    predicted = np.asarray(model.predict(np.asarray(test.frames), verbose=0)).argmax(axis=1)
+    assert result["split"] == "test"
+    assert result["clips"] == len(test)
+    assert result["accuracy"] == pytest.approx(np.mean(predicted == test.labels))
+    counts = np.zeros((12, 12), dtype=int)
+    np.add.at(counts, (test.labels, predicted), 1)
+    assert np.array_equal(result["confusion"], counts)
+    assert result["inference_ms_per_clip"] > 0
+    assert result["parameters"] == model.count_params()
+
+    output = tiny_run / "evaluation"
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved["accuracy"] == result["accuracy"]
+    with open(output / "confusion.csv", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    assert header[1:] == test.class_names
+    assert [row[0] for row in rows] == test.class_names
+    assert np.array_equal(np.array([row[1:] for row in rows], dtype=int), counts)
+    with open(output / "per_class.csv", newline="") as handle:
+        per_class = list(csv.DictReader(handle))
+    assert [row["class"] for row in per_class] == test.class_names
+    assert sum(int(row["support"]) for row in per_class) == len(test)
+    assert (output / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (output / "confusion_normalized.csv").exists()
+    assert "walking with flashlight" in format_metrics(result)
+
+
+def test_evaluate_refuses_the_validation_split_unless_asked(tiny_run, capsys):
+    with pytest.raises(ValueError, match="validation split chose"):
+        evaluate(tiny_run, split="val")
+    assert main(["evaluate", str(tiny_run), "--split", "val"]) == 2
+    assert "--allow-validation" in capsys.readouterr().err
+
+    result = evaluate(tiny_run, split="val", allow_validation=True)
+    assert result["split"] == "val"
+    # Kept apart from the test results that reports read.
+    assert (tiny_run / "evaluation-val" / "metrics.json").exists()
+
+
+def test_evaluate_command(tiny_run, capsys):
+    assert main(["evaluate", str(tiny_run)]) == 0
+    printed = capsys.readouterr().out
+    assert "mean class accuracy" in printed
+    assert str(tiny_run / "evaluation") in printed

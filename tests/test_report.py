@@ -1,0 +1,282 @@
+"""compare(): figures, a self-contained HTML report and a Markdown copy, from run folders on disk.
+
+The runs here are written by hand (config.json, history.csv, evaluation/metrics.json), so the
+numbers in the table can be checked against values known in advance; no model is trained.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html.parser
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nightact.cli import main
+from nightact.report import MODEL_LABELS, MODEL_ORDER, compare, find_runs
+
+CLASS_NAMES = [
+    "Drink",
+    "Picking",
+    "Push",
+    "Run",
+    "Throwing objects",
+    "boxing",
+    "lifting weights",
+    "receiving the phone",
+    "stand",
+    "walking on stairs",
+    "walking with flashlight",
+    "waving",
+]
+
+
+def write_fake_run(
+    folder: Path,
+    model: str,
+    seed: int,
+    accuracy: float,
+    macro_f1: float,
+    seconds: list[float],
+    inference_ms: float,
+    parameters: int = 1000,
+) -> Path:
+    """A run folder as train + evaluate leave it, with chosen numbers."""
+    folder.mkdir(parents=True)
+    config = {"model": model, "seed": seed, "data": "store", "epochs": len(seconds)}
+    config.update(frames=4, height=24, width=32, loss="crossentropy")
+    (folder / "config.json").write_text(json.dumps(config))
+    with open(folder / "history.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "accuracy", "loss", "seconds", "val_accuracy", "val_loss"])
+        for epoch, duration in enumerate(seconds):
+            progress = (epoch + 1) / len(seconds)
+            writer.writerow(
+                [epoch, accuracy * progress, 2.5 - progress, duration, accuracy * progress, 2.6]
+            )
+    rng = np.random.default_rng(seed)
+    confusion = rng.integers(0, 3, size=(12, 12)) + np.diag(np.full(12, 8))
+    metrics = {
+        "model": model,
+        "split": "test",
+        "clips": int(confusion.sum()),
+        "accuracy": accuracy,
+        "top3_accuracy": min(1.0, accuracy + 0.1),
+        "macro_f1": macro_f1,
+        "mean_class_accuracy": accuracy - 0.01,
+        "class_names": CLASS_NAMES,
+        "confusion": confusion.tolist(),
+        "parameters": parameters,
+        "model_size_mb": parameters * 12 / 1e6,
+        "inference_ms_per_clip": inference_ms,
+    }
+    (folder / "evaluation").mkdir()
+    (folder / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def write_fake_runs(runs: Path) -> Path:
+    """Six models, one run each, plus two more seeds of cnn_gru."""
+    for index, model in enumerate(MODEL_ORDER):
+        write_fake_run(
+            runs / model,
+            model,
+            seed=0,
+            accuracy=0.3 + 0.1 * index,
+            macro_f1=0.25 + 0.1 * index,
+            seconds=[9.0, 2.0, 3.0],
+            inference_ms=1.0 + index,
+            parameters=1000 * (index + 1),
+        )
+    write_fake_run(runs / "cnn_gru-seed1", "cnn_gru", 1, 0.7, 0.6, [5.0, 4.0], 4.0, 6000)
+    write_fake_run(runs / "cnn_gru-seed2", "cnn_gru", 2, 0.9, 0.8, [5.0, 6.0], 8.0, 6000)
+    return runs
+
+
+@pytest.fixture
+def fake_runs(tmp_path) -> Path:
+    return write_fake_runs(tmp_path / "runs")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    """The report of the fake runs, made once for the tests that only read it."""
+    folder = tmp_path_factory.mktemp("report")
+    return compare([write_fake_runs(folder / "runs")], folder / "report")
+
+
+class _Collector(html.parser.HTMLParser):
+    """Tags, attributes and text of an HTML document, with the standard library's parser."""
+
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.cells: list[list[str]] = []
+        self._in_cell = False
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag in ("link", "script") and (attrs.get("href") or attrs.get("src")):
+            self.links.append(attrs.get("href") or attrs.get("src"))
+        if tag == "tr":
+            self.cells.append([])
+        if tag in ("td", "th"):
+            self._in_cell = True
+            self.cells[-1].append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._in_cell = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_cell:
+            self.cells[-1][-1] += data
+
+
+def test_compare_writes_every_figure_and_lists_all_six_models(report):
+    out = report.parent
+    assert report.name == "report.html"
+    for name in ("loss.png", "accuracy.png", "confusion.png", "report.md", "report.json"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("loss.png", "accuracy.png", "confusion.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    page = _Collector()
+    page.feed(report.read_text(encoding="utf-8"))
+    # Self-contained: three embedded PNGs that decode, and nothing fetched from elsewhere.
+    assert len(page.images) == 3
+    for source in page.images:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1])[:4] == b"\x89PNG"
+    assert page.links == []
+    header, *rows = page.cells
+    assert header[0] == "model" and "test accuracy" in header
+    assert [row[0] for row in rows] == [MODEL_LABELS[name] for name in MODEL_ORDER]
+
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    for name in MODEL_ORDER:
+        assert f"| {MODEL_LABELS[name]} |" in markdown
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (out / image).is_file(), image
+
+
+def test_table_shows_mean_and_std_over_seeds(report):
+    models = json.loads((report.parent / "report.json").read_text())["models"]
+    by_name = {row["model"]: row for row in models}
+
+    gru = by_name["cnn_gru"]
+    accuracies = [0.8, 0.7, 0.9]  # seed 0 (0.3 + 0.1 * 5), seed 1, seed 2
+    assert len(gru["runs"]) == 3
+    assert gru["mean"]["accuracy"] == pytest.approx(0.8)
+    # Sample standard deviation of 0.8, 0.7, 0.9: sqrt((0.01 + 0.01) / 2) = 0.1.
+    assert gru["std"]["accuracy"] == pytest.approx(0.1)
+    # Median seconds per epoch of each run: 3.0 (of 9, 2, 3), 4.5 and 5.5.
+    assert gru["values"]["seconds_per_epoch"] == pytest.approx([3.0, 4.5, 5.5])
+    assert by_name["lstm"]["std"]["accuracy"] == 0.0
+    assert by_name["lstm"]["mean"]["accuracy"] == pytest.approx(0.4)
+
+    page = _Collector()
+    page.feed(report.read_text(encoding="utf-8"))
+    header, *rows = page.cells
+    gru_row = dict(zip(header, rows[-1], strict=True))
+    assert gru_row["model"] == "CNN + GRU"
+    assert gru_row["runs"] == "3"
+    assert gru_row["test accuracy"] == f"{np.mean(accuracies) * 100:.1f} ± 10.0 %"
+    assert gru_row["inference ms per clip"] == "6.00 ± 2.00"  # mean and std of 6, 4 and 8
+    lstm_row = dict(zip(header, rows[1], strict=True))
+    assert lstm_row["test accuracy"] == "40.0 %"
+    assert lstm_row["parameters"] == "2,000"
+
+
+def test_compare_refuses_an_unevaluated_run(fake_runs, tmp_path):
+    (fake_runs / "lstm" / "evaluation" / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="nightact evaluate"):
+        compare([fake_runs / "lstm"], tmp_path / "report")
+
+
+def test_find_runs_expands_a_folder_of_runs(fake_runs):
+    assert len(find_runs([fake_runs])) == 8
+    assert find_runs([fake_runs / "gru"]) == [fake_runs / "gru"]
+    with pytest.raises(FileNotFoundError):
+        find_runs([fake_runs / "missing"])
+
+
+def test_compare_command(fake_runs, tmp_path, capsys):
+    out = tmp_path / "cli-report"
+    assert (
+        main(["compare", str(fake_runs / "gru"), str(fake_runs / "lstm"), "--out", str(out)]) == 0
+    )
+    assert str(out / "report.html") in capsys.readouterr().out
+    markdown = (out / "report.md").read_text()
+    assert "| GRU |" in markdown and "| LSTM |" in markdown and "| SimpleRNN |" not in markdown
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def test_report_renders_in_a_headless_browser(report, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium on PATH (Debian: apt-get install chromium); HTML render unchecked")
+    screenshot = tmp_path / "screenshot.png"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ]
+    with tempfile.TemporaryDirectory() as profile:
+        common = [browser, *flags, f"--user-data-dir={profile}"]
+        env = {**os.environ, "HOME": profile}
+        subprocess.run(
+            [*common, f"--screenshot={screenshot}", "--window-size=1400,2000", report.as_uri()],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            env=env,
+        )
+        dom = subprocess.run(
+            [*common, "--dump-dom", report.as_uri()],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        ).stdout
+
+    # The browser parsed the table: every model's name is in the rendered document.
+    for name in MODEL_ORDER:
+        assert f"<td>{MODEL_LABELS[name]}</td>" in dom
+    # The embedded figures were decoded and drawn: the curves and matrices are the only strongly
+    # coloured things on the page (text is black and grey), and they cover a good part of it.
+    from matplotlib import image
+
+    pixels = image.imread(screenshot)[..., :3]
+    assert pixels.shape[:2] == (2000, 1400)
+    saturation = pixels.max(axis=-1) - pixels.min(axis=-1)
+    assert (saturation > 0.15).mean() > 0.01
+    # The loss figure's top edge sits below the table, not on top of it: there is white space.
+    assert (pixels.min(axis=-1) > 0.98).mean() > 0.3

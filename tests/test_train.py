@@ -1,0 +1,225 @@
+"""Training on a real (tiny) synthetic store: it learns, writes its run folder, and resumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from nightact.cli import main
+from nightact.dataset import Split
+from nightact.train import ClipBatches, TrainConfig, read_history, train
+
+# Small enough to train in seconds on a CPU, big enough to see every class learned.
+TINY_MODEL = dict(units=(32, 16), dropout=0.1, conv_filters=16, conv_kernel=3, conv_stride=2)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A prepared store of the synthetic videos: 6 frames of 24x32, 10 videos per class."""
+    from nightact.dataset import PrepareConfig, prepare
+    from nightact.synthetic import SynthConfig, write_synthetic_dataset
+
+    folder = tmp_path_factory.mktemp("train")
+    write_synthetic_dataset(
+        SynthConfig(
+            folder / "videos",
+            videos_per_class=10,
+            min_seconds=1.0,
+            max_seconds=1.5,
+            size=(48, 64),
+            workers=2,
+        )
+    )
+    prepare(PrepareConfig(folder / "videos", folder / "store", frames=6, height=24, width=32))
+    return folder / "store"
+
+
+def fake_split(count: int = 10, classes: int = 3) -> Split:
+    """A split whose clip i is filled with the value i, so batches tell which rows they hold."""
+    frames = np.broadcast_to(
+        np.arange(count, dtype=np.uint8)[:, None, None, None, None], (count, 2, 4, 4, 3)
+    )
+    labels = np.arange(count, dtype=np.int64) % classes
+    names = [f"class {index}" for index in range(classes)]
+    return Split("train", frames, labels, names, [f"{index}.mp4" for index in range(count)])
+
+
+def rows_of(batch) -> list[int]:
+    return [int(clip[0, 0, 0, 0]) for clip in batch[0]]
+
+
+def test_shuffled_batches_cover_every_clip_once_per_epoch():
+    split = fake_split(10)
+    batches = ClipBatches(split, batch_size=4, shuffle=True, seed=7)
+    assert len(batches) == 3 and batches.num_batches is None  # an endless stream for fit
+
+    epochs = []
+    for epoch in range(3):
+        seen = []
+        for step in range(len(batches)):
+            clips, labels = batches[epoch * len(batches) + step]
+            rows = rows_of((clips, labels))
+            # Rows are read in ascending order, and each label is the one-hot of its row's label.
+            assert rows == sorted(rows)
+            assert np.array_equal(labels.argmax(axis=1), split.labels[rows])
+            assert labels.dtype == np.float32 and clips.dtype == np.uint8
+            seen += rows
+        assert sorted(seen) == list(range(10))
+        epochs.append(seen)
+    assert epochs[0] != epochs[1] != epochs[2]
+
+    # Same seed, same order; a stream resumed at epoch 2 reads what epoch 2 read.
+    again = ClipBatches(split, batch_size=4, shuffle=True, seed=7)
+    assert [rows_of(again[step]) for step in range(9)] == [
+        rows_of(batches[step]) for step in range(9)
+    ]
+    resumed = ClipBatches(split, batch_size=4, shuffle=True, seed=7, start_epoch=2)
+    assert sum((rows_of(resumed[step]) for step in range(3)), []) == epochs[2]
+    other_seed = ClipBatches(split, batch_size=4, shuffle=True, seed=8)
+    assert sum((rows_of(other_seed[step]) for step in range(3)), []) != epochs[0]
+
+
+def test_ordered_batches_and_read_ahead_threads_agree():
+    split = fake_split(10)
+    plain = ClipBatches(split, batch_size=4)
+    threaded = ClipBatches(split, batch_size=4, workers=3)
+    try:
+        assert plain.num_batches == 3
+        assert [rows_of(plain[i]) for i in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert [rows_of(threaded[i]) for i in range(3)] == [rows_of(plain[i]) for i in range(3)]
+        with pytest.raises(IndexError):
+            plain[3]
+        shuffled = ClipBatches(split, batch_size=4, shuffle=True, seed=1, workers=3)
+        reference = ClipBatches(split, batch_size=4, shuffle=True, seed=1)
+        assert [rows_of(shuffled[i]) for i in range(7)] == [rows_of(reference[i]) for i in range(7)]
+        shuffled.close()
+    finally:
+        threaded.close()
+
+
+def test_config_checks_its_values():
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig(data="s", model="transformer", out="r")
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(data="s", model="gru", out="r", loss="mse")
+    with pytest.raises(ValueError, match="preset"):
+        TrainConfig.from_preset("newest", data="s", model="gru", out="r")
+
+
+def test_original_preset(store, tmp_path):
+    config = TrainConfig.from_preset("original", data=store, model="cnn_gru", out=tmp_path / "r")
+    assert (config.frames, config.height, config.width) == (10, 240, 320)
+    assert (config.batch_size, config.epochs, config.learning_rate) == (64, 50, 1e-4)
+    assert config.loss == "msle" and config.preset == "original"
+    assert config.mixed_precision is False  # no GPU here; float16 would only slow a CPU down
+    overridden = TrainConfig.from_preset("original", data=store, model="gru", out="r", epochs=2)
+    assert overridden.epochs == 2 and overridden.loss == "msle"
+    # The store holds 6 frames of 24x32, not the original's 10 of 240x320.
+    with pytest.raises(ValueError, match="240x320|frames=10"):
+        train(config)
+    assert not (tmp_path / "r").exists()
+
+
+def test_mixed_precision_builds_float16_layers_and_scales_the_loss(tmp_path):
+    from nightact.train import _build_and_compile
+
+    config = TrainConfig(
+        data="s", model="cnn_lstm", out="r", mixed_precision=True, frames=2, height=8, width=8
+    )
+    config.units, config.conv_filters, config.conv_kernel, config.conv_stride = (4,), 2, 2, 2
+    before = keras.config.dtype_policy().name
+    model = _build_and_compile(config, num_classes=3)
+    # The global policy is back as it was; the model keeps float16 compute, float32 output.
+    assert keras.config.dtype_policy().name == before
+    assert model.get_layer("rnn_1").dtype_policy.name == "mixed_float16"
+    assert model.output.dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_a_short_run_learns_and_writes_its_run_folder(store, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(
+        data=store,
+        model="cnn_gru",
+        out=run,
+        epochs=12,
+        batch_size=8,
+        learning_rate=3e-3,
+        seed=1,
+        **TINY_MODEL,
+    )
+    result = train(config, verbose=0)
+
+    # Learning: 12 classes, so chance is 1/12 = 0.083.
+    history = read_history(run)
+    assert [row["epoch"] for row in history] == list(range(12))
+    assert history[-1]["accuracy"] > 0.5, history[-1]
+    assert result.best_val_accuracy > 0.35, history
+    assert history[-1]["loss"] < history[0]["loss"]
+
+    # The run folder.
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"] == "cnn_gru" and saved["data"] == str(store)
+    assert (saved["frames"], saved["height"], saved["width"]) == (6, 24, 32)
+    assert saved["seed"] == 1 and saved["units"] == [32, 16]
+    classes = json.loads((run / "classes.json").read_text())["class_names"]
+    assert len(classes) == 12 and "walking with flashlight" in classes
+    with open(run / "history.csv", newline="") as handle:
+        columns = next(csv.reader(handle))
+    assert set(columns) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+    assert all(row["seconds"] > 0 for row in history)
+    assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not (run / "backup").exists()  # removed once training finished
+
+    # The checkpoint is the best validation epoch, and it loads with stock Keras.
+    best = max(row["val_accuracy"] for row in history)
+    assert result.best_val_accuracy == pytest.approx(best)
+    model = keras.saving.load_model(run / "model.keras")
+    from nightact.dataset import open_split
+
+    val = open_split(store, "val")
+    predicted = np.asarray(model.predict(np.asarray(val.frames), verbose=0)).argmax(axis=1)
+    assert np.mean(predicted == val.labels) == pytest.approx(best, abs=1e-6)
+    assert json.loads((run / "result.json").read_text())["epochs_completed"] == 12
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stands in for a crash or Ctrl-C after the first epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_from_the_last_finished_epoch(store, tmp_path, capsys):
+    run = tmp_path / "run"
+    config = TrainConfig(data=store, model="gru", out=run, epochs=3, batch_size=16, units=(8,))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_Interrupt()], verbose=0)
+    assert [row["epoch"] for row in read_history(run)] == [0]
+    assert (run / "backup").is_dir() and (run / "model.keras").exists()
+    assert not (run / "result.json").exists()
+
+    # Without --resume the unfinished run is not overwritten.
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, verbose=0)
+    # A resume must keep the settings that shape the run.
+    with pytest.raises(ValueError, match="batch_size"):
+        train(TrainConfig(**{**vars(config), "batch_size": 8, "resume": True}), verbose=0)
+
+    # The command line resumes from the saved config alone.
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert "of 3" in capsys.readouterr().out
+    history = read_history(run)
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    result = json.loads((run / "result.json").read_text())
+    assert result["epochs_completed"] == 3
+    assert not (run / "backup").exists()
+
+    # Resuming a finished run does nothing and returns its result.
+    again = train(TrainConfig(**{**vars(config), "resume": True}), verbose=0)
+    assert again.epochs_completed == 3 and read_history(run) == history
