@@ -74,7 +74,11 @@ def test_index_uses_sorted_folder_names_and_reports_what_it_passes_over(tmp_path
     (src / "notes.txt").write_text("hello")
     (src / "boxing" / "readme.md").write_text("hello")
     (src / "empty class").mkdir()
+    hidden = src / "boxing" / ".partial-123" / "half.mp4"
+    hidden.parent.mkdir()
+    hidden.write_bytes(b"half a video")
     class_names, entries, ignored = index_videos(src)
+    assert not any(".partial" in entry.path for entry in entries)
     assert class_names == sorted(CLASSES)
     assert [entry.label for entry in entries] == [0, 1, 2]
     reasons = {row["path"]: row["error"] for row in ignored}

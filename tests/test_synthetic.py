@@ -148,7 +148,7 @@ def test_videos_are_dark_with_speckle_and_temporal_noise(dataset):
         # Sensor noise survives the encoder: consecutive frames differ all over the picture,
         # not only where the figure moves.
         change = np.abs(np.diff(brightness, axis=0))
-        assert (change > 2).mean() > 0.1, (path, (change > 2).mean())
+        assert (change > 1).mean() > 0.1, (path, (change > 1).mean())
 
 
 def test_sizes_aspect_ratios_and_frame_rates_vary(dataset):
@@ -328,8 +328,9 @@ def test_cli_synth_writes_the_dataset_and_reports_bad_flags(tmp_path, capsys):
 def test_classes_are_separable_from_ten_letterboxed_frames(dataset):
     """A linear classifier on held-out videos, far above chance (1/12), without Keras.
 
-    Features: the magnitude of each sampled frame's 2-D Fourier transform, which ignores where
-    the figure stands, so a few training videos per class are enough.
+    Features: the magnitude of the 2-D Fourier transform of each sampled frame and of each
+    difference of consecutive frames. Magnitudes ignore where the figure stands, so four
+    training videos per class are enough; the differences carry the motion.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -338,10 +339,12 @@ def test_classes_are_separable_from_ten_letterboxed_frames(dataset):
     _, paths = dataset
     clips = np.stack([read_clip(path, frames=10, height=24, width=32).frames for path in paths])
     gray = clips.astype(np.float32).mean(axis=-1)
-    features = np.log1p(np.abs(np.fft.rfft2(gray))).reshape(len(paths), -1)
+    frames = np.log1p(np.abs(np.fft.rfft2(gray)))
+    motion = np.log1p(np.abs(np.fft.rfft2(np.diff(gray, axis=1))))
+    features = np.concatenate([frames.reshape(len(paths), -1), motion.reshape(len(paths), -1)], 1)
     labels = np.repeat(np.arange(12), PER_CLASS)
     held_out = np.tile(np.arange(PER_CLASS), 12) >= PER_CLASS - 2
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.001, max_iter=2000))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
     model.fit(features[~held_out], labels[~held_out])
     accuracy = model.score(features[held_out], labels[held_out])
-    assert accuracy >= 0.45, f"held-out accuracy {accuracy:.2f} (chance 0.08)"
+    assert accuracy >= 0.5, f"held-out accuracy {accuracy:.2f} (chance 0.08)"

@@ -83,6 +83,19 @@ def test_shuffled_batches_cover_every_clip_once_per_epoch():
     assert sum((rows_of(other_seed[step]) for step in range(3)), []) != epochs[0]
 
 
+def test_dropping_the_remainder_keeps_every_batch_full():
+    split = fake_split(10)
+    batches = ClipBatches(split, batch_size=4, shuffle=True, seed=3, drop_remainder=True)
+    full = ClipBatches(split, batch_size=4, shuffle=True, seed=3)
+    assert len(batches) == 2
+    for epoch in range(3):
+        rows = [rows_of(batches[epoch * 2 + step]) for step in range(2)]
+        assert [len(batch) for batch in rows] == [4, 4]
+        # The same epoch order as without dropping, less its last two clips.
+        assert rows == [rows_of(full[epoch * 3 + step]) for step in range(2)]
+        assert len(set(rows[0] + rows[1])) == 8
+
+
 def test_ordered_batches_and_read_ahead_threads_agree():
     split = fake_split(10)
     plain = ClipBatches(split, batch_size=4)
@@ -124,7 +137,7 @@ def test_original_preset(store, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_mixed_precision_builds_float16_layers_and_scales_the_loss(tmp_path):
+def test_mixed_precision_builds_float16_layers_and_scales_the_loss():
     from nightact.train import _build_and_compile
 
     config = TrainConfig(

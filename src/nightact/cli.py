@@ -44,6 +44,9 @@ def _add_data_commands(subparsers) -> None:
     synth.add_argument(
         "--max-seconds", type=float, default=15.0, help="longest clip duration (default 15)"
     )
+    synth.add_argument(
+        "--size", type=_size, default=None, help="HEIGHTxWIDTH for every video (default: varied)"
+    )
     synth.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
     synth.set_defaults(run=_run_synth)
 
@@ -96,6 +99,7 @@ def _run_synth(args) -> int:
         min_seconds=args.min_seconds,
         max_seconds=args.max_seconds,
         workers=args.workers,
+        size=args.size,
     )
     paths = write_synthetic_dataset(config)
     print(f"wrote {len(paths)} videos under {args.out}")
@@ -292,6 +296,13 @@ def _add_training_commands(subparsers) -> None:
         "--unroll", action="store_true", default=None, help="unroll the recurrent layers"
     )
     train.add_argument(
+        "--no-xla",
+        dest="xla",
+        action="store_false",
+        default=None,
+        help="do not compile the training step with XLA (on by default where the model allows)",
+    )
+    train.add_argument(
         "--quiet", action="store_true", help="no progress bar; one log line per epoch"
     )
     train.set_defaults(run=_run_train)
@@ -373,6 +384,7 @@ def _run_train(args) -> int:
         "conv_kernel": args.conv_kernel,
         "conv_stride": args.conv_stride,
         "unroll": args.unroll,
+        "xla": args.xla,
     }
     explicit = {name: value for name, value in explicit.items() if value is not None}
     if args.resume:

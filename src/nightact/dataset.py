@@ -222,7 +222,10 @@ def index_videos(
         files = sorted(
             path
             for path in child.rglob("*")
-            if path.is_file() and not any(part.startswith(".") for part in path.parts[-1:])
+            # Hidden files and folders (editor backups, a synth run's unfinished .partial-*
+            # folders) are not part of the dataset.
+            if path.is_file()
+            and not any(part.startswith(".") for part in path.relative_to(child).parts)
         )
         videos = [path for path in files if path.suffix.lower() in extensions]
         for path in files:
@@ -324,7 +327,7 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
             f"{{{','.join(config.extensions)}}}"
         )
     for row in ignored:
-        log.warning("ignored %s: %s", row["path"], row["error"])
+        log.info("ignored %s: %s", row["path"], row["error"])
     fingerprint = _fingerprint(entries)
     settings = config.content_settings()
 

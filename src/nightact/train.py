@@ -112,6 +112,10 @@ class TrainConfig:
     conv_kernel: int = 15
     conv_stride: int = 15
     unroll: bool = False
+    # Compile the training step with XLA where the model allows it. Keras leaves XLA off on
+    # TensorFlow without a GPU; there it trains these models 2-4 times faster. (On a GPU the
+    # cuDNN LSTM/GRU kernels win, and Keras keeps XLA off for models that use them.)
+    xla: bool = True
     preset: str | None = None  # the preset these settings started from, for the record
     # The clip shape. None: whatever the store holds (filled in when training starts); a number:
     # the store must have it.
@@ -193,10 +197,12 @@ class ClipBatches(keras.utils.PyDataset):
 
     With ``shuffle=True`` it is an endless stream for ``fit(steps_per_epoch=len(self))``: batch
     ``index`` belongs to epoch ``start_epoch + index // len(self)``, and each epoch visits every
-    clip once in the order of a permutation drawn from ``(seed, epoch)``. Deriving the order from
-    the batch index (rather than reshuffling in ``on_epoch_end``) keeps it right even though
-    Keras starts reading the next epoch before the current one has ended, and lets a resumed run
-    see exactly the batches an uninterrupted one would have.
+    clip once in the order of a permutation drawn from ``(seed, epoch)``; with
+    ``drop_remainder``, all but the last ``len(split) % batch_size`` clips of that order, a
+    different few each epoch. Deriving the order from the batch index (rather than reshuffling in
+    ``on_epoch_end``) keeps it right even though Keras starts reading the next epoch before the
+    current one has ended, and lets a resumed run see exactly the batches an uninterrupted one
+    would have.
     """
 
     def __init__(
@@ -207,6 +213,7 @@ class ClipBatches(keras.utils.PyDataset):
         seed: int = 0,
         start_epoch: int = 0,
         workers: int = 1,
+        drop_remainder: bool = False,
     ):
         # Keras' own worker threads are not used: its enqueuer drops the batches it has read
         # ahead at every epoch's end, which would break the index -> epoch mapping above.
@@ -220,7 +227,11 @@ class ClipBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.start_epoch = start_epoch
-        self.steps_per_epoch = math.ceil(len(split) / batch_size)
+        if shuffle and drop_remainder and len(split) >= batch_size:
+            # Every batch full: one shape, so a compiled step is traced and compiled only once.
+            self.steps_per_epoch = len(split) // batch_size
+        else:
+            self.steps_per_epoch = math.ceil(len(split) / batch_size)
         self._one_hot = np.eye(len(split.class_names), dtype=np.float32)
         self._lock = threading.Lock()
         self._orders: dict[int, np.ndarray] = {}
@@ -330,6 +341,14 @@ def train(config: TrainConfig, callbacks=None, verbose: int = 1) -> RunResult:
         finished = _read_result(run)
         if finished is not None:
             log.info("%s already finished after %d epochs", run, finished.epochs_completed)
+            if config.epochs > finished.epochs_completed and not finished.stopped_early:
+                log.warning(
+                    "%s finished its %d epochs and kept no backup to go on from; start a new "
+                    "run to train for %d",
+                    run,
+                    finished.epochs_completed,
+                    config.epochs,
+                )
             return finished
 
     train_split = open_split(config.data, "train")
@@ -362,6 +381,7 @@ def train(config: TrainConfig, callbacks=None, verbose: int = 1) -> RunResult:
         seed=config.seed,
         start_epoch=start_epoch,
         workers=config.workers,
+        drop_remainder=True,
     )
     val_batches = ClipBatches(val_split, config.batch_size, workers=config.workers)
     early_stopping = None
@@ -504,8 +524,18 @@ def _build_and_compile(config: TrainConfig, num_classes: int) -> keras.Model:
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
         loss=loss,
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=_jit_compile(config),
     )
     return model
+
+
+def _jit_compile(config: TrainConfig):
+    """Keras' jit_compile value for the config: XLA also on TensorFlow without a GPU."""
+    if not config.xla:
+        return False
+    if keras.config.backend() == "tensorflow" and not gpu_available():
+        return True
+    return "auto"
 
 
 def _tensorboard(folder: Path) -> list:

@@ -271,10 +271,12 @@ def write_video(
     codec: str = "libx264",
     keyframe_interval: int | None = None,
     crf: int = 23,
+    preset: str = "veryfast",
 ) -> Path:
     """Encode RGB uint8 frames (h, w, 3) to a real video file (H.264 in MP4 by default).
 
-    Width and height must be even for yuv420p. Used by the synthetic dataset and by tests.
+    Width and height must be even for yuv420p. ``preset`` is x264's speed/size trade-off
+    ("ultrafast" ... "veryslow"). Used by the synthetic dataset and by tests.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +290,7 @@ def write_video(
                 stream.pix_fmt = "yuv420p"
                 options = {}
                 if codec == "libx264":
-                    options = {"crf": str(crf), "preset": "veryfast"}
+                    options = {"crf": str(crf), "preset": preset}
                 if keyframe_interval:
                     stream.codec_context.gop_size = keyframe_interval
                 stream.options = options
