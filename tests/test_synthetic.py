@@ -224,13 +224,14 @@ def test_interrupted_write_leaves_no_file_under_a_real_name(tmp_path, monkeypatc
     real_write = synthetic.write_video
     calls = []
 
-    def write_then_fail(path, frames, fps):
+    def write_then_fail(path, frames, fps, **options):
         calls.append(Path(path))
         if len(calls) == 3:
             # Half a video on disk, then the process dies mid-encode.
-            real_write(path, (frame for _, frame in zip(range(3), frames, strict=False)), fps)
+            first_three = (frame for _, frame in zip(range(3), frames, strict=False))
+            real_write(path, first_three, fps, **options)
             raise KeyboardInterrupt
-        return real_write(path, frames, fps=fps)
+        return real_write(path, frames, fps=fps, **options)
 
     monkeypatch.setattr(synthetic, "write_video", write_then_fail)
     with pytest.raises(KeyboardInterrupt):
