@@ -69,6 +69,38 @@ def write_barcode_video(
     return path
 
 
+def make_synthetic_store(
+    folder: Path,
+    videos_per_class: int,
+    frames: int,
+    height: int = 24,
+    width: int = 32,
+    seconds: tuple[float, float] = (1.0, 1.5),
+    workers: int = 1,
+) -> Path:
+    """Synthetic videos at 48x64 under FOLDER/videos, prepared into the store FOLDER/store."""
+    from nightact.dataset import PrepareConfig, prepare
+    from nightact.synthetic import SynthConfig, write_synthetic_dataset
+
+    write_synthetic_dataset(
+        SynthConfig(
+            folder / "videos",
+            videos_per_class=videos_per_class,
+            min_seconds=seconds[0],
+            max_seconds=seconds[1],
+            size=(48, 64),
+            workers=workers,
+        )
+    )
+    store = folder / "store"
+    prepare(
+        PrepareConfig(
+            folder / "videos", store, frames=frames, height=height, width=width, workers=workers
+        )
+    )
+    return store
+
+
 @pytest.fixture
 def barcode_video(tmp_path):
     """Factory for barcode videos in the test's own folder."""

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import make_synthetic_store
 from nightact.cli import main
 from nightact.evaluate import compute_metrics, confusion_figure, evaluate, format_metrics
 
@@ -103,23 +104,10 @@ def test_confusion_figure_keeps_long_class_names_whole(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A one-epoch run of a small CNN GRU on a tiny synthetic store (it need not learn)."""
-    from nightact.dataset import PrepareConfig, prepare
-    from nightact.synthetic import SynthConfig, write_synthetic_dataset
     from nightact.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("evaluate")
-    write_synthetic_dataset(
-        SynthConfig(
-            folder / "videos",
-            videos_per_class=4,
-            min_seconds=1.0,
-            max_seconds=1.0,
-            size=(48, 64),
-            workers=1,
-        )
-    )
-    store = folder / "store"
-    prepare(PrepareConfig(folder / "videos", store, frames=3, height=24, width=32, workers=1))
+    store = make_synthetic_store(folder, videos_per_class=4, frames=3, seconds=(1.0, 1.0))
     config = TrainConfig(
         data=store,
         model="cnn_gru",

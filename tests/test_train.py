@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import make_synthetic_store
 from nightact.cli import main
 from nightact.dataset import Split
 from nightact.train import ClipBatches, TrainConfig, read_history, train
@@ -20,22 +21,9 @@ TINY_MODEL = dict(units=(32, 16), dropout=0.1, conv_filters=16, conv_kernel=3, c
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A prepared store of the synthetic videos: 6 frames of 24x32, 10 videos per class."""
-    from nightact.dataset import PrepareConfig, prepare
-    from nightact.synthetic import SynthConfig, write_synthetic_dataset
-
-    folder = tmp_path_factory.mktemp("train")
-    write_synthetic_dataset(
-        SynthConfig(
-            folder / "videos",
-            videos_per_class=10,
-            min_seconds=1.0,
-            max_seconds=1.5,
-            size=(48, 64),
-            workers=2,
-        )
+    return make_synthetic_store(
+        tmp_path_factory.mktemp("train"), videos_per_class=10, frames=6, workers=2
     )
-    prepare(PrepareConfig(folder / "videos", folder / "store", frames=6, height=24, width=32))
-    return folder / "store"
 
 
 def fake_split(count: int = 10, classes: int = 3) -> Split:
