@@ -22,21 +22,7 @@ import pytest
 
 from nightact.cli import main
 from nightact.report import MODEL_LABELS, MODEL_ORDER, compare, find_runs
-
-CLASS_NAMES = [
-    "Drink",
-    "Picking",
-    "Push",
-    "Run",
-    "Throwing objects",
-    "boxing",
-    "lifting weights",
-    "receiving the phone",
-    "stand",
-    "walking on stairs",
-    "walking with flashlight",
-    "waving",
-]
+from nightact.synthetic import CLASS_NAMES
 
 
 def write_fake_run(
