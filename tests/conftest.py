@@ -49,6 +49,7 @@ def write_barcode_video(
     width: int = 96,
     fps: int = 25,
     frame_times: list[float] | None = None,
+    keyframe_interval: int | None = None,
 ) -> Path:
     """Write ``count`` barcode frames as H.264; ``frame_times`` (seconds) makes it variable-rate."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,10 @@ def write_barcode_video(
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "10", "preset": "veryfast"}
+        if keyframe_interval:
+            # A keyframe every N frames and no scene-cut keyframes in between.
+            stream.codec_context.gop_size = keyframe_interval
+            stream.options = {**stream.options, "x264-params": "scenecut=0"}
         time_base = Fraction(1, 1000)
         stream.codec_context.time_base = time_base
         for index in range(count):

@@ -44,6 +44,28 @@ def test_read_clip_returns_exactly_the_sampled_frames(barcode_video, count):
     assert not clip.short
 
 
+@pytest.mark.parametrize("keyframe_interval", [1, 7, 25])
+def test_seeking_to_keyframes_gives_the_same_frames_as_a_full_decode(
+    barcode_video, monkeypatch, keyframe_interval
+):
+    import nightact.videos as videos
+
+    path = barcode_video(count=120, keyframe_interval=keyframe_interval)
+    with av.open(str(path)) as container:
+        keyframes = sum(packet.is_keyframe for packet in container.demux(video=0))
+    assert keyframes >= 120 // keyframe_interval
+    full, _, _ = videos._decode_indices(path, set(sample_indices(120, 10)), 64, 96, 1)
+
+    def no_full_decode(*args, **kwargs):
+        raise AssertionError("a clean file must not need the full decode")
+
+    monkeypatch.setattr(videos, "_decode_indices", no_full_decode)
+    clip = read_clip(path, frames=10, height=64, width=96)
+    assert [read_barcode(frame) for frame in clip.frames] == sample_indices(120, 10)
+    for frame, index in zip(clip.frames, clip.indices, strict=True):
+        np.testing.assert_array_equal(frame, full[index])
+
+
 def test_variable_frame_rate_video_gives_the_frames_in_presentation_order(barcode_video):
     gaps = np.random.default_rng(3).choice([0.02, 0.1, 0.4], size=49)
     times = np.concatenate([[0.0], np.cumsum(gaps)]).tolist()

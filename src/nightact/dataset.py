@@ -53,7 +53,7 @@ MANIFEST_COLUMNS = (
     "label",
     "split",
     "row",  # row in STORE/<split>.npy; empty when the clip is not stored
-    "decoded_frames",  # frames that really decode
+    "decoded_frames",  # frames in the stream (what really decodes, for a damaged file)
     "header_frames",  # what the container header claims
     "fps",
     "width",

@@ -7,9 +7,11 @@ One code path turns a video file into the model's input, used by `prepare` and b
    negative number for it), so the header count is recorded but never trusted.
 2. Pick N frame indices with the original project's rule ``int(i * total / N)``, the last one
    clamped to ``total - 1``.
-3. Decode the stream once, front to back, and keep exactly the frames at those indices in
-   presentation order. (Seeking per frame, as the original did with OpenCV, is slower and returns
-   wrong frames on variable-frame-rate and truncated files.)
+3. Decode only the groups of pictures that hold a wanted frame: seek to the keyframe before it
+   (from the packet index) and decode forward, matching frames by timestamp. When that cannot be
+   trusted, decode the stream once, front to back, keeping exactly the frames at those indices.
+   (Seeking to a frame number, as the original did with OpenCV, returns wrong frames on
+   variable-frame-rate and truncated files.)
 4. Apply the rotation in the stream's display matrix so people stand upright, and the sample
    aspect ratio so non-square pixels are shown at their true shape.
 5. Letterbox: scale the picture to fit inside HEIGHTxWIDTH keeping its display aspect ratio
@@ -21,6 +23,7 @@ One code path turns a video file into the model's input, used by `prepare` and b
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from collections.abc import Iterable
@@ -54,7 +57,7 @@ class Clip:
     """N sampled, upright, letterboxed RGB frames of one video and what we learned reading it."""
 
     frames: np.ndarray  # (N, height, width, 3) uint8
-    decoded_frames: int  # frames actually decoded from the file
+    decoded_frames: int  # frames in the stream: packets, or what decoded when a file is damaged
     header_frames: int  # what the container header claims (often wrong)
     fps: float
     width: int  # coded width of the source
@@ -156,20 +159,30 @@ def count_frames(path: str | os.PathLike) -> int:
     """Count the video frames by demuxing packets (no decoding); headers are not trusted."""
     path = Path(path)
     with _open(path) as container:
-        return _count_packets(path, container)
+        return len(_packet_index(path, container))
 
 
-def _count_packets(path: Path, container) -> int:
+@dataclass
+class _Packet:
+    """What the demuxer says about one compressed frame, in decode order."""
+
+    pts: int | None
+    keyframe: bool
+    discard: bool
+
+
+def _packet_index(path: Path, container) -> list[_Packet]:
+    """Every frame-carrying packet of the video stream, in decode order, without decoding."""
     stream = container.streams.video[0]
-    total = 0
+    packets = []
     try:
         for packet in container.demux(stream):
             # The demuxer ends with an empty flush packet; it carries no frame.
             if packet.size > 0:
-                total += 1
+                packets.append(_Packet(packet.pts, packet.is_keyframe, packet.is_discard))
     except av.FFmpegError as error:
         log.debug("%s: demuxing stopped early: %s", path, error)
-    return total
+    return packets
 
 
 def read_clip(
@@ -195,14 +208,22 @@ def read_clip(
         pixel_aspect = stream.sample_aspect_ratio or Fraction(1)
         if pixel_aspect <= 0:
             pixel_aspect = Fraction(1)
-        total = _count_packets(path, container)
+        packets = _packet_index(path, container)
+    total = len(packets)
     if total == 0:
         raise VideoError(path, "no video frames in the file")
 
     wanted = sample_indices(total, frames)
-    # A clip with no more frames than we need is kept whole: every frame is used anyway.
-    keep = set(range(total)) if total <= frames else set(wanted)
-    kept, decoded, rotation = _decode_indices(path, keep, height, width, pixel_aspect)
+    seeked = None
+    if total > frames:
+        seeked = _decode_by_seeking(path, packets, wanted, height, width, pixel_aspect)
+    if seeked is not None:
+        kept, rotation = seeked
+        decoded = total
+    else:
+        # A clip with no more frames than we need is kept whole: every frame is used anyway.
+        keep = set(range(total)) if total <= frames else set(wanted)
+        kept, decoded, rotation = _decode_indices(path, keep, height, width, pixel_aspect)
     if decoded == 0:
         raise VideoError(path, "no frame could be decoded (corrupt or unsupported stream)")
     if decoded != total:
@@ -239,6 +260,69 @@ def read_clip(
         indices=wanted,
         short=short,
     )
+
+
+def _decode_by_seeking(
+    path: Path,
+    packets: list[_Packet],
+    wanted: list[int],
+    height: int,
+    width: int,
+    pixel_aspect: Fraction,
+) -> tuple[dict[int, np.ndarray], int] | None:
+    """Decode only the groups of pictures that hold a wanted frame, and stop after the last one.
+
+    Each wanted frame is decoded starting from the keyframe before it (found in the packet
+    index, by presentation time); groups of pictures without a wanted frame and the tail after
+    the last one are never decoded. Returns None whenever the result could not be trusted
+    (packets without timestamps, edit-list discards, a failed seek, a missing frame), and the
+    caller then decodes the whole stream front to back.
+    """
+    if any(packet.pts is None or packet.discard for packet in packets):
+        return None
+    presentation = sorted(packet.pts for packet in packets)
+    if len(set(presentation)) != len(presentation):
+        return None
+    index_of = {pts: index for index, pts in enumerate(presentation)}
+    keyframes = sorted(index_of[packet.pts] for packet in packets if packet.keyframe)
+    if not keyframes or keyframes[0] != 0:
+        return None
+    # Wanted frames grouped by the keyframe that starts their group of pictures.
+    groups: dict[int, set[int]] = {}
+    for index in wanted:
+        start = keyframes[bisect.bisect_right(keyframes, index) - 1]
+        groups.setdefault(start, set()).add(index)
+
+    kept: dict[int, np.ndarray] = {}
+    rotation = 0
+    try:
+        with _open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            frames = container.decode(stream)
+            position = -1  # presentation index of the last frame the decoder gave
+            for start, needed in sorted(groups.items()):
+                if position < start - 1:
+                    # Far behind this group: jump to its keyframe rather than decode up to it.
+                    container.seek(presentation[start], stream=stream, backward=True)
+                    frames = container.decode(stream)
+                for frame in frames:
+                    index = index_of.get(frame.pts)
+                    if index is None:
+                        return None
+                    position = index
+                    if index in needed:
+                        kept[index] = _frame_to_picture(frame, height, width, pixel_aspect)
+                        rotation = int(round(frame.rotation or 0))
+                        needed.discard(index)
+                        if not needed:
+                            break
+                if needed:
+                    return None
+    except (av.FFmpegError, VideoError) as error:
+        log.debug("%s: seeking decode failed, decoding in full: %s", path, error)
+        return None
+    return kept, rotation
 
 
 def _decode_indices(
