@@ -1,0 +1,201 @@
+"""Benchmark `nightact timeline`: real-time factor on a long 640x480 night video.
+
+The video is made once from synthetic night clips of random classes (``nightact.synthetic``,
+rendered at 640x480, joined at 25 fps, H.264 ``veryfast``, CRF 23) and kept in ``--cache``. The
+model is the demo's CNN GRU (8 x 48x64, widths 64/32/16, 32 filters of 4x4 stride 4) with seeded
+random weights, saved as a run folder: speed does not depend on what the weights learned.
+
+Each measurement runs in a fresh process, one after the other:
+
+- decode only: PyAV decodes every frame and does nothing else, the floor for any single pass;
+- timeline with the Keras engine, and with the ONNX engine (the same model exported), default
+  window (the fallback, 2 s, as the run has no store) and stride (1 s).
+
+Real-time factor = seconds of video / wall seconds (start-up and model loading excluded, as
+the timeline's own figure excludes them); peak RSS of each process.
+
+    python benchmarks/timeline.py                      # 10 minutes of video
+    python benchmarks/timeline.py --minutes 1          # a quick run
+
+Prints a table and writes benchmarks/results/timeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+FPS = 25.0
+HEIGHT, WIDTH = 480, 640
+DEMO = {"units": (64, 32, 16), "dropout": 0.1, "conv_filters": 32, "conv_kernel": 4,
+        "conv_stride": 4}  # fmt: skip
+
+
+def make_video(path: Path, minutes: float, seed: int = 0) -> Path:
+    """Join synthetic clips of random classes (2-8 s each) into one 640x480 video."""
+    import av
+
+    from nightact.synthetic import CLASS_NAMES, SynthConfig, synthetic_frames
+
+    rng = np.random.default_rng(seed)
+    config = SynthConfig("unused", seed=seed, min_seconds=2, max_seconds=8, size=(HEIGHT, WIDTH))
+    total = round(minutes * 60 * FPS)
+    partial = path.with_name(path.name + ".partial.mp4")
+    written = 0
+    with av.open(str(partial), mode="w") as container:
+        stream = container.add_stream("libx264", rate=int(FPS))
+        stream.height, stream.width, stream.pix_fmt = HEIGHT, WIDTH, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        index = 0
+        while written < total:
+            _, frames = synthetic_frames(config, int(rng.integers(len(CLASS_NAMES))), index)
+            index += 1
+            for frame in frames:
+                if written >= total:
+                    break
+                picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                container.mux(stream.encode(picture))
+                written += 1
+        container.mux(stream.encode(None))
+    os.replace(partial, path)
+    return path
+
+
+def make_run(folder: Path) -> Path:
+    import keras
+
+    from nightact.models import build_model
+    from nightact.synthetic import CLASS_NAMES
+
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn_gru", 8, 48, 64, len(CLASS_NAMES), **DEMO)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / "classes.json").write_text(json.dumps({"class_names": list(CLASS_NAMES)}))
+    return folder
+
+
+def worker(args) -> dict:
+    """One measurement in this (fresh) process; printed as JSON."""
+    if args.what == "decode":
+        import av
+
+        started = time.perf_counter()
+        count = 0
+        with av.open(args.video) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for _ in container.decode(stream):
+                count += 1
+        wall = time.perf_counter() - started
+        media = count / FPS
+        row = {"what": "decode only", "frames": count, "wall_seconds": wall}
+    else:
+        from nightact.timeline import TimelineConfig, load_engine, run_timeline
+
+        config = TimelineConfig(args.model, args.video, args.out, engine=args.what)
+        predictor = load_engine(config.model, config.engine)
+        [result] = run_timeline(config, predictor, progress=False)
+        media, wall = result.media_seconds, result.wall_seconds
+        row = {
+            "what": f"timeline ({args.what})",
+            "frames": result.decoded_frames,
+            "windows": result.windows,
+            "wall_seconds": wall,
+        }
+    row["media_seconds"] = media
+    row["realtime_factor"] = media / wall
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def run_worker(what: str, video: Path, model: Path, out: Path) -> dict:
+    command = [sys.executable, __file__, "--worker", what, "--video", str(video)]
+    command += ["--model", str(model), "--out", str(out)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if finished.returncode:
+        raise RuntimeError(f"{what} failed:\n{finished.stderr[-3000:]}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--cache", default=str(HERE / "results" / "timeline-cache"))
+    parser.add_argument("--json", default=str(HERE / "results" / "timeline.json"))
+    parser.add_argument("--engines", nargs="+", default=["keras", "onnx"])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--video", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.what = args.worker
+        print(json.dumps(worker(args)))
+        return 0
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    video = cache / f"night-{args.minutes:g}min-640x480.mp4"
+    if not video.is_file():
+        print(f"writing {video} ...", file=sys.stderr, flush=True)
+        make_video(video, args.minutes)
+    run = make_run(cache / "cnn_gru-demo-run")
+    onnx_path = cache / "cnn_gru-demo.onnx"
+    if "onnx" in args.engines and not onnx_path.is_file():
+        from nightact.export import export_model
+
+        export_model(run, "onnx", onnx_path)
+    load_before = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nightact-timeline-bench-") as folder:
+        for what in ["decode", *args.engines]:
+            print(f"timing {what} ...", file=sys.stderr, flush=True)
+            model = onnx_path if what == "onnx" else run
+            rows.append(run_worker(what, video, model, Path(folder) / what))
+    lines = [f"{'measurement':<20} {'frames':>7} {'video s':>8} {'wall s':>7} {'x real time':>11}"
+             f" {'peak RSS MB':>11}"]  # fmt: skip
+    for row in rows:
+        lines.append(
+            f"{row['what']:<20} {row['frames']:>7} {row['media_seconds']:>8.1f} "
+            f"{row['wall_seconds']:>7.1f} {row['realtime_factor']:>11.1f} "
+            f"{row['peak_rss_mb']:>11.0f}"
+        )
+    table = "\n".join(lines)
+    print(table)
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "video": {
+            "path": str(video),
+            "minutes": args.minutes,
+            "size": [HEIGHT, WIDTH],
+            "fps": FPS,
+            "bytes": video.stat().st_size,
+        },  # fmt: skip
+        "results": rows,
+        "table": table,
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
