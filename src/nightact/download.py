@@ -23,7 +23,6 @@ finds the folder and does nothing.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm import tqdm
 
-from nightact import __version__
+from nightact import __version__, files
 from nightact.videos import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,6 @@ KAGGLE_HANDLE = "lakavathakshay/noctact-har"
 DEFAULT_URL = f"https://www.kaggle.com/api/v1/datasets/download/{KAGGLE_HANDLE}"
 
 _CHUNK_BYTES = 1 << 20
-# Filesystem metadata and rounding take some room beyond the bytes we write.
-_SPACE_MARGIN_BYTES = 64 << 20
 _CREDENTIALS_HINT = (
     "Kaggle wants a signed-in account for this download: create an API token at "
     "https://www.kaggle.com/settings, then set KAGGLE_USERNAME and KAGGLE_KEY (or save kaggle.json "
@@ -227,7 +224,7 @@ def _download_over_http(
         notes.append("archive already downloaded")
     else:
         fetch(url, archive, config)
-    digest = sha256_of(archive)
+    digest = files.sha256_of(archive)
     archive_bytes = archive.stat().st_size
     dataset_root, class_counts = extract_archive(archive, final_folder, config)
     if not config.keep_archive:
@@ -265,7 +262,7 @@ def fetch(url: str, archive: Path, config: DownloadConfig) -> Path:
             log.warning(
                 "%s: connection ended at %d of %s bytes; resuming (attempt %d of %d)",
                 url,
-                _size(part),
+                files.file_size(part),
                 state.get("total", "?"),
                 attempt + 1,
                 attempts,
@@ -274,12 +271,12 @@ def fetch(url: str, archive: Path, config: DownloadConfig) -> Path:
     else:
         raise DownloadError(
             url,
-            f"download truncated: got {_size(part)} of {state.get('total', '?')} bytes after "
-            f"{attempts} attempts; run again to resume from {part}",
+            f"download truncated: got {files.file_size(part)} of {state.get('total', '?')} "
+            f"bytes after {attempts} attempts; run again to resume from {part}",
         )
 
     if config.sha256:
-        digest = sha256_of(part)
+        digest = files.sha256_of(part)
         if digest.lower() != config.sha256.strip().lower():
             part.unlink()
             state_file.unlink(missing_ok=True)
@@ -301,7 +298,7 @@ def fetch(url: str, archive: Path, config: DownloadConfig) -> Path:
 
 def _fetch_once(url: str, part: Path, state: dict, config: DownloadConfig) -> str:
     """One request: returns "complete" when ``part`` holds the whole file, else "partial"."""
-    offset = _size(part)
+    offset = files.file_size(part)
     headers = {"User-Agent": f"nightact/{__version__}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -407,7 +404,7 @@ def _after_range_not_satisfiable(url: str, part: Path, state: dict, error) -> st
     # 416 on a resume: either the .part is already whole (a run stopped just before renaming) or
     # it is longer than the file on the server; Content-Range "bytes */TOTAL" tells which.
     _, total = _parse_content_range(error.headers.get("Content-Range") if error.headers else None)
-    if total is not None and _size(part) == total:
+    if total is not None and files.file_size(part) == total:
         state["total"] = total
         return "complete"
     log.warning("%s: the partial download does not match the server's file; starting again", url)
@@ -466,34 +463,11 @@ def _write_part_state(state_file: Path, state: dict) -> None:
         log.debug("%s: could not record the download state: %s", state_file, error)
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while chunk := source.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_free_space(folder: Path, needed: int, doing: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if needed + _SPACE_MARGIN_BYTES > free:
-        raise DownloadError(
-            folder,
-            f"not enough free disk space for {doing}: needs {_gigabytes(needed)} GB, "
-            f"{_gigabytes(free)} GB free",
-        )
-
-
-def _gigabytes(count: int) -> str:
-    return f"{count / 1e9:.2f}"
+    try:
+        files.check_free_space(folder, needed, doing)
+    except files.DiskSpaceError as error:
+        raise DownloadError(folder, error.reason) from None
 
 
 # --- extraction -------------------------------------------------------------------------------
@@ -605,15 +579,15 @@ def find_class_folders(
     root = Path(root)
     wanted = {extension.lower() for extension in extensions}
     by_parent: dict[Path, dict[str, int]] = {}
-    for folder, subfolders, files in os.walk(root):
+    for folder, subfolders, names in os.walk(root):
         # Skip hidden folders and the resource forks macOS adds to zips.
         subfolders[:] = sorted(
             name for name in subfolders if not name.startswith(".") and name != "__MACOSX"
         )
         videos = sum(
             1
-            for file in files
-            if not file.startswith(".") and os.path.splitext(file)[1].lower() in wanted
+            for name in names
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in wanted
         )
         folder = Path(folder)
         if videos and folder != root:
@@ -672,4 +646,4 @@ def _write_record(path: Path, config: DownloadConfig, result: DownloadResult) ->
         "dataset_root": str(result.dataset_root),
         "class_counts": result.class_counts,
     }
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    files.write_json_atomic(path, record)
