@@ -1,7 +1,8 @@
 """Benchmark `nightact timeline`: real-time factor on a long 640x480 night video.
 
 The video is made once from synthetic night clips of random classes (``nightact.synthetic``,
-rendered at 640x480, joined at 25 fps, H.264 ``veryfast``, CRF 23) and kept in ``--cache``. The
+rendered at 640x480, joined at 25 fps, H.264 ``veryfast``, CRF 23): one minute of them, repeated
+to the length wanted by copying packets, kept in ``--cache``. The
 model is the demo's CNN GRU (8 x 48x64, widths 64/32/16, 32 filters of 4x4 stride 4) with seeded
 random weights, saved as a run folder: speed does not depend on what the weights learned.
 
@@ -42,32 +43,65 @@ DEMO = {"units": (64, 32, 16), "dropout": 0.1, "conv_filters": 32, "conv_kernel"
         "conv_stride": 4}  # fmt: skip
 
 
-def make_video(path: Path, minutes: float, seed: int = 0) -> Path:
-    """Join synthetic clips of random classes (2-8 s each) into one 640x480 video."""
+def make_video(path: Path, minutes: float, unique_minutes: float = 1.0, seed: int = 0) -> Path:
+    """A ``minutes`` long 640x480 video: ``unique_minutes`` of synthetic clips, repeated.
+
+    Clips of random classes (2-8 s each) are rendered and encoded once; the long file repeats
+    that segment by copying its packets with shifted timestamps (no re-encoding), which is as
+    costly to decode as unique footage and takes seconds instead of the renderer's half hour.
+    """
     import av
 
     from nightact.synthetic import CLASS_NAMES, SynthConfig, synthetic_frames
 
     rng = np.random.default_rng(seed)
     config = SynthConfig("unused", seed=seed, min_seconds=2, max_seconds=8, size=(HEIGHT, WIDTH))
-    total = round(minutes * 60 * FPS)
+    segment = path.with_name(path.stem + f".segment-{unique_minutes:g}min.mp4")
+    if not segment.is_file():
+        total = round(min(unique_minutes, minutes) * 60 * FPS)
+        partial = segment.with_name(segment.name + ".partial.mp4")
+        written = 0
+        with av.open(str(partial), mode="w") as container:
+            stream = container.add_stream("libx264", rate=int(FPS))
+            stream.height, stream.width, stream.pix_fmt = HEIGHT, WIDTH, "yuv420p"
+            stream.options = {"preset": "veryfast", "crf": "23"}
+            index = 0
+            while written < total:
+                _, frames = synthetic_frames(config, int(rng.integers(len(CLASS_NAMES))), index)
+                index += 1
+                for frame in frames:
+                    if written >= total:
+                        break
+                    picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                    container.mux(stream.encode(picture))
+                    written += 1
+            container.mux(stream.encode(None))
+        os.replace(partial, segment)
+
     partial = path.with_name(path.name + ".partial.mp4")
-    written = 0
-    with av.open(str(partial), mode="w") as container:
-        stream = container.add_stream("libx264", rate=int(FPS))
-        stream.height, stream.width, stream.pix_fmt = HEIGHT, WIDTH, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23"}
-        index = 0
-        while written < total:
-            _, frames = synthetic_frames(config, int(rng.integers(len(CLASS_NAMES))), index)
-            index += 1
-            for frame in frames:
-                if written >= total:
+    wanted = round(minutes * 60 * FPS)
+    copied = 0
+    with av.open(str(segment)) as source, av.open(str(partial), mode="w") as target:
+        source_stream = source.streams.video[0]
+        target_stream = target.add_stream_from_template(source_stream)
+        packets = [packet for packet in source.demux(source_stream) if packet.size]
+        times = sorted(packet.pts for packet in packets)
+        # One copy starts a frame after the last frame of the one before.
+        step = times[-1] - times[0] + (times[1] - times[0])
+        repeat = 0
+        while copied < wanted:
+            for packet in packets:
+                if copied >= wanted:
                     break
-                picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                container.mux(stream.encode(picture))
-                written += 1
-        container.mux(stream.encode(None))
+                copy = av.Packet(bytes(packet))
+                copy.pts = packet.pts + repeat * step
+                copy.dts = packet.dts + repeat * step
+                copy.time_base = packet.time_base
+                copy.is_keyframe = packet.is_keyframe
+                copy.stream = target_stream
+                target.mux(copy)
+                copied += 1
+            repeat += 1
     os.replace(partial, path)
     return path
 

@@ -210,8 +210,8 @@ def test_onnx_prediction_runs_without_tensorflow_keras_or_jax(run, tmp_path):
     script = BLOCKER + textwrap.dedent(
         f"""
         import json, sys
-        from nightact.onnx_engine import predict_videos_onnx
-        [prediction] = predict_videos_onnx({str(model_path)!r}, [{str(video)!r}], progress=False)
+        import nightact
+        [prediction] = nightact.predict({str(model_path)!r}, [{str(video)!r}], progress=False)
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "jax"))
         print(json.dumps({{"prediction": prediction.to_dict(), "loaded": loaded}}))
         """
@@ -259,3 +259,29 @@ def _median_train_seconds(run: Path) -> float:
         if row["split"] == "train" and row["status"] == "ok"
     ]
     return float(np.median(durations))
+
+
+def test_export_and_onnx_predict_from_the_command_line(run, tmp_path, capsys):
+    import keras
+
+    from nightact import cli
+
+    model_path = tmp_path / "model.onnx"
+    assert cli.main(["export", str(run), "--format", "onnx", "--out", str(model_path)]) == 0
+    assert "onnx export matches Keras within" in capsys.readouterr().out
+
+    video = sorted((run.parent / "videos" / CLASSES[0]).glob("*.mp4"))[0]
+    assert cli.main(["predict", "--engine", "onnx", str(model_path), str(video), "--json"]) == 0
+    [answer] = json.loads(capsys.readouterr().out)
+    model = keras.saving.load_model(run / "model.keras")
+    expected = np.asarray(
+        model.predict_on_batch(read_clip(video, FRAMES, HEIGHT, WIDTH).frames[None])
+    )
+    got = np.array([answer["probabilities"][name] for name in CLASSES])
+    assert np.max(np.abs(got - expected[0])) <= 1e-4
+
+    # The engine must fit the model; a second export to the same name is refused.
+    assert cli.main(["predict", "--engine", "onnx", str(run), str(video)]) == 2
+    assert "engine 'onnx' needs an .onnx file" in capsys.readouterr().err
+    assert cli.main(["export", str(run), "--format", "onnx", "--out", str(model_path)]) == 2
+    assert "already exists" in capsys.readouterr().err

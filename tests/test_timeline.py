@@ -442,3 +442,26 @@ def test_a_stream_that_never_opens_stops_after_bounded_retries(run, tmp_path, ca
     assert result.stopped.startswith("stream lost: 2 reconnects failed")
     assert caplog.text.count("retrying in") == 2
     assert read_json(tmp_path)["windows"] == [] and (tmp_path / "timeline.csv").is_file()
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_the_command_line_writes_a_timeline_and_names_a_bad_source(
+    run, live_video, tmp_path, capsys
+):
+    from nightact import cli
+
+    video, _ = live_video
+    out = tmp_path / "out"
+    code = cli.main(["timeline", str(run), str(video), "--out", str(out), "--smooth", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    document = read_json(out)
+    assert f"{out}: {len(document['windows'])} windows (0 skipped, 0 dropped)" in printed
+    assert document["settings"]["smooth"] == 2 and document["settings"]["engine"] == "keras"
+
+    code = cli.main(["timeline", str(run), str(tmp_path / "absent.mp4"), "--out", str(out)])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert error.strip() == f"nightact timeline: error: {tmp_path / 'absent.mp4'}: file not found"

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nightact import files, runs
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "saved_model", "litert")
@@ -112,6 +114,20 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def export(config: ExportConfig) -> ExportResult:
+    """Run one :class:`ExportConfig` (see :func:`export_model`)."""
+    return export_model(
+        config.model,
+        config.format,
+        config.out,
+        tolerance=config.tolerance,
+        overwrite=config.overwrite,
+        test_clips=config.test_clips,
+        random_clips=config.random_clips,
+        seed=config.seed,
+    )
 
 
 def export_model(
@@ -405,11 +421,9 @@ def _write_metadata(format: str, temporary: Path, metadata: dict) -> None:
         entry.key, entry.value = ONNX_METADATA_KEY, text
         onnx.save(model, str(temporary))
     elif format == "saved_model":
-        target = temporary / SAVED_MODEL_METADATA
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text + "\n", encoding="utf-8")
+        files.write_text_atomic(temporary / SAVED_MODEL_METADATA, text + "\n")
     else:
-        Path(str(temporary) + ".json").write_text(text + "\n", encoding="utf-8")
+        files.write_text_atomic(Path(str(temporary) + ".json"), text + "\n")
 
 
 def _move_into_place(staging: Path, temporary: Path, out: Path, format: str) -> None:
@@ -422,7 +436,7 @@ def _move_into_place(staging: Path, temporary: Path, out: Path, format: str) -> 
             # A folder cannot be replaced atomically: move the old one aside first.
             old = staging / "old"
             os.replace(target, old)
-        os.replace(source, target)
+        files.replace_atomic(source, target)
 
 
 def _window_seconds(model) -> float | None:
@@ -439,10 +453,9 @@ def _store_of(model) -> Path | None:
         return None
     run = Path(model)
     run = run if run.is_dir() else run.parent
-    config_path = run / "config.json"
-    if not config_path.is_file():
+    if not runs.is_run(run):
         return None
-    store = json.loads(config_path.read_text(encoding="utf-8")).get("data")
+    store = runs.read_config(run).get("data")
     return Path(store) if store and Path(store, "store.json").is_file() else None
 
 

@@ -6,6 +6,8 @@ width, short-clip policy, window length) travel inside the ``.onnx`` file, in th
 property ``nightact`` that :func:`nightact.export.export_model` writes; clips are decoded by the
 same :func:`nightact.videos.read_clip` as ``prepare`` and the Keras path.
 
+    >>> import nightact
+    >>> nightact.predict("model.onnx", ["clip.mp4"])     # dispatches here by the suffix
     >>> from nightact.onnx_engine import load_onnx_predictor
     >>> predictor = load_onnx_predictor("model.onnx")   # a nightact.inference.Predictor
     >>> predictor.model.predict_on_batch(clips)          # (n, classes) float32
@@ -106,17 +108,3 @@ def load_onnx_predictor(
     if allow_short is None:
         allow_short = metadata.get("short_clips", "repeat-last") != "skip"
     return Predictor(model, list(class_names), frames, height, width, allow_short, str(path))
-
-
-def predict_videos_onnx(path: str | os.PathLike, videos, **settings) -> list:
-    """:func:`nightact.inference.predict_videos` with an ``.onnx`` model (see its arguments)."""
-    from nightact.inference import predict_videos
-
-    predictor = load_onnx_predictor(path, settings.pop("allow_short", None))
-    return predict_videos(
-        predictor.model,
-        videos,
-        class_names=predictor.class_names,
-        allow_short=predictor.allow_short,
-        **settings,
-    )

@@ -37,7 +37,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import json
+import io
 import logging
 import math
 import os
@@ -53,11 +53,12 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from nightact import files, runs
+from nightact.inference import engine_of
 from nightact.videos import VIDEO_EXTENSIONS, VideoError, _frame_to_picture, _open, sample_indices
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("keras", "onnx")
 # Used when the run's training clips cannot be found (a bare .keras file, an ONNX file exported
 # without its store, a moved store): about one action in NoctAct-HAR's shorter clips and in the
 # demo's synthetic ones (1-2.5 s).
@@ -83,7 +84,7 @@ class TimelineConfig:
     min_prob: float = 0.0  # below this smoothed probability the label is "uncertain"
     annotate: bool = False  # also write annotated.mp4
     top_k: int = 3
-    engine: str | None = None  # "keras" or "onnx"; None: "onnx" for a .onnx file, else "keras"
+    engine: str | None = None  # inference.ENGINES; None: "onnx" for a .onnx file, else "keras"
     batch_size: int = 16  # windows per model call for files; live sources use 1
     live: bool | None = None  # None: URLs, devices and pipes are live, files are not
     reconnects: int = DEFAULT_RECONNECTS  # live: reopen attempts in a row before stopping
@@ -104,14 +105,7 @@ class TimelineConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.reconnects < 0:
             raise ValueError(f"reconnects must be 0 or more, got {self.reconnects}")
-        if self.engine is None:
-            self.engine = "onnx" if self.model.lower().endswith(".onnx") else "keras"
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.engine == "onnx" and not self.model.lower().endswith(".onnx"):
-            raise ValueError(f"{self.model}: engine 'onnx' needs an .onnx file (nightact export)")
-        if self.engine == "keras" and self.model.lower().endswith(".onnx"):
-            raise ValueError(f"{self.model}: an .onnx file runs with engine 'onnx'")
+        self.engine = engine_of(self.model, self.engine)
 
 
 @dataclass
@@ -191,20 +185,16 @@ def run_timeline(config: TimelineConfig, predictor=None, progress: bool = True):
     results = []
     for source, out, live in _sources(resolved):
         out.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(out / CONFIG_NAME, dataclasses.asdict(resolved))
+        files.write_json_atomic(out / CONFIG_NAME, dataclasses.asdict(resolved))
         results.append(_run_one(resolved, predictor, source, out, live, progress))
     return results
 
 
-def load_engine(model, engine: str = "keras"):
+def load_engine(model, engine: str | None = None):
     """A :class:`nightact.inference.Predictor` over Keras or ONNX Runtime."""
-    if engine == "onnx":
-        from nightact.onnx_engine import load_onnx_predictor
-
-        return load_onnx_predictor(model)
     from nightact.inference import load_predictor
 
-    return load_predictor(model)
+    return load_predictor(model, engine=engine)
 
 
 def default_window_seconds(model, predictor=None) -> float:
@@ -228,10 +218,9 @@ def training_clip_seconds(run: str | os.PathLike) -> float | None:
     """
     run = Path(run)
     run = run if run.is_dir() else run.parent
-    config_path = run / "config.json"
-    if not config_path.is_file():
+    if not runs.is_run(run):
         return None
-    store = json.loads(config_path.read_text(encoding="utf-8")).get("data")
+    store = runs.read_config(run).get("data")
     if not store or not Path(store, "manifest.csv").is_file():
         return None
     from nightact.dataset import STORED_STATUSES, read_manifest
@@ -736,7 +725,7 @@ class _TimelineWriter:
         self.handle.close()
         summary = dataclasses.asdict(result)
         summary["realtime_factor"] = result.realtime_factor
-        _write_json_atomic(
+        files.write_json_atomic(
             self.out / "timeline.json",
             {
                 "source": self.source,
@@ -802,10 +791,10 @@ def draw_timeline(rows: list[dict], class_names: list[str], path: Path, duration
     heat.set_xlabel("time (s)")
     strip.set_yticks([])
     strip.set_title("label")
-    temporary = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(temporary, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     pyplot.close(figure)
-    os.replace(temporary, path)
+    files.write_bytes_atomic(path, buffer.getvalue())
 
 
 class _Annotator:
@@ -843,7 +832,7 @@ class _Annotator:
     def close(self) -> None:
         self.container.mux(self.stream.encode(None))
         self.container.close()
-        os.replace(self.temporary, self.path)
+        files.replace_atomic(self.temporary, self.path)
 
 
 def _require_pillow() -> None:
@@ -851,9 +840,3 @@ def _require_pillow() -> None:
         import PIL  # noqa: F401
     except ImportError as error:
         raise ImportError("annotate needs Pillow: pip install pillow") from error
-
-
-def _write_json_atomic(path: Path, content: dict) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
