@@ -24,14 +24,30 @@ from nightact.export import (  # noqa: E402
     read_metadata,
 )
 from nightact.videos import read_clip  # noqa: E402
-from trained_run import CLASSES, FRAMES, HEIGHT, WIDTH, trained_run  # noqa: E402
+from trained_run import CLASSES, FRAMES, HEIGHT, WIDTH, tiny_run, trained_run  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def trained(tmp_path_factory) -> Path:
+    """A trained run with its store (test clips, training durations): for the slow tests."""
     return trained_run(tmp_path_factory.getbasetemp() / "trained-run")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """An untrained model as a run folder, made in seconds."""
+    return tiny_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    from trained_run import write_long_video
+
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    write_long_video(path, [(CLASSES[2], 1)])
+    return path
 
 
 def small_model(name: str, seed: int = 1):
@@ -72,8 +88,35 @@ def exported_probabilities(format: str, path: Path, clips: np.ndarray) -> np.nda
 
 
 @pytest.mark.parametrize("format", FORMATS)
-def test_a_trained_run_exports_to_every_format_within_tolerance(run, tmp_path, format):
+def test_a_run_exports_to_every_format_within_tolerance(run, tmp_path, format):
     import keras
+
+    out = tmp_path / {"onnx": "model.onnx", "saved_model": "saved", "litert": "m.tflite"}[format]
+    result = export_model(run, format, out)
+    assert result.max_difference <= 1e-4 and result.top1_agreement == 1.0
+    assert result.clips == 8  # no store: 8 seeded random clips
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [out.name] + ([out.name + ".json"] if format == "litert" else [])
+    )
+    metadata = read_metadata(out)
+    assert metadata["class_names"] == list(CLASSES) and metadata["window_seconds"] is None
+    assert (metadata["frames"], metadata["height"], metadata["width"]) == (FRAMES, HEIGHT, WIDTH)
+
+    # Independent check: the file, run by its runtime here, against Keras on fresh clips.
+    model = keras.saving.load_model(run / "model.keras")
+    clips = np.random.default_rng(11).integers(0, 256, (3, FRAMES, HEIGHT, WIDTH, 3), np.uint8)
+    expected = np.asarray(model.predict_on_batch(clips))
+    got = exported_probabilities(format, out, clips)
+    assert np.max(np.abs(got - expected)) <= 1e-4
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format", FORMATS)
+def test_a_trained_run_exports_to_every_format_within_tolerance(trained, tmp_path, format):
+    import keras
+
+    run = trained
 
     out = tmp_path / {"onnx": "model.onnx", "saved_model": "saved", "litert": "m.tflite"}[format]
     result = export_model(run, format, out)
@@ -201,12 +244,11 @@ sys.meta_path.insert(0, Blocker())
 """
 
 
-def test_onnx_prediction_runs_without_tensorflow_keras_or_jax(run, tmp_path):
+def test_onnx_prediction_runs_without_tensorflow_keras_or_jax(run, video, tmp_path):
     import keras
 
     model_path = tmp_path / "model.onnx"
     export_model(run, "onnx", model_path)
-    video = sorted((run.parent / "videos" / CLASSES[2]).glob("*.mp4"))[0]
     script = BLOCKER + textwrap.dedent(
         f"""
         import json, sys
@@ -261,7 +303,7 @@ def _median_train_seconds(run: Path) -> float:
     return float(np.median(durations))
 
 
-def test_export_and_onnx_predict_from_the_command_line(run, tmp_path, capsys):
+def test_export_and_onnx_predict_from_the_command_line(run, video, tmp_path, capsys):
     import keras
 
     from nightact import cli
@@ -270,7 +312,6 @@ def test_export_and_onnx_predict_from_the_command_line(run, tmp_path, capsys):
     assert cli.main(["export", str(run), "--format", "onnx", "--out", str(model_path)]) == 0
     assert "onnx export matches Keras within" in capsys.readouterr().out
 
-    video = sorted((run.parent / "videos" / CLASSES[0]).glob("*.mp4"))[0]
     assert cli.main(["predict", "--engine", "onnx", str(model_path), str(video), "--json"]) == 0
     [answer] = json.loads(capsys.readouterr().out)
     model = keras.saving.load_model(run / "model.keras")

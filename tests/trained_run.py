@@ -101,3 +101,30 @@ def write_long_video(
         start += len(frames) / FPS
     write_video(path, (frame for chunk in chunks for frame in chunk), fps=FPS)
     return truth
+
+
+def tiny_run(base: Path) -> Path:
+    """An untrained cnn_gru saved as a run folder (model.keras, classes.json): seconds to make.
+
+    Its output weights are scaled up so its probabilities spread out and labels mean something
+    to compare; for tests of plumbing, not of learning.
+    """
+    run = base / "tiny-run"
+    if (run / "model.keras").is_file():
+        return run
+    import keras
+
+    from nightact import runs
+    from nightact.models import build_model
+
+    keras.utils.set_random_seed(7)
+    model = build_model(
+        "cnn_gru", FRAMES, HEIGHT, WIDTH, len(CLASSES), units=(8, 8), dropout=0.1,
+        conv_filters=4, conv_kernel=4, conv_stride=4,
+    )  # fmt: skip
+    kernel, bias = model.get_layer("probabilities").get_weights()
+    model.get_layer("probabilities").set_weights([kernel * 20, bias])
+    run.mkdir(parents=True)
+    model.save(run / "model.keras")
+    runs.write_classes(run, CLASSES)
+    return run
