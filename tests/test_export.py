@@ -168,6 +168,7 @@ def test_an_export_outside_the_tolerance_is_refused_and_nothing_is_left(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_existing_export_is_kept_unless_overwrite(tmp_path):
     model = small_model("cnn_gru")
     out = tmp_path / "saved"
@@ -181,6 +182,7 @@ def test_an_existing_export_is_kept_unless_overwrite(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["saved"]
 
 
+@pytest.mark.slow
 def test_keras_default_litert_export_needs_flex_ops_and_is_refused(tmp_path):
     """The trap: Keras' own LiteRT export of an RNN loop needs TF ops the interpreter lacks."""
     from nightact.export import _run_litert
