@@ -198,7 +198,7 @@ def test_keras_default_litert_export_needs_flex_ops_and_is_refused(tmp_path):
     assert result.max_difference <= 1e-4
 
 
-def test_the_portable_copy_turns_cudnn_off_and_unrolls_for_litert():
+def test_the_portable_copy_turns_cudnn_off_and_unrolls_what_is_asked():
     import keras
 
     model = small_model("cnn_lstm")
@@ -209,6 +209,11 @@ def test_the_portable_copy_turns_cudnn_off_and_unrolls_for_litert():
     assert all(
         np.array_equal(a, b) for a, b in zip(copy.get_weights(), model.get_weights(), strict=True)
     )
+    # ONNX's choice: GRU unrolled, LSTM left to become a fused ONNX LSTM node.
+    kept = portable_copy(model, unroll=("SimpleRNN", "GRU"))
+    assert not any(layer.unroll for layer in kept.layers if isinstance(layer, keras.layers.RNN))
+    gru = portable_copy(small_model("gru"), unroll=("SimpleRNN", "GRU"))
+    assert all(layer.unroll for layer in gru.layers if isinstance(layer, keras.layers.GRU))
 
 
 def test_a_gru_node_without_linear_before_reset_is_refused():
