@@ -344,7 +344,8 @@ def kill_and_resume(trainers, run: Path, epochs: int, kills: list[dict]) -> None
             if process.exitcode is None:
                 os.kill(process.pid, signal.SIGKILL)
         process.join(120)
-        if "fsync" in kill:
+        finished = len(read_history(run / "history.csv")) == epochs
+        if "fsync" in kill and not finished:
             assert process.exitcode == -signal.SIGKILL, kill  # it died inside a save
         else:
             assert process.exitcode in (-signal.SIGKILL, 0), kill
@@ -369,6 +370,7 @@ def test_training_killed_inside_saves_resumes_to_a_complete_run(trainers, tmp_pa
 @pytest.mark.slow
 def test_training_killed_at_many_random_moments_resumes_to_a_complete_run(trainers, tmp_path):
     rng = random.Random(14)
-    kills = [{"after": rng.uniform(0.2, 4.0), "slow": 0.05} for _ in range(20)]
-    kills += [{"fsync": rng.randint(1, 30), "slow": 0.02} for _ in range(10)]
-    kill_and_resume(trainers, tmp_path / "run", epochs=12, kills=kills)
+    kills = [{"after": rng.uniform(0.5, 5.0), "slow": 0.05} for _ in range(20)]
+    kills += [{"fsync": rng.randint(1, 12), "slow": 0.02} for _ in range(15)]
+    rng.shuffle(kills)
+    kill_and_resume(trainers, tmp_path / "run", epochs=40, kills=kills)
