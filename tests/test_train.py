@@ -9,21 +9,19 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_synthetic_store
+from nightact.batches import ClipBatches
 from nightact.cli import main
 from nightact.dataset import Split
-from nightact.train import ClipBatches, TrainConfig, read_history, train
+from nightact.train import TrainConfig, read_history, train
 
 # Small enough to train in seconds on a CPU, big enough to see every class learned.
 TINY_MODEL = dict(units=(32, 16), dropout=0.1, conv_filters=16, conv_kernel=3, conv_stride=2)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A prepared store of the synthetic videos: 6 frames of 24x32, 10 videos per class."""
-    return make_synthetic_store(
-        tmp_path_factory.mktemp("train"), videos_per_class=10, frames=6, workers=2
-    )
+@pytest.fixture
+def store(synthetic_store):
+    """The shared store of the synthetic videos: 6 frames of 24x32, 10 videos per class."""
+    return synthetic_store
 
 
 def fake_split(count: int = 10, classes: int = 3) -> Split:
@@ -126,14 +124,14 @@ def test_original_preset(store, tmp_path):
 
 
 def test_mixed_precision_builds_float16_layers_and_scales_the_loss():
-    from nightact.train import _build_and_compile
+    from nightact.train import build_and_compile
 
     config = TrainConfig(
         data="s", model="cnn_lstm", out="r", mixed_precision=True, frames=2, height=8, width=8
     )
     config.units, config.conv_filters, config.conv_kernel, config.conv_stride = (4,), 2, 2, 2
     before = keras.config.dtype_policy().name
-    model = _build_and_compile(config, num_classes=3)
+    model = build_and_compile(config, num_classes=3)
     # The global policy is back as it was; the model keeps float16 compute, float32 output.
     assert keras.config.dtype_policy().name == before
     assert model.get_layer("rnn_1").dtype_policy.name == "mixed_float16"
