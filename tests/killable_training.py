@@ -7,8 +7,8 @@ under the folder lock, resuming from whatever ``RUN`` holds. Exits 0 once all ep
 ``--kill-at-fsync K`` makes the process SIGKILL itself right after the K-th file it writes is
 flushed and before that file is renamed into place: inside a save. ``--slow-saves SECONDS``
 sleeps that long at every flush, so that kills sent from outside at random moments land inside
-saves often. Both act through ``checkpoints._fsync_file``, which only flushes; what gets written
-and renamed is the library's own code.
+saves often. Both act through ``os.fsync``, which only flushes (files, and folders after a
+rename); what gets written and renamed is the library's own code.
 
 The data and model are small on purpose: the test runs this process many times.
 """
@@ -58,19 +58,19 @@ def build_model() -> keras.Model:
 
 
 def patch_flushes(kill_at: int | None, slow: float) -> None:
-    flush = checkpoints._fsync_file
+    flush = os.fsync
     count = 0
 
-    def flush_then_maybe_die(path):
+    def flush_then_maybe_die(descriptor):
         nonlocal count
-        flush(path)
+        flush(descriptor)
         count += 1
         if slow:
             time.sleep(slow)
         if kill_at is not None and count == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    checkpoints._fsync_file = flush_then_maybe_die
+    os.fsync = flush_then_maybe_die
 
 
 def main(argv: list[str]) -> int:
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
         point = checkpoints.restore_training(args.run, model)
         best = max((row["val_accuracy"] for row in point.history), default=None)
         callbacks = [
-            checkpoints.HistoryLogger(f"{args.run}/history.csv", point.history),
+            checkpoints.HistoryLogger(args.run, point.history),
             checkpoints.AtomicModelCheckpoint(
                 f"{args.run}/model.keras",
                 monitor="val_accuracy",

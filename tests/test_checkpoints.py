@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import killable_training
-from nightact import checkpoints
+from nightact import files, runs
 from nightact.checkpoints import (
     AtomicModelCheckpoint,
     EpochBackup,
@@ -29,7 +29,6 @@ from nightact.checkpoints import (
     ResumeError,
     check_model_file,
     complete_backups,
-    read_history,
     restore_training,
 )
 
@@ -49,7 +48,7 @@ def fit(run: Path, epochs: int, model=None, callbacks=()) -> tuple[keras.Model, 
         validation_data=validation,
         verbose=0,
         callbacks=[
-            HistoryLogger(run / "history.csv", point.history),
+            HistoryLogger(run, point.history),
             AtomicModelCheckpoint(
                 run / "model.keras",
                 monitor="val_accuracy",
@@ -102,7 +101,7 @@ def test_a_run_keeps_two_whole_backups_each_with_its_history_and_best_checkpoint
     model, point = fit(run, epochs=4)
     assert point.epoch == 0 and point.source == "start"
 
-    history = read_history(run / "history.csv")
+    history = runs.read_history(run)
     assert [row["epoch"] for row in history] == [0, 1, 2, 3]
     assert set(history[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
     slots = complete_backups(run / "backup")
@@ -149,7 +148,9 @@ def test_the_checkpoint_save_is_atomic_and_keeps_the_initial_threshold(tmp_path,
         raise OSError(28, "No space left on device", str(filepath))
 
     monkeypatch.setattr(model, "save", write_half_then_fail)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(
+        files.DiskFullError, match=r"model.keras: disk full while writing it \(\d+ kB"
+    ):
         model.fit(**arguments, callbacks=[AtomicModelCheckpoint(path, "val_accuracy", mode="max")])
     assert path.read_bytes() == good
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.keras"]
@@ -160,7 +161,7 @@ def test_a_damaged_newest_backup_is_reported_in_one_line_and_the_previous_one_us
 ):
     run = tmp_path / "run"
     fit(run, epochs=3)
-    history = read_history(run / "history.csv")
+    history = runs.read_history(run)
     damage(run / "backup" / "epoch-000003" / "weights.weights.h5")
 
     caplog.set_level(logging.WARNING, logger="nightact.checkpoints")
@@ -171,12 +172,12 @@ def test_a_damaged_newest_backup_is_reported_in_one_line_and_the_previous_one_us
     assert len(damaged) == 1 and "\n" not in damaged[0]
     assert str(run / "backup" / "epoch-000003" / "weights.weights.h5") in damaged[0]
     # The folder is back in step with epoch 2; the damaged backup is set aside, not deleted.
-    assert read_history(run / "history.csv") == history[:2]
+    assert runs.read_history(run) == history[:2]
     assert (run / "backup" / "damaged-epoch-000003" / "weights.weights.h5").exists()
 
     # Training goes on from there and ends with one row per epoch.
     fit(run, epochs=4, model=model)
-    assert [row["epoch"] for row in read_history(run / "history.csv")] == [0, 1, 2, 3]
+    assert [row["epoch"] for row in runs.read_history(run)] == [0, 1, 2, 3]
     assert [slot.name for slot in complete_backups(run / "backup")] == [
         "epoch-000004",
         "epoch-000003",
@@ -206,7 +207,7 @@ def test_a_damaged_checkpoint_is_reported_and_put_back_from_the_backup(tmp_path,
 def test_without_backups_the_best_checkpoint_and_its_history_are_the_fallback(tmp_path, caplog):
     run = tmp_path / "run"
     fit(run, epochs=4)
-    history = read_history(run / "history.csv")
+    history = runs.read_history(run)
     for slot in complete_backups(run / "backup"):
         damage(slot / "state.json")
 
@@ -215,7 +216,7 @@ def test_without_backups_the_best_checkpoint_and_its_history_are_the_fallback(tm
     point = restore_training(run, model)
     best = int(np.argmax([row["val_accuracy"] for row in history]))
     assert point.epoch == best + 1 and point.source == str(run / "model.keras")
-    assert read_history(run / "history.csv") == history[: best + 1]
+    assert runs.read_history(run) == history[: best + 1]
     state_lines = [line for line in caplog.messages if "state.json: damaged backup state" in line]
     assert len(state_lines) == 2
     # The model holds the checkpoint's weights.
@@ -256,9 +257,8 @@ def test_a_run_killed_in_its_first_epoch_starts_again(tmp_path):
 
 
 def test_reading_a_history_stops_before_a_half_line(tmp_path, caplog):
-    path = tmp_path / "history.csv"
-    path.write_text("epoch,loss,val_accuracy\n0,1.5,0.25\n1,1.2,0.5\n2,1.")
-    assert [row["epoch"] for row in read_history(path)] == [0, 1]
+    (tmp_path / "history.csv").write_text("epoch,loss,val_accuracy\n0,1.5,0.25\n1,1.2,0.5\n2,1.")
+    assert [row["epoch"] for row in runs.read_history(tmp_path)] == [0, 1]
     assert "line 4 is incomplete" in caplog.text
 
 
@@ -306,7 +306,7 @@ def assert_every_file_whole(run: Path) -> int:
     """What a kill may leave: whole files under real names. Returns the epochs backed up."""
     if (run / "model.keras").exists():
         assert check_model_file(run / "model.keras") is None
-    rows = read_history(run / "history.csv")
+    rows = runs.read_history(run)
     if (run / "history.csv").exists():
         lines = (run / "history.csv").read_text().splitlines()
         assert len(lines) == len(rows) + 1  # no half line
@@ -316,12 +316,12 @@ def assert_every_file_whole(run: Path) -> int:
         state = json.loads((slot / "state.json").read_text())
         assert [row["epoch"] for row in state["history"]] == list(range(state["epoch"]))
         for name, digest in state["sha256"].items():
-            assert checkpoints._sha256(slot / name) == digest
+            assert files.sha256_of(slot / name) == digest
     return int(slots[0].name.split("-")[1]) if slots else 0
 
 
 def assert_finished(run: Path, epochs: int) -> None:
-    history = read_history(run / "history.csv")
+    history = runs.read_history(run)
     assert [row["epoch"] for row in history] == list(range(epochs))
     lines = (run / "history.csv").read_text().splitlines()
     assert len(lines) == epochs + 1
@@ -344,7 +344,7 @@ def kill_and_resume(trainers, run: Path, epochs: int, kills: list[dict]) -> None
             if process.exitcode is None:
                 os.kill(process.pid, signal.SIGKILL)
         process.join(120)
-        finished = len(read_history(run / "history.csv")) == epochs
+        finished = len(runs.read_history(run)) == epochs
         if "fsync" in kill and not finished:
             assert process.exitcode == -signal.SIGKILL, kill  # it died inside a save
         else:
@@ -359,8 +359,10 @@ def kill_and_resume(trainers, run: Path, epochs: int, kills: list[dict]) -> None
 
 
 def test_training_killed_inside_saves_resumes_to_a_complete_run(trainers, tmp_path):
-    # Each epoch flushes history, checkpoint (when better), backup weights, best link, state:
-    # these kills land inside each of those saves, in the first epoch and in later ones.
+    # An epoch flushes: history (1), its folder after the rename (2), the checkpoint when better
+    # (3, 4), the backup's weights (5), best link (6) and state (7), its folder (8), the backup
+    # folder after the rename that commits the epoch (9). A resumed process first rewrites the
+    # history of its backup, so its first flushes are inside the resume itself.
     kills = [{"fsync": 1}, {"fsync": 3}, {"fsync": 2}, {"fsync": 9}, {"fsync": 5}]
     started = time.monotonic()
     kill_and_resume(trainers, tmp_path / "run", epochs=5, kills=kills)

@@ -39,9 +39,6 @@ or a row of an epoch that the backup does not know about for longer than one epo
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import logging
 import os
@@ -53,6 +50,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from nightact import files, runs
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +89,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_folder(path: Path) -> None:
-    # Makes a rename inside the folder durable; some filesystems cannot open folders for it.
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def _partial_path(final: Path) -> Path:
     """A temporary name beside ``final``, keeping its extension(s) (Keras checks them)."""
     suffix = "".join(final.suffixes[-2:]) if final.name.endswith(".weights.h5") else final.suffix
@@ -114,19 +99,7 @@ def _partial_path(final: Path) -> Path:
 def _publish(partial: Path, final: Path) -> None:
     """Flush ``partial`` to disk and rename it over ``final``."""
     _fsync_file(partial)
-    os.replace(partial, final)
-    _fsync_folder(final.parent)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_path(path)
-    try:
-        partial.write_text(text, encoding="utf-8")
-        _publish(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    files.replace_atomic(partial, final)
 
 
 def _save_model_atomic(model: keras.Model, path: Path, weights_only: bool = False) -> None:
@@ -137,17 +110,11 @@ def _save_model_atomic(model: keras.Model, path: Path, weights_only: bool = Fals
         else:
             model.save(str(partial), overwrite=True)
         _publish(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
+    except BaseException as error:
+        written = files.remove_partial(partial)
+        if files.is_disk_full(error):
+            raise files.DiskFullError(path, written) from error
         raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -180,22 +147,22 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class HistoryLogger(keras.callbacks.Callback):
-    """Writes ``path`` as a CSV of one row per finished epoch, rewritten whole every epoch.
+    """Writes RUN/history.csv, one row per finished epoch, rewritten whole every epoch.
 
     Columns: ``epoch`` (from 0, as Keras counts) and every value in the epoch's logs, sorted,
-    as Keras' ``CSVLogger`` writes them. ``history`` holds the rows of the epochs finished before
-    a resume; they are written again with every new row.
+    as Keras' ``CSVLogger`` writes them (:func:`nightact.runs.write_history`). ``history`` holds
+    the rows of the epochs finished before a resume; they are written again with every new row.
     """
 
-    def __init__(self, path: str | os.PathLike, history: list[dict] | None = None):
+    def __init__(self, run: str | os.PathLike, history: list[dict] | None = None):
         super().__init__()
-        self.path = Path(path)
+        self.run = Path(run)
         self.history = [dict(row) for row in history or []]
 
     def on_epoch_end(self, epoch, logs=None):
         self.history = [row for row in self.history if row["epoch"] < epoch]
         self.history.append(history_row(epoch, logs))
-        write_history(self.path, self.history)
+        runs.write_history(self.run, self.history)
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -257,24 +224,27 @@ class EpochBackup(keras.callbacks.Callback):
             digests = {}
             self.model.save_weights(str(incoming / WEIGHTS_NAME))
             _fsync_file(incoming / WEIGHTS_NAME)
-            digests[WEIGHTS_NAME] = _sha256(incoming / WEIGHTS_NAME)
+            digests[WEIGHTS_NAME] = files.sha256_of(incoming / WEIGHTS_NAME)
             if self.checkpoint is not None and self.checkpoint.exists():
                 _link_or_copy(self.checkpoint, incoming / BEST_NAME)
                 _fsync_file(incoming / BEST_NAME)
-                digests[BEST_NAME] = _sha256(incoming / BEST_NAME)
+                digests[BEST_NAME] = files.sha256_of(incoming / BEST_NAME)
             state = {"epoch": epochs_finished, "history": self.history, "sha256": digests}
             # Written last: a backup folder without it was never finished.
             (incoming / STATE_NAME).write_text(json.dumps(state, indent=1), encoding="utf-8")
             _fsync_file(incoming / STATE_NAME)
-            _fsync_folder(incoming)
+            files.fsync_folder(incoming)
             final = self.folder / f"epoch-{epochs_finished:06d}"
             if final.exists():
                 # A backup of the same epoch from before a fallback, damaged or not.
                 shutil.rmtree(final)
             os.replace(incoming, final)
-            _fsync_folder(self.folder)
-        except BaseException:
+            files.fsync_folder(self.folder)
+        except BaseException as error:
+            written = sum(files.file_size(path) for path in incoming.glob("*"))
             shutil.rmtree(incoming, ignore_errors=True)
+            if files.is_disk_full(error):
+                raise files.DiskFullError(incoming, written) from error
             raise
         for old in complete_backups(self.folder)[self.keep :]:
             shutil.rmtree(old, ignore_errors=True)
@@ -305,45 +275,6 @@ def history_row(epoch: int, logs: dict | None) -> dict:
     return row
 
 
-def write_history(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write ``rows`` as the whole of ``path`` atomically (remove it when there are none)."""
-    path = Path(path)
-    if not rows:
-        path.unlink(missing_ok=True)
-        return
-    columns = ["epoch", *sorted({key for row in rows for key in row} - {"epoch"})]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text_atomic(path, text.getvalue())
-
-
-def read_history(path: str | os.PathLike) -> list[dict]:
-    """The rows of a history CSV as dicts of floats (``epoch`` an int); [] if there is none.
-
-    Reading stops, with a warning, at the first row that is not complete (a half line left by
-    an appending writer that was killed), so what comes back is always whole rows.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        for number, row in enumerate(reader, start=2):
-            try:
-                if None in row or any(value in ("", None) for value in row.values()):
-                    raise ValueError("missing values")
-                parsed = {key: float(value) for key, value in row.items()}
-                parsed["epoch"] = int(parsed["epoch"])
-            except (TypeError, ValueError):
-                log.warning("%s: line %d is incomplete; reading stops before it", path, number)
-                break
-            rows.append(parsed)
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------
 # Resume
 
@@ -366,9 +297,6 @@ def restore_training(
     model: keras.Model,
     monitor: str = "val_accuracy",
     mode: str = "max",
-    checkpoint_name: str = "model.keras",
-    history_name: str = "history.csv",
-    backup_name: str = "backup",
 ) -> ResumePoint:
     """Load the newest complete training state of ``run`` into the compiled ``model``.
 
@@ -383,8 +311,8 @@ def restore_training(
         ResumeError: there is state, but none of it loads; nothing is deleted.
     """
     run = Path(run)
-    backup = run / backup_name
-    checkpoint = run / checkpoint_name
+    backup = run / runs.BACKUP
+    checkpoint = runs.model_path(run)
     damaged: list[str] = []
     _remove_leftovers(run, backup)
     for slot in complete_backups(backup):
@@ -399,15 +327,15 @@ def restore_training(
             problem = _restore_checkpoint(slot / BEST_NAME, checkpoint)
             if problem:
                 damaged.append(problem)
-        write_history(run / history_name, state["history"])
+        runs.write_history(run, state["history"])
         log.info("resuming %s from %s (%d epochs finished)", run, slot, state["epoch"])
         return ResumePoint(state["epoch"], state["history"], str(slot), damaged)
 
-    history = read_history(run / history_name)
+    history = runs.read_history(run)
     if checkpoint.exists():
         problem = _check_checkpoint(checkpoint, model)
         if problem is None and not history:
-            problem = f"{run / history_name}: no history to tell which epoch {checkpoint} is from"
+            problem = f"{runs.history_path(run)}: no history tells which epoch {checkpoint} is"
         if problem:
             damaged.append(problem)
             log.warning("%s", problem)
@@ -419,7 +347,7 @@ def restore_training(
                 best = int(np.nanargmax(values) if mode == "max" else np.nanargmin(values))
             history = history[: best + 1]
             _set_aside_newer(backup, best + 1)
-            write_history(run / history_name, history)
+            runs.write_history(run, history)
             log.warning(
                 "resuming %s from its best checkpoint %s (epoch %d); later epochs are redone",
                 run,
@@ -439,7 +367,7 @@ def restore_training(
         log.warning(
             "%s: %d history rows but no checkpoint or backup; starting again", run, len(history)
         )
-    write_history(run / history_name, [])
+    runs.write_history(run, [])
     return ResumePoint(0, [], "start", damaged)
 
 
@@ -482,7 +410,7 @@ def _load_backup(slot: Path, model: keras.Model) -> str | None:
         path = slot / name
         if not path.exists():
             return f"{path}: missing from the backup, skipped"
-        if _sha256(path) != digest:
+        if files.sha256_of(path) != digest:
             return f"{path}: damaged backup (its content changed since it was written), skipped"
     weights = slot / WEIGHTS_NAME
     try:
@@ -518,7 +446,9 @@ def _restore_checkpoint(source: Path, checkpoint: Path) -> str | None:
     """
     problem = None
     if checkpoint.exists():
-        if os.path.samefile(source, checkpoint) or _sha256(source) == _sha256(checkpoint):
+        if os.path.samefile(source, checkpoint):
+            return None
+        if files.sha256_of(source) == files.sha256_of(checkpoint):
             return None
         problem = check_model_file(checkpoint)
         if problem:
