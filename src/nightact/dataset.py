@@ -318,7 +318,20 @@ def _fingerprint(entries: list[Entry]) -> str:
 
 
 def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
-    """Prepare (or resume, or confirm) the clip store ``config.out`` from ``config.src``."""
+    """Prepare (or resume, or confirm) the clip store ``config.out`` from ``config.src``.
+
+    Holds the store's folder lock throughout (a second ``prepare`` into it is refused), and
+    refuses up front when the disk lacks the store's size (clips x frames x height x width x 3
+    bytes), naming both figures. A disk that fills anyway raises nightact.files.DiskFullError;
+    the clips done so far stay in ``STORE/.partial`` and the same command resumes from them.
+    """
+    from nightact.locks import folder_lock
+
+    with folder_lock(config.out):
+        return _prepare(config, overwrite)
+
+
+def _prepare(config: PrepareConfig, overwrite: bool) -> PrepareSummary:
     started = time.perf_counter()
     out = Path(config.out)
     class_names, entries, ignored = index_videos(config.src, config.extensions)
@@ -362,6 +375,7 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
         )
         log.info("resuming the unfinished store in %s", out)
     else:
+        _check_store_space(config, out, {name: len(splits[name]) for name in SPLIT_NAMES})
         partial.mkdir(parents=True, exist_ok=True)
         for name in SPLIT_NAMES:
             shape = (len(splits[name]), config.frames, config.height, config.width, 3)
@@ -372,11 +386,33 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
     journal_path = partial / _JOURNAL
     done = _read_journal(journal_path, Path(config.src))
     todo = [task for task in tasks if task[0].path not in done]
-    processed_now = _process(config, todo, journal_path, done)
-    summary = _finalize(config, out, class_names, tasks, done, ignored, fingerprint)
+    try:
+        processed_now = _process(config, todo, journal_path, done)
+        summary = _finalize(config, out, class_names, tasks, done, ignored, fingerprint)
+    except files.DiskFullError:
+        raise
+    except OSError as error:
+        if not files.is_disk_full(error):
+            raise
+        raise files.DiskFullError(
+            partial,
+            note=f"the {len(done)} clips done so far are kept; free some space and run the "
+            "same command again to go on from them",
+        ) from error
     summary.processed_now = processed_now
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def store_bytes(config: PrepareConfig, clips: int) -> int:
+    """The bytes ``clips`` clips take in a store: clips x frames x height x width x 3."""
+    return clips * config.frames * config.height * config.width * 3
+
+
+def _check_store_space(config: PrepareConfig, out: Path, counts: dict[str, int]) -> None:
+    """Raise nightact.files.DiskSpaceError unless OUT's disk holds the whole store."""
+    needed = store_bytes(config, sum(counts.values()))
+    files.check_free_space(out, needed, f"a store of {sum(counts.values())} clips")
 
 
 def _flat_plan(plan: dict) -> dict:

@@ -132,13 +132,22 @@ def evaluate(
         ``summary()`` counts them), ``checkpoint_mb`` (``model.keras`` on disk, optimizer state
         included), ``inference_ms_per_clip`` and ``inference_batch_size``. Also saved as
         ``metrics.json`` in the output folder (key ``output``).
-    """
-    import keras
 
+    Raises:
+        ValueError: a damaged checkpoint (one line naming it), or a store that does not fit.
+        nightact.locks.FolderLockedError: another process is writing the same evaluation folder.
+    """
+    from nightact.locks import folder_lock
+
+    with folder_lock(runs.evaluation_folder(run, split)):
+        return _evaluate(Path(run), split, data, batch_size, allow_validation)
+
+
+def _evaluate(run: Path, split, data, batch_size, allow_validation) -> dict:
     from nightact.batches import ClipBatches
+    from nightact.checkpoints import load_checkpoint
     from nightact.dataset import open_split
 
-    run = Path(run)
     if split == "val":
         if not allow_validation:
             raise ValueError(
@@ -165,7 +174,7 @@ def evaluate(
             f"({trained_classes})"
         )
 
-    model = keras.saving.load_model(model_path)
+    model = load_checkpoint(model_path)
     expected = tuple(model.input.shape[1:])
     if expected != tuple(clips.frames.shape[1:]):
         raise ValueError(

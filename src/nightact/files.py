@@ -143,15 +143,18 @@ class DiskFullError(OSError):
     what is free now.
     """
 
-    def __init__(self, path: str | os.PathLike, written: int = 0):
+    def __init__(self, path: str | os.PathLike, written: int = 0, note: str | None = None):
         self.path, self.written = Path(path), written
         free = free_space(self.path.parent)
+        note = note or (
+            "the partial file was removed and finished work kept: free some space and run the "
+            "same command again"
+        )
         super().__init__(
             errno.ENOSPC,
             f"{self.path}: disk full while writing it"
             + (f" ({human_size(written)} written)" if written else "")
-            + f", {human_size(free)} free; the partial file was removed and finished work kept: "
-            "free some space and run the same command again",
+            + f", {human_size(free)} free; {note}",
         )
 
     def __str__(self) -> str:

@@ -129,7 +129,16 @@ def compare(runs, out: str | os.PathLike, evaluate_missing: bool = False) -> Pat
 
     Returns:
         The path of ``report.html``.
+
+    Holds the lock of ``out`` while it writes (a second compare into it is refused).
     """
+    from nightact.locks import folder_lock
+
+    with folder_lock(out):
+        return _compare(runs, Path(out), evaluate_missing)
+
+
+def _compare(runs, out: Path, evaluate_missing: bool) -> Path:
     folders = find_runs(runs)
     if evaluate_missing:
         evaluate_runs(folders)

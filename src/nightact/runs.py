@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -136,6 +137,17 @@ def write_history(run: str | os.PathLike, rows: list[dict]) -> None:
 
 def history_path(run: str | os.PathLike) -> Path:
     return Path(run) / HISTORY
+
+
+def remove_run(run: str | os.PathLike) -> None:
+    """Delete what a training run writes in RUN (for ``train --overwrite``), nothing else."""
+    run = Path(run)
+    for name in (CONFIG, CLASSES, MODEL, HISTORY, RESULT):
+        (run / name).unlink(missing_ok=True)
+    for folder in (BACKUP, TENSORBOARD):
+        shutil.rmtree(run / folder, ignore_errors=True)
+    for evaluation in run.glob("evaluation*"):
+        shutil.rmtree(evaluation, ignore_errors=True)
 
 
 # --- result.json ----------------------------------------------------------------------------------
