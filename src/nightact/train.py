@@ -230,9 +230,10 @@ def train(
         if finished is not None:
             return finished
         train_split, val_split = open_splits(config)
-        start_run(config, class_names)
         model = build_and_compile(config, len(class_names))
+        # Before anything is written: a refused run leaves no run behind.
         check_free_space(config, model)
+        start_run(config, class_names)
         start_epoch, history = restore_state(config, model)
         train_batches, val_batches = make_batches(config, train_split, val_split, start_epoch)
         try:
@@ -405,8 +406,15 @@ def check_free_space(config: TrainConfig, model) -> None:
     run = Path(config.out)
     needed = checkpoints.run_bytes_needed(model) - checkpoints.run_bytes_present(run)
     files.check_free_space(
-        run, max(needed, 0), f"training {config.model} (checkpoint and two backups)"
+        run,
+        max(needed, 0),
+        f"training {config.model} (checkpoint and two backups)",
+        margin_bytes=_SPACE_MARGIN_BYTES,
     )
+
+
+# Room for what is not estimated: history, TensorBoard logs, evaluation files.
+_SPACE_MARGIN_BYTES = 8 << 20
 
 
 def restore_state(config: TrainConfig, model) -> tuple[int, list[dict]]:
