@@ -22,8 +22,8 @@ What differs from the original notebooks, and why:
 
 - One compiled training step (``model.fit``) instead of an eager ``GradientTape`` loop, and the
   accuracy comes from the same forward pass as the loss instead of a second, inference-mode one.
-- Batches stream from the memory-mapped store (:class:`ClipBatches`); memory holds a few batches,
-  never the dataset (the original kept 15 GB of clips in RAM).
+- Batches stream from the memory-mapped store (:class:`nightact.batches.ClipBatches`); memory
+  holds a few batches, never the dataset (the original kept 15 GB of clips in RAM).
 - The loss is categorical cross-entropy by default; ``loss="msle"`` reproduces the original's mean
   squared logarithmic error on the softmax output.
 - The checkpoint is chosen on the validation split; the test split is left for
