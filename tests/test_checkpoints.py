@@ -256,12 +256,6 @@ def test_a_run_killed_in_its_first_epoch_starts_again(tmp_path):
     assert not (run / "history.csv").exists() and leftovers(run) == []
 
 
-def test_reading_a_history_stops_before_a_half_line(tmp_path, caplog):
-    (tmp_path / "history.csv").write_text("epoch,loss,val_accuracy\n0,1.5,0.25\n1,1.2,0.5\n2,1.")
-    assert [row["epoch"] for row in runs.read_history(tmp_path)] == [0, 1]
-    assert "line 4 is incomplete" in caplog.text
-
-
 # ---------------------------------------------------------------------------------------------
 # Real processes, really killed
 

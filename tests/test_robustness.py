@@ -6,6 +6,7 @@ allowed, as for a user without root).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -198,3 +199,34 @@ def test_a_folder_in_use_is_refused_by_every_command_in_one_line(finished_run, s
         holder.stdout.close()
     # Killed, it leaves nothing in the way.
     assert main(["train", "--out", str(finished_run), "--resume", "--quiet"]) == 0
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stands in for a kill after the second epoch was backed up."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_train_resumes_past_a_damaged_backup_from_the_previous_one(store, tmp_path, caplog):
+    run = tmp_path / "run"
+    config = TrainConfig(data=store, out=run, epochs=3, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_Interrupt()], verbose=0)
+    assert sorted(path.name for path in (run / "backup").iterdir()) == [
+        "epoch-000001",
+        "epoch-000002",
+    ]
+    weights = run / "backup" / "epoch-000002" / "weights.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a save cut short
+
+    caplog.set_level(logging.WARNING)
+    result = train(TrainConfig(**{**vars(config), "resume": True}), verbose=0)
+    damaged = [line for line in caplog.messages if "damaged" in line]
+    assert damaged == [
+        f"{weights}: damaged backup (its content changed since it was written), skipped"
+    ]
+    assert result.epochs_completed == 3
+    assert [row["epoch"] for row in runs.read_history(run)] == [0, 1, 2]
+    assert not (run / "backup").exists()
