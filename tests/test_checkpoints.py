@@ -82,7 +82,9 @@ def leftovers(run: Path) -> list[str]:
     return sorted(
         str(path.relative_to(run))
         for path in run.rglob("*")
-        if ".partial-" in path.name or path.name.startswith(".incoming-")
+        if ".partial-" in path.name
+        or path.name.startswith(".incoming-")
+        or path.name.endswith(files.TEMPORARY_SUFFIX)
     )
 
 
@@ -319,7 +321,7 @@ def assert_finished(run: Path, epochs: int) -> None:
     assert [row["epoch"] for row in history] == list(range(epochs))
     lines = (run / "history.csv").read_text().splitlines()
     assert len(lines) == epochs + 1
-    assert not [path for path in run.rglob("*") if ".partial-" in path.name]
+    assert leftovers(run) == []
     model = keras.saving.load_model(run / "model.keras")
     best = max(row["val_accuracy"] for row in history)
     # The checkpoint is the best epoch of the history, not an epoch a kill made it forget.

@@ -176,28 +176,40 @@ def test_commands_given_a_damaged_checkpoint_say_so_in_one_line(
         assert f"{checkpoint}: damaged checkpoint (" in errors[0], errors
 
 
-def test_a_folder_in_use_is_refused_by_every_command_in_one_line(finished_run, store, capsys):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(finished_run)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        capsys.readouterr()
-        assert main(["train", "--out", str(finished_run), "--resume", "--quiet"]) == 2
-        error = capsys.readouterr().err.strip()
-        assert error == (
-            f"nightact train: error: {finished_run} is in use by process {holder.pid} "
-            f"(nightact train --out elsewhere, started {error.split('started ')[1]}"
+def test_a_folder_in_use_is_refused_by_every_command_in_one_line(
+    finished_run, store, tmp_path, capsys
+):
+    videos = store.parent / "videos"
+    commands = {
+        "train": (finished_run, ["train", "--out", str(finished_run), "--resume", "--quiet"]),
+        "prepare": (tmp_path / "store", ["prepare", str(videos), str(tmp_path / "store")]),
+        "compare": (
+            tmp_path / "report",
+            ["compare", str(finished_run), "--out", str(tmp_path / "report")],
+        ),
+    }
+    for name, (folder, command) in commands.items():
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(folder)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
         )
-        assert "\n" not in error
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
-        holder.stdout.close()
-    # Killed, it leaves nothing in the way.
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            capsys.readouterr()
+            assert main(command) == 2, name
+            error = capsys.readouterr().err.strip()
+            assert error.startswith(
+                f"nightact {name}: error: {folder} is in use by process {holder.pid} "
+                "(nightact train --out elsewhere, started "
+            ), error
+            assert "\n" not in error
+        finally:
+            holder.kill()
+            holder.wait(timeout=30)
+            holder.stdout.close()
+    # Killed, the holder leaves nothing in the way.
     assert main(["train", "--out", str(finished_run), "--resume", "--quiet"]) == 0
 
 

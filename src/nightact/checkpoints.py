@@ -528,7 +528,7 @@ def _restore_checkpoint(source: Path, checkpoint: Path) -> str | None:
 
 def _remove_leftovers(run: Path, backup: Path) -> None:
     """Remove what killed writers left half-written (only under the run's lock: no writer runs)."""
-    for partial in run.glob(".*.partial-*"):
+    for partial in [*run.glob(".*.partial-*"), *run.glob(f"*{files.TEMPORARY_SUFFIX}")]:
         partial.unlink(missing_ok=True)
     for incoming in backup.glob(".incoming-*") if backup.is_dir() else []:
         shutil.rmtree(incoming, ignore_errors=True)

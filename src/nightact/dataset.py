@@ -327,19 +327,21 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
     """
     from nightact.locks import folder_lock
 
-    with folder_lock(config.out):
-        return _prepare(config, overwrite)
-
-
-def _prepare(config: PrepareConfig, overwrite: bool) -> PrepareSummary:
     started = time.perf_counter()
-    out = Path(config.out)
     class_names, entries, ignored = index_videos(config.src, config.extensions)
     if not entries:
         raise ValueError(
             f"{config.src}: no videos found; expected SRC/<class name>/*"
             f"{{{','.join(config.extensions)}}}"
         )
+    with folder_lock(config.out):
+        return _prepare(config, overwrite, started, class_names, entries, ignored)
+
+
+def _prepare(
+    config: PrepareConfig, overwrite: bool, started: float, class_names, entries, ignored
+) -> PrepareSummary:
+    out = Path(config.out)
     for row in ignored:
         log.info("ignored %s: %s", row["path"], row["error"])
     fingerprint = _fingerprint(entries)

@@ -139,15 +139,7 @@ def evaluate(
     """
     from nightact.locks import folder_lock
 
-    with folder_lock(runs.evaluation_folder(run, split)):
-        return _evaluate(Path(run), split, data, batch_size, allow_validation)
-
-
-def _evaluate(run: Path, split, data, batch_size, allow_validation) -> dict:
-    from nightact.batches import ClipBatches
-    from nightact.checkpoints import load_checkpoint
-    from nightact.dataset import open_split
-
+    run = Path(run)
     if split == "val":
         if not allow_validation:
             raise ValueError(
@@ -159,6 +151,16 @@ def _evaluate(run: Path, split, data, batch_size, allow_validation) -> dict:
             "these scores are optimistic, not a test result",
             run,
         )
+    runs.read_config(run)  # refuse a folder that is not a run before creating anything in it
+    with folder_lock(runs.evaluation_folder(run, split)):
+        return _evaluate(run, split, data, batch_size)
+
+
+def _evaluate(run: Path, split: str, data, batch_size: int | None) -> dict:
+    from nightact.batches import ClipBatches
+    from nightact.checkpoints import load_checkpoint
+    from nightact.dataset import open_split
+
     config = runs.read_config(run)
     model_path = runs.model_path(run)
     if not model_path.exists():

@@ -134,12 +134,12 @@ def compare(runs, out: str | os.PathLike, evaluate_missing: bool = False) -> Pat
     """
     from nightact.locks import folder_lock
 
-    with folder_lock(out):
-        return _compare(runs, Path(out), evaluate_missing)
-
-
-def _compare(runs, out: Path, evaluate_missing: bool) -> Path:
     folders = find_runs(runs)
+    with folder_lock(out):
+        return _compare(folders, Path(out), evaluate_missing)
+
+
+def _compare(folders: list[Path], out: Path, evaluate_missing: bool) -> Path:
     if evaluate_missing:
         evaluate_runs(folders)
     loaded = [load_run(run) for run in folders]
