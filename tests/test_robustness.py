@@ -18,7 +18,7 @@ import pytest
 
 from conftest import make_synthetic_store
 from nightact import files, runs
-from nightact.checkpoints import check_model_file
+from nightact.checkpoints import check_model_file, checkpoint_bytes
 from nightact.cli import main
 from nightact.dataset import PrepareConfig, prepare
 from nightact.train import TrainConfig, train
@@ -242,3 +242,11 @@ def test_train_resumes_past_a_damaged_backup_from_the_previous_one(store, tmp_pa
     assert result.epochs_completed == 2
     assert [row["epoch"] for row in runs.read_history(run)] == [0, 1]
     assert not (run / "backup").exists()
+
+
+def test_the_checkpoint_estimate_covers_the_real_file(finished_run):
+    # The estimate the up-front check multiplies: variables, the optimizer's, and structure.
+    model = keras.saving.load_model(finished_run / "model.keras")
+    estimate = checkpoint_bytes(model)
+    actual = (finished_run / "model.keras").stat().st_size
+    assert actual <= estimate <= actual + 200_000, (estimate, actual)
