@@ -24,7 +24,8 @@ from nightact.dataset import PrepareConfig, prepare
 from nightact.train import TrainConfig, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TINY = dict(model="gru", batch_size=8, units=(8,), learning_rate=3e-3)
+# XLA off: compiling costs more than these few steps gain from it.
+TINY = dict(model="gru", batch_size=8, units=(8,), learning_rate=3e-3, xla=False)
 
 HOLDER = """
 import sys, time
@@ -221,6 +222,7 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # restore_training's fallbacks are tested in test_checkpoints; this is the wiring
 def test_train_resumes_past_a_damaged_backup_from_the_previous_one(store, tmp_path, caplog):
     run = tmp_path / "run"
     config = TrainConfig(data=store, out=run, epochs=2, **TINY)
