@@ -228,6 +228,7 @@ def train(
             runs.remove_run(config.out)
         finished = open_or_resume_run(config)
         if finished is not None:
+            remove_backups(config)  # left by a kill between result.json and their removal
             return finished
         train_split, val_split = open_splits(config)
         model = build_and_compile(config, len(class_names))
