@@ -228,7 +228,7 @@ class EpochBackup(keras.callbacks.Callback):
             if self.checkpoint is not None and self.checkpoint.exists():
                 _link_or_copy(self.checkpoint, incoming / BEST_NAME)
                 _fsync_file(incoming / BEST_NAME)
-                digests[BEST_NAME] = files.sha256_of(incoming / BEST_NAME)
+                digests[BEST_NAME] = self._best_digest(incoming / BEST_NAME)
             state = {"epoch": epochs_finished, "history": self.history, "sha256": digests}
             # Written last: a backup folder without it was never finished.
             (incoming / STATE_NAME).write_text(json.dumps(state, indent=1), encoding="utf-8")
@@ -249,6 +249,14 @@ class EpochBackup(keras.callbacks.Callback):
         for old in complete_backups(self.folder)[self.keep :]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def _best_digest(self, path: Path) -> str:
+        # The best checkpoint changes only when an epoch improves: hash it only then.
+        status = path.stat()
+        key = (status.st_ino, status.st_mtime_ns, status.st_size)
+        if getattr(self, "_best_key", None) != key:
+            self._best_key, self._best_sha256 = key, files.sha256_of(path)
+        return self._best_sha256
 
     def on_train_end(self, logs=None):
         if self.delete_at_end:
