@@ -42,12 +42,13 @@ def test_recall_and_precision_on_known_copies(corpus):
     folder, truth = corpus
     report = leakage.check_store(leakage.LeakageConfig(folder / "store", within=True))
     score = copies.score_detection([(p.path_a, p.path_b) for p in report.pairs], truth)
-    # Measured on this corpus: recall 6/8 (the crop and the mixed copy are missed at 48x64),
-    # precision 6/7, no retake taken for a copy.
-    assert score["recall"] >= 0.7
-    assert score["precision"] >= 0.8
+    # Measured on this corpus at 8 x 48x64: recall 7/8 (the "mixed" copy, here crop + noise +
+    # trim, is missed), precision 7/9 (two pairs of different, nearly static recordings), no
+    # retake taken for a copy.
+    assert score["recall"] >= 0.85
+    assert score["precision"] >= 0.75
     assert score["retakes_taken_for_copies"] == 0
-    for transform in ("reencode", "resize", "mirror", "gamma", "noise", "trim"):
+    for transform in ("reencode", "resize", "mirror", "gamma", "noise", "trim", "crop"):
         assert score["recall_per_transform"][transform] == 1.0, transform
     summary = report.summary()
     assert summary["clips"] == 24
