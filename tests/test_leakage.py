@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
+import logging
 
 import numpy as np
 import pytest
 
 from nightact import copies, leakage
-from nightact.dataset import PrepareConfig, index_videos, prepare
+from nightact.cli import main
+from nightact.dataset import PrepareConfig, index_videos, prepare, read_manifest
 from nightact.groups import assign_grouped_splits, near_duplicate_groups
 
 
@@ -112,3 +115,55 @@ def test_config_errors():
         leakage.clip_signature(np.zeros((4, 4)))
     with pytest.raises(FileNotFoundError, match="not a prepared store"):
         leakage.check_store(leakage.LeakageConfig("/nonexistent/store"))
+
+
+def test_prepare_groups_by_regex_and_records_the_group(corpus, tmp_path, caplog):
+    folder, truth = corpus
+    store = tmp_path / "store"
+    # The corpus names a copy <recording>_copy-<transform>: the recording is the group.
+    pattern = r"/([a-z-]+_\d{3})"
+    summary = prepare(
+        PrepareConfig(
+            folder / "videos",
+            store,
+            frames=8,
+            height=48,
+            width=64,
+            split=(0.5, 0.25, 0.25),
+            group_by=pattern,
+        )
+    )
+    rows = [row for row in read_manifest(store) if row["status"] == "ok"]
+    assert {row["group"] for row in rows if row["path"].startswith("Drink/drink_000")} == {
+        "drink_000"
+    }
+    split_of_group: dict[str, set] = {}
+    for row in rows:
+        split_of_group.setdefault(row["group"], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in split_of_group.values())
+    # Copies share a split, so the check at the end finds no copy across splits.
+    truth_pairs = copies.true_pairs(truth["recordings"])
+    split = {row["path"]: row["split"] for row in rows}
+    assert all(split[a] == split[b] for a, b in truth_pairs)
+    saved = json.loads((store / "prepare_config.json").read_text())
+    assert saved["group_by"] == pattern
+    assert json.loads((store / "store.json").read_text())["settings"]["group_by"] == pattern
+    assert summary.leakage is not None and (store / "leakage.csv").is_file()
+    assert "leakage check" in summary.table()
+
+
+def test_prepare_warns_about_copies_across_splits(corpus, tmp_path, caplog):
+    folder, _ = corpus
+    with caplog.at_level(logging.WARNING):
+        summary = prepare(
+            PrepareConfig(folder / "videos", tmp_path / "store", frames=8, height=48, width=64)
+        )
+    # An ungrouped split of 8 recordings with 2 copies each puts some copies apart.
+    assert summary.leakage["pairs_across_splits"] > 0
+    assert "near-duplicate clips lie in different splits" in caplog.text
+    rows = read_manifest(tmp_path / "store")
+    assert all(row["group"] == row["path"] for row in rows if row["status"] == "ok")
+    # The command line: --fail-on-leak turns the finding into an exit status.
+    assert main(["leakage", str(tmp_path / "store")]) == 0
+    assert main(["leakage", str(tmp_path / "store"), "--fail-on-leak"]) == 1
+    assert main(["leakage", str(tmp_path / "store"), "--threshold", "2"]) == 2
