@@ -79,7 +79,7 @@ TRIM_STEPS = 9  # steps of the trim grid: (2 * TRIM_STEPS - 1) offsets x (TRIM_S
 _WORK_SIDE = 48  # short side, in pixels, from which clips are halved before the median filter
 _FINE = 2  # fine cells per signature cell, kept to derive crop variants
 CROPS = (0.0, 0.04, 0.08)  # share cut from each border (per axis) in the crop variants
-CROP_MARGIN = 0.25  # pairs this far below the threshold are compared again with crop variants
+CROP_MARGIN = 0.1  # pairs this far below the threshold are compared again with crop variants
 _MOTION_BLURS = 2  # [1, 2, 1] passes over the motion view
 _HIGH_PASS_BLURS = 8  # [1, 2, 1] passes of the background estimate: sigma 2 cells
 _PAD_LEVEL = 2  # a row or column no brighter than this in every frame is letterbox padding
@@ -283,6 +283,10 @@ def _fine_cells(frames: np.ndarray, cells: int) -> np.ndarray:
         raise ValueError(f"expected (frames, height, width[, 3]) pixels, got {frames.shape}")
     rows, columns = content_box(frames)
     content = frames[:, rows, columns]
+    while min(content.shape[1:3]) >= 4 * _WORK_SIDE:
+        # Every other pixel of a large frame: the cells average hundreds of pixels anyway, and
+        # converting all of them to grey is most of the cost of a signature.
+        content = content[:, ::2, ::2]
     if content.ndim == 4:
         # Channel by channel: elementwise adds are far faster than a mean over the last axis.
         grey = content[..., 0].astype(np.float32)
