@@ -25,7 +25,6 @@ others at once).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ import av
 import numpy as np
 from tqdm.auto import tqdm
 
-from nightact import synthetic
+from nightact import files, synthetic
 from nightact.videos import write_video
 
 log = logging.getLogger(__name__)
@@ -246,7 +245,7 @@ def write_copy_corpus(config: CopyCorpusConfig) -> dict:
         "details": details,
         "config": settings,
     }
-    (out / CORPUS_FILE).write_text(json.dumps(corpus, indent=2) + "\n")
+    files.write_json_atomic(out / CORPUS_FILE, corpus)
     log.info("%s: %d clips of %d recordings", out, len(recordings), len(set(recordings.values())))
     return corpus
 

@@ -47,7 +47,6 @@ import csv
 import dataclasses
 import functools
 import io
-import json
 import logging
 import os
 import time
@@ -57,6 +56,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from nightact import files
 from nightact.dataset import SPLIT_NAMES, open_split, read_manifest
 
 log = logging.getLogger(__name__)
@@ -666,13 +666,9 @@ def write_report(report: LeakageReport, store: str | os.PathLike | None = None) 
         row = dataclasses.asdict(pair)
         row["mirrored"] = int(pair.mirrored)
         writer.writerow({column: row[column] for column in CSV_COLUMNS})
-    csv_path = store / CSV_NAME
-    _write_atomic(csv_path, buffer.getvalue())
+    csv_path = files.write_text_atomic(store / CSV_NAME, buffer.getvalue())
     settings = dataclasses.asdict(report.config)
-    _write_atomic(
-        store / JSON_NAME,
-        json.dumps({"config": settings, "summary": report.summary()}, indent=2) + "\n",
-    )
+    files.write_json_atomic(store / JSON_NAME, {"config": settings, "summary": report.summary()})
     return csv_path
 
 
@@ -680,9 +676,3 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
     """Rows of a ``leakage.csv``."""
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
