@@ -10,6 +10,12 @@ A store is a folder written by :func:`prepare` (``nightact prepare SRC STORE``):
       train.npy           uint8 (n, frames, height, width, 3), RGB, one row per clip; also val.npy,
       train_labels.npy    test.npy and their int64 labels. Open with np.load(mmap_mode="r").
       prepare_config.json the PrepareConfig, as JSON.
+      leakage.csv         near-duplicate pairs across splits, from the check after the store is
+      leakage.json        complete (nightact.leakage; skipped with check_leakage=False).
+
+With ``group_by`` (``--group-by``), the split is drawn over groups (:mod:`nightact.groups`), each
+clip's group is in the manifest's ``group`` column, and the groups are kept in the plan so an
+interrupted run resumes with the same ones.
 
 While preparing, the arrays live in ``STORE/.partial/`` and are written row by row by worker
 processes through memory maps, so memory stays flat whatever the number of videos. A row counts as
