@@ -2,7 +2,7 @@
 
 Each backend (TensorFlow, JAX, torch) runs in its own worker process, started with KERAS_BACKEND
 set before Keras is imported. A worker builds and compiles a model as ``nightact train`` does
-(``nightact.train._build_and_compile``: Adam, categorical cross-entropy, XLA on TensorFlow's CPU,
+(``nightact.train.build_and_compile``: Adam, categorical cross-entropy, XLA on TensorFlow's CPU,
 jit on JAX, Keras' default on torch, which runs eagerly) and warms it up (tracing, compilation)
 the first time it is asked for it. Then the parent asks the workers in turn, one at a time and in
 a rotating order, to time one model:
@@ -79,7 +79,7 @@ def worker(args) -> None:
     import numpy as np
 
     from nightact.models import MODEL_NAMES
-    from nightact.train import TrainConfig, _build_and_compile, gpu_available
+    from nightact.train import TrainConfig, build_and_compile, gpu_available
 
     def send(message: dict) -> None:
         protocol.write(json.dumps(message) + "\n")
@@ -131,7 +131,7 @@ def worker(args) -> None:
                 **_model_settings(args),
             )
             started = time.perf_counter()
-            model = _build_and_compile(config, NUM_CLASSES)
+            model = build_and_compile(config, NUM_CLASSES)
             model.train_on_batch(*batch(0))
             answer["first_step_seconds"] = time.perf_counter() - started
             for index in range(1, args.warmup):

@@ -50,7 +50,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from nightact.train import TrainConfig, _build_and_compile
+    from nightact.train import TrainConfig, build_and_compile
 
     machine = describe_machine()
     print(format_machine(machine), file=sys.stderr)
@@ -65,7 +65,7 @@ def main() -> int:
             data="benchmark", model=name, out="benchmark", batch_size=16,
             frames=10, height=60, width=80, **settings,
         )  # fmt: skip
-        model = _build_and_compile(config, NUM_CLASSES)
+        model = build_and_compile(config, NUM_CLASSES)
         for _ in range(2):
             model.train_on_batch(clips, labels)
         times = {threads: [] for threads in args.threads}
