@@ -100,6 +100,7 @@ def _config(args, config_class, **settings):
 
 def _add_data_commands(subparsers) -> None:
     from nightact.dataset import SHORT_CLIP_POLICIES, SPLIT_NAMES, PrepareConfig
+    from nightact.leakage import LeakageConfig
     from nightact.synthetic import SynthConfig
 
     synth = subparsers.add_parser(
@@ -146,10 +147,52 @@ def _add_data_commands(subparsers) -> None:
         "or skip it; either way it is recorded in the manifest",
         choices=SHORT_CLIP_POLICIES,
     )
+    _option(
+        prepare,
+        "--group-by",
+        PrepareConfig,
+        "what must share a split: none, near-duplicates (copies of one recording, found from "
+        "the pixels; a pre-pass decodes every video once more at 60x80) or a REGEX whose first "
+        r"capture group on the path names the group (UCF101: 'v_(.*_g\d+)_c\d+')",
+        metavar="{none,near-duplicates,REGEX}",
+    )
+    prepare.add_argument(
+        "--no-leakage-check",
+        dest="check_leakage",
+        action="store_false",
+        default=None,
+        help="skip the search for near-duplicates across splits at the end",
+    )
     prepare.add_argument(
         "--overwrite", action="store_true", help="discard an existing store in OUT first"
     )
     prepare.set_defaults(run=_run_prepare)
+
+    leakage = subparsers.add_parser(
+        "leakage",
+        help="find near-duplicate clips (copies of one recording) across a store's splits",
+    )
+    leakage.add_argument("store", help="a prepared store; writes STORE/leakage.csv")
+    _option(
+        leakage,
+        "--within",
+        LeakageConfig,
+        "also list pairs inside one split in leakage.csv",
+        action="store_true",
+    )
+    _option(
+        leakage,
+        "--threshold",
+        LeakageConfig,
+        "similarity from which two clips count as copies",
+        type=float,
+    )
+    leakage.add_argument(
+        "--fail-on-leak",
+        action="store_true",
+        help="exit with status 1 when any pair lies across splits (for CI)",
+    )
+    leakage.set_defaults(run=_run_leakage)
 
     preview = subparsers.add_parser("preview", help="write a PNG of one prepared clip's frames")
     preview.add_argument("store", help="a prepared store")
@@ -198,6 +241,22 @@ def _run_prepare(args) -> int:
     summary = prepare(prepare_config(args), overwrite=args.overwrite)
     print(summary.table())
     return 0 if summary.prepared > 0 else 1
+
+
+def leakage_config(args):
+    from nightact.leakage import LeakageConfig
+
+    return _config(args, LeakageConfig, store=args.store)
+
+
+def _run_leakage(args) -> int:
+    from nightact.leakage import check_store, write_report
+
+    report = check_store(leakage_config(args))
+    path = write_report(report)
+    print(report.table())
+    print(f"\nwrote {path}")
+    return 1 if args.fail_on_leak and report.cross_pairs else 0
 
 
 def _run_preview(args) -> int:
@@ -365,6 +424,11 @@ def _add_training_commands(subparsers) -> None:
         action="store_true",
         help="continue the interrupted run in --out from its last finished epoch",
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard the run already in --out first (its checkpoint, history and backups)",
+    )
     _option(train, "--workers", TrainConfig, "threads reading batches ahead", type=int)
     _option(train, "--units", TrainConfig, "recurrent layer widths", type=_layer_widths)
     _option(train, "--dropout", TrainConfig, "dropout after each recurrent layer", type=float)
@@ -449,7 +513,7 @@ def demo_config(args):
 def _run_train(args) -> int:
     from nightact.train import train
 
-    result = train(train_config(args), verbose=2 if args.quiet else 1)
+    result = train(train_config(args), verbose=2 if args.quiet else 1, overwrite=args.overwrite)
     print(
         f"{result.model}: best val_accuracy {result.best_val_accuracy:.3f} at epoch "
         f"{result.best_epoch} of {result.epochs_completed}; run in {result.run}"
@@ -733,9 +797,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from nightact.files import DiskFullError, DiskSpaceError
+    from nightact.locks import FolderLockedError
+
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        FolderLockedError,
+        DiskSpaceError,
+        DiskFullError,
+    ) as error:
         # Errors the user can fix get one clear line, not a traceback.
         print(f"nightact {args.command}: error: {error}", file=sys.stderr)
         return 2
