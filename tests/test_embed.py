@@ -5,16 +5,20 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
 from nightact.backbones import build_backbone, build_network
+from nightact.batches import ClipBatches
 from nightact.dataset import PrepareConfig, open_split, prepare
 from nightact.embed import EmbedConfig, embed, is_embedding_store, open_embedding_split
-from nightact.models import recurrent_head
-from nightact.train import ClipBatches
+from nightact.evaluate import evaluate
+from nightact.inference import predict_videos as predict
+from nightact.report import load_run, summarize
+from nightact.train import TrainConfig, train
 from nightact.videos import write_video
 
 BACKBONE = "mobilenet_v3_small"
@@ -137,20 +141,62 @@ def test_embedding_store_holds_the_backbones_features_row_for_row(store, weights
     assert train.std(axis=0).mean() > 0.05
 
 
-def test_a_recurrent_head_learns_from_the_embeddings(embedded):
+@pytest.fixture(scope="module")
+def trained(embedded, tmp_path_factory):
+    """A GRU head trained by ``nightact.train`` on the embeddings."""
     out = embedded[0]
-    train, val, test = (open_embedding_split(out, split) for split in ("train", "val", "test"))
-    keras.utils.set_random_seed(0)
-    steps = keras.Input(shape=train.frames.shape[1:])
-    model = keras.Model(steps, recurrent_head(steps, "gru", (32,), 0.1, 3, unroll=False))
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3), loss="categorical_crossentropy", metrics=["accuracy"]
+    run = tmp_path_factory.mktemp("runs") / "gru"
+    config = TrainConfig(
+        data=out,
+        model="gru",
+        out=run,
+        epochs=25,
+        batch_size=6,
+        learning_rate=3e-3,
+        units=(32,),
+        dropout=0.1,
     )
-    batches = ClipBatches(train, batch_size=6, shuffle=True, seed=0)
-    model.fit(batches, steps_per_epoch=len(batches), epochs=25, verbose=0, shuffle=False)
-    held_out = [model.evaluate(ClipBatches(split, 6), verbose=0)[1] for split in (val, test)]
+    return train(config, verbose=0)
+
+
+def test_a_recurrent_head_learns_from_the_embeddings(embedded, trained):
+    run = Path(trained.run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == BACKBONE and config["frames"] == 4
+    assert (run / "head.keras").is_file() and (run / "model.keras").is_file()
+    head = keras.saving.load_model(run / "head.keras")
+    held_out = [
+        head.evaluate(ClipBatches(open_embedding_split(embedded[0], split), 6), verbose=0)[1]
+        for split in ("val", "test")
+    ]
     # 12 held-out clips of 3 classes; chance is 1/3.
     assert np.mean(held_out) >= 0.6, held_out
+
+
+def test_the_saved_model_reads_videos_and_equals_embed_plus_head(store, embedded, trained):
+    run = Path(trained.run)
+    # Plain Keras, no custom objects: backbone and head in one file that reads uint8 clips.
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    assert tuple(model.input.shape) == (None, 4, SIZE, SIZE, 3)
+    assert model.input.dtype == "uint8"
+    head = keras.saving.load_model(run / "head.keras", compile=False)
+    test = open_embedding_split(embedded[0], "test")
+    expected = np.asarray(head.predict_on_batch(np.asarray(test.frames, dtype=np.float32)))
+
+    videos = [store.parent / "videos" / path for path in test.paths]
+    predictions = predict(run, videos, top_k=1, progress=False)
+    assert all(prediction.ok for prediction in predictions)
+    got = np.stack([prediction.probabilities for prediction in predictions])
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+
+    # Evaluation scores the end-to-end model on the clip store the embeddings came from.
+    metrics = evaluate(run)
+    assert metrics["data"] == str(store.resolve()) and metrics["clips"] == len(test)
+    assert metrics["accuracy"] == pytest.approx(
+        float(np.mean(expected.argmax(axis=1) == test.labels)), abs=1 / len(test)
+    )
+    row = summarize([load_run(run)])[0]
+    assert row["label"] == "MobileNetV3Small + GRU"
 
 
 def test_an_interrupted_embed_resumes_to_the_same_store(store, weights_file, embedded, tmp_path):

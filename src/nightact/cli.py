@@ -14,6 +14,7 @@ import os
 import sys
 
 from nightact import __version__
+from nightact.backbones import WeightsUnavailableError
 
 # Every flag that sets a config field defaults to None, meaning "not given": the config's own
 # dataclass default then applies, and the help text shows that default, read from the dataclass.
@@ -565,6 +566,47 @@ def _run_predict(args) -> int:
 
 # --- end download and predict -------------------------------------------------------------------
 
+# --- embed ------------------------------------------------------------------------------------
+
+
+def _add_embed_command(subparsers) -> None:
+    from nightact.backbones import BACKBONE_NAMES
+    from nightact.embed import EmbedConfig
+
+    embed = subparsers.add_parser(
+        "embed",
+        help="run a frozen pretrained backbone over every frame of a store once, caching features",
+    )
+    embed.add_argument("store", help="a prepared clip store (nightact prepare)")
+    embed.add_argument(
+        "--backbone", required=True, choices=BACKBONE_NAMES, help="the frame encoder"
+    )
+    _option(
+        embed,
+        "--weights",
+        EmbedConfig,
+        "imagenet (downloaded once by Keras), none (random: for tests and timing only), or a "
+        "path to a .weights.h5 of the same network",
+    )
+    embed.add_argument("--out", required=True, help="the embedding store to write or resume")
+    _option(embed, "--batch-size", EmbedConfig, "frames per call of the backbone", type=int)
+    embed.add_argument(
+        "--overwrite", action="store_true", help="replace the embeddings already in OUT"
+    )
+    embed.set_defaults(run=_run_embed)
+
+
+def _run_embed(args) -> int:
+    from nightact.embed import EmbedConfig, embed
+
+    summary = embed(_config(args, EmbedConfig), overwrite=args.overwrite)
+    print(summary.table())
+    print(f"next: nightact train --data {summary.out} --model gru")
+    return 0
+
+
+# --- end embed ------------------------------------------------------------------------------------
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -582,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMAND_GROUPS = [
     _add_data_commands,
+    _add_embed_command,
     _add_model_commands,
     _add_training_commands,
     _add_download_predict_commands,
@@ -600,7 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        WeightsUnavailableError,
+    ) as error:
         # Errors the user can fix get one clear line, not a traceback.
         print(f"nightact {args.command}: error: {error}", file=sys.stderr)
         return 2

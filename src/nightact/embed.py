@@ -43,6 +43,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from nightact import files
 from nightact.backbones import backbone_spec, same_weights, weights_record
 from nightact.dataset import SPLIT_NAMES, Split, open_split
 
@@ -167,7 +168,7 @@ def embed(
             shape = tuple(record["shapes"][name])
             open_memmap(partial / f"{name}.npy", mode="w+", dtype=DTYPE, shape=shape).flush()
         # The plan is written after the arrays exist, so a plan on disk means they are usable.
-        _write_atomic(plan_file, json.dumps(record, indent=2))
+        files.write_json_atomic(plan_file, record)
 
     journal_path = partial / _JOURNAL
     done = _read_journal(journal_path, record["shapes"])
@@ -218,6 +219,17 @@ def read_embedding_info(embeddings: str | os.PathLike) -> dict:
         "class_names": info["class_names"],
         "settings": info["settings"],
     }
+
+
+def source_store(embeddings: str | os.PathLike) -> Path:
+    """The clip store an embedding store was computed from; it must still be there."""
+    store = Path(read_embedding_info(embeddings)["source"]["store"])
+    if not (store / "store.json").is_file():
+        raise FileNotFoundError(
+            f"{store}: the clip store that {embeddings} was embedded from is gone; "
+            "pass --data STORE where it is now"
+        )
+    return store
 
 
 def is_embedding_store(path: str | os.PathLike) -> bool:
@@ -379,11 +391,11 @@ def _finalize(config: EmbedConfig, store: Path, out: Path, record: dict) -> None
     partial = out / _PARTIAL
     source_info = json.loads((store / "store.json").read_text(encoding="utf-8"))
     for name in SPLIT_NAMES:
-        os.replace(partial / f"{name}.npy", out / f"{name}.npy")
-        _copy_atomic(store / f"{name}_labels.npy", out / f"{name}_labels.npy")
-    _copy_atomic(store / "classes.json", out / "classes.json")
-    _copy_atomic(store / "manifest.csv", out / "manifest.csv")
-    _write_atomic(out / "embed_config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        files.replace_atomic(partial / f"{name}.npy", out / f"{name}.npy")
+    copied = [f"{name}_labels.npy" for name in SPLIT_NAMES] + ["classes.json", "manifest.csv"]
+    for file_name in copied:
+        files.write_bytes_atomic(out / file_name, (store / file_name).read_bytes())
+    files.write_json_atomic(out / "embed_config.json", dataclasses.asdict(config))
     info = {
         "format": FORMAT,
         "kind": KIND,
@@ -394,7 +406,7 @@ def _finalize(config: EmbedConfig, store: Path, out: Path, record: dict) -> None
         "embedding": record,
     }
     # store.json last: its presence is what marks the store complete.
-    _write_atomic(out / "store.json", json.dumps(info, indent=2))
+    files.write_json_atomic(out / "store.json", info)
     shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -427,21 +439,3 @@ def _store_file(store: Path) -> Path:
             raise ValueError(f"{store}: unfinished; run the command that made it again")
         raise FileNotFoundError(f"{store}: not a prepared store (no store.json)")
     return store_file
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    temporary = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, temporary)
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)

@@ -122,7 +122,8 @@ def evaluate(
         run: a run folder written by :func:`nightact.train.train`.
         split: "test" (default). "val" chose the checkpoint, so it is refused unless
             ``allow_validation`` is set; "train" only tells how well the model fits.
-        data: the prepared store, when it moved since training (default: the run's config).
+        data: the prepared store, when it moved since training (default: the run's config; for
+            a head trained on embeddings, the clip store they were computed from).
         batch_size: clips per forward pass (default: the run's training batch size).
         allow_validation: accept ``split="val"``; its scores are optimistic.
 
@@ -155,6 +156,11 @@ def evaluate(
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no checkpoint; has the run finished an epoch?")
     store = Path(data) if data is not None else Path(config["data"])
+    if config.get("backbone") and data is None:
+        # A head trained on embeddings: model.keras is backbone + head, scored on the clips.
+        from nightact.embed import source_store
+
+        store = source_store(config["data"])
     clips = open_split(store, split)
     if len(clips) == 0:
         raise ValueError(f"{store}: the {split} split is empty; nothing to evaluate")

@@ -31,7 +31,7 @@ import numpy as np
 
 from nightact import files
 from nightact import runs as run_files
-from nightact.names import MODEL_LABELS, MODEL_NAMES
+from nightact.names import MODEL_NAMES, model_key, model_label
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def summarize(runs: list[dict]) -> list[dict]:
     """One table row per model: the runs' numbers, their mean and standard deviation."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        groups.setdefault(run["config"]["model"], []).append(run)
+        config = run["config"]
+        groups.setdefault(model_key(config["model"], config.get("backbone")), []).append(run)
     order = [name for name in MODEL_NAMES if name in groups]
     order += sorted(name for name in groups if name not in MODEL_NAMES)
     rows = []
@@ -110,7 +111,9 @@ def summarize(runs: list[dict]) -> list[dict]:
         rows.append(
             {
                 "model": name,
-                "label": MODEL_LABELS.get(name, name),
+                "label": model_label(
+                    members[0]["config"]["model"], members[0]["config"].get("backbone")
+                ),
                 "runs": [run["run"] for run in members],
                 "seeds": [run["config"].get("seed") for run in members],
                 "values": values,

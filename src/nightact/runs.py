@@ -7,6 +7,8 @@ A training run (:func:`nightact.train.train`) and its evaluation
       config.json               the TrainConfig                       write_config / read_config
       classes.json              {"class_names": [...]}                write_classes / read_classes
       model.keras               the best checkpoint                   model_path
+      head.keras                on embeddings: the best recurrent     head_path
+                                head; model.keras is then backbone + head, reading clips
       history.csv               one row per finished epoch            write_history / read_history
       result.json               the RunResult; present = finished     write_result / read_result
       evaluation/metrics.json   test-split metrics                    metrics_path / read_metrics
@@ -33,6 +35,7 @@ from nightact import files
 CONFIG = "config.json"
 CLASSES = "classes.json"
 MODEL = "model.keras"
+HEAD = "head.keras"
 HISTORY = "history.csv"
 RESULT = "result.json"
 BACKUP = "backup"
@@ -88,6 +91,11 @@ def write_classes(folder: str | os.PathLike, class_names: Iterable[str]) -> Path
 
 def model_path(run: str | os.PathLike) -> Path:
     return Path(run) / MODEL
+
+
+def head_path(run: str | os.PathLike) -> Path:
+    """A run on embeddings: the checkpoint of the recurrent head alone (reads embeddings)."""
+    return Path(run) / HEAD
 
 
 # --- history.csv ----------------------------------------------------------------------------------

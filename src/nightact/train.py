@@ -13,6 +13,13 @@
                       unfinished; ``resume=True`` continues from there; removed at the end
       result.json     written when training ends: the RunResult; a run with it is finished
 
+On an embedding store (``nightact embed``, :mod:`nightact.embed`) the model is a recurrent head
+(``simple_rnn``, ``lstm`` or ``gru``) over the cached frame features, and the run also holds::
+
+      head.keras      the head's checkpoint with the best validation accuracy (reads embeddings)
+      model.keras     written when training ends: the backbone + that head in one model that
+                      reads clips, so evaluate, compare and predict work on videos end to end
+
 What differs from the original notebooks, and why:
 
 - One compiled training step (``model.fit``) instead of an eager ``GradientTape`` loop, and the
@@ -37,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nightact import runs
+from nightact import files, runs
 from nightact.names import LOSSES, MODEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -83,8 +90,11 @@ _SAME_ON_RESUME = (
     "loss",
     "mixed_precision",
     "seed",
+    "backbone",
     *_MODEL_SETTINGS,
 )
+# The models that can be trained on an embedding store: the recurrent head alone.
+HEAD_MODELS = ("simple_rnn", "lstm", "gru")
 
 
 @dataclass
@@ -119,6 +129,9 @@ class TrainConfig:
     frames: int | None = None
     height: int | None = None
     width: int | None = None
+    # The frame encoder in front of the head, read from an embedding store (nightact embed);
+    # None on a clip store. A name here: the store must have been embedded with it.
+    backbone: str | None = None
 
     def __post_init__(self) -> None:
         self.data = str(self.data)
@@ -223,6 +236,8 @@ def train(config: TrainConfig, callbacks=None, verbose: int = 1) -> RunResult:
     finally:
         train_batches.close()
         val_batches.close()
+    if config.backbone:
+        save_video_model(config)
     return write_result(config, model, seconds)
 
 
@@ -235,9 +250,28 @@ def check_store(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     Raises ValueError when the config expects another clip shape than the store holds.
     """
     from nightact.dataset import read_store_info
+    from nightact.embed import is_embedding_store, read_embedding_info
 
     config = dataclasses.replace(config)
     info = read_store_info(config.data)
+    if is_embedding_store(config.data):
+        backbone = read_embedding_info(config.data)["backbone"]
+        if config.model not in HEAD_MODELS:
+            raise ValueError(
+                f"{config.data}: an embedding store trains a recurrent head "
+                f"({', '.join(HEAD_MODELS)}), not {config.model}"
+            )
+        if config.backbone is not None and config.backbone != backbone:
+            raise ValueError(
+                f"{config.data}: embedded with {backbone}, but the config expects "
+                f"backbone={config.backbone}"
+            )
+        config.backbone = backbone
+    elif config.backbone is not None:
+        raise ValueError(
+            f"{config.data}: a clip store; backbone={config.backbone} needs an embedding store "
+            "(nightact embed)"
+        )
     for name in ("frames", "height", "width"):
         expected = getattr(config, name)
         if expected is not None and expected != info[name]:
@@ -330,11 +364,11 @@ def build_and_compile(config: TrainConfig, num_classes: int):
     """The seeded, compiled keras.Model the config describes."""
     import keras
 
-    from nightact.models import build_model
-
     keras.utils.set_random_seed(config.seed)
     build = {name: getattr(config, name) for name in _MODEL_SETTINGS}
     build["num_classes"] = num_classes
+    if config.backbone:
+        build = _head_settings(config, num_classes)
     if config.mixed_precision:
         if not gpu_available():
             log.warning("mixed precision without a GPU: float16 on a CPU is slower, not faster")
@@ -342,11 +376,11 @@ def build_and_compile(config: TrainConfig, num_classes: int):
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy("mixed_float16")
         try:
-            model = build_model(config.model, **build)
+            model = _build(config, build)
         finally:
             keras.config.set_dtype_policy(previous)
     else:
-        model = build_model(config.model, **build)
+        model = _build(config, build)
     if config.loss == "msle":
         loss = keras.losses.MeanSquaredLogarithmicError()
     else:
@@ -359,6 +393,60 @@ def build_and_compile(config: TrainConfig, num_classes: int):
         jit_compile=_jit_compile(config),
     )
     return model
+
+
+def _build(config: TrainConfig, settings: dict):
+    from nightact.models import build_head, build_model
+
+    if config.backbone:
+        return build_head(config.model, **settings)
+    return build_model(config.model, **settings)
+
+
+def _head_settings(config: TrainConfig, num_classes: int) -> dict:
+    """The arguments of build_head for a run on an embedding store."""
+    from nightact.embed import read_embedding_info
+
+    return {
+        "frames": config.frames,
+        "features": read_embedding_info(config.data)["features"],
+        "num_classes": num_classes,
+        "units": config.units,
+        "dropout": config.dropout,
+        "unroll": config.unroll,
+    }
+
+
+def save_video_model(config: TrainConfig) -> Path:
+    """Write RUN/model.keras: the embedding store's backbone + the best head, reading clips.
+
+    The backbone is rebuilt with the weights the store was embedded with (a weights file must
+    still hold the same bytes), so the saved model turns a clip into what the head was trained on.
+    """
+    import keras
+
+    from nightact.backbones import build_backbone, weights_record
+    from nightact.embed import read_embedding_info
+    from nightact.models import attach_backbone
+
+    run = Path(config.out)
+    info = read_embedding_info(config.data)
+    weights = info["weights"]
+    source = weights.get("path", weights["name"])
+    if weights["name"] == "file" and weights_record(source)["sha256"] != weights["sha256"]:
+        raise ValueError(
+            f"{source}: changed since {config.data} was embedded with it (SHA-256 differs)"
+        )
+    height, width, _ = info["input"]
+    backbone = build_backbone(info["backbone"], height, width, source)
+    head = keras.saving.load_model(runs.head_path(run), compile=False)
+    model = attach_backbone(backbone, head)
+    # Keras insists on the .keras suffix, so the temporary file keeps it.
+    temporary = run / f"{runs.MODEL}.partial.keras"
+    model.save(temporary)
+    files.replace_atomic(temporary, runs.model_path(run))
+    log.info("saved %s + %s as %s", info["network"], config.model, runs.model_path(run))
+    return runs.model_path(run)
 
 
 def _jit_compile(config: TrainConfig):
@@ -404,7 +492,7 @@ def make_callbacks(config: TrainConfig, history: list[dict], extra=None) -> list
         callbacks.EpochTimer(),
         keras.callbacks.CSVLogger(str(runs.history_path(run)), append=True),
         keras.callbacks.ModelCheckpoint(
-            str(runs.model_path(run)),
+            str(runs.head_path(run) if config.backbone else runs.model_path(run)),
             monitor="val_accuracy",
             mode="max",
             save_best_only=True,
