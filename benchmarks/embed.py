@@ -65,7 +65,7 @@ def epoch_timer(seconds: list):
 
 def time_epochs(model, split, batch_size: int, epochs: int) -> list[float]:
     """Seconds of each timed epoch of ``model.fit`` on ``split``, after one warm-up epoch."""
-    from nightact.train import ClipBatches
+    from nightact.batches import ClipBatches
 
     batches = ClipBatches(split, batch_size, shuffle=True, seed=0, drop_remainder=True)
     seconds: list[float] = []

@@ -13,6 +13,7 @@ import pytest
 
 from nightact.backbones import build_backbone, build_network
 from nightact.batches import ClipBatches
+from nightact.cli import main
 from nightact.dataset import PrepareConfig, open_split, prepare
 from nightact.embed import EmbedConfig, embed, is_embedding_store, open_embedding_split
 from nightact.evaluate import evaluate
@@ -291,3 +292,26 @@ def test_the_manifest_rows_still_name_their_videos(embedded):
     for row in rows:
         assert data.paths[int(row["row"])] == row["path"]
         assert data.class_names[int(data.labels[int(row["row"])])] == row["class"]
+
+
+def test_the_command_line_embeds_and_names_the_alternatives_offline(
+    store, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "emb"
+    # No internet, as on this project's machines: the default weights, imagenet, cannot come.
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setattr(keras.src.backend.config, "_KERAS_DIR", str(tmp_path / "keras"))
+    assert main(["embed", str(store), "--backbone", BACKBONE, "--out", str(out)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("nightact embed: error: could not get")
+    assert "--weights none" in errors[0] and ".weights.h5" in errors[0]
+    # Nothing was started that would block other weights in OUT.
+    assert not (out / ".partial").exists()
+
+    arguments = ["embed", str(store), "--backbone", BACKBONE, "--weights", "none"]
+    assert main([*arguments, "--out", str(out), "--batch-size", "40"]) == 0
+    printed = capsys.readouterr().out
+    assert "embedded 30 clips with MobileNetV3Small (none)" in printed
+    assert f"nightact train --data {out} --model gru" in printed
+    assert is_embedding_store(out)

@@ -162,7 +162,10 @@ def embed(
                 f"{_describe(record)}; use another --out, or --overwrite to start again"
             )
         log.info("resuming the unfinished embeddings in %s", out)
+        backbone = _build_backbone(config, splits)
     else:
+        # Weights first: a failed download must not leave a plan that blocks other weights.
+        backbone = _build_backbone(config, splits)
         partial.mkdir(parents=True, exist_ok=True)
         for name in SPLIT_NAMES:
             shape = tuple(record["shapes"][name])
@@ -179,7 +182,9 @@ def embed(
     ]
     embedded_now = 0
     if todo:
-        embedded_now = _embed_chunks(config, splits, partial, journal_path, todo, on_chunk)
+        embedded_now = _embed_chunks(
+            config, backbone, splits, partial, journal_path, todo, on_chunk
+        )
     _finalize(config, store, out, record)
     summary = _summary(config, out, record, already_done=False)
     summary.embedded_now = embedded_now
@@ -300,12 +305,17 @@ def _finished_record(out: Path) -> dict | None:
 # --- embedding -----------------------------------------------------------------------------------
 
 
-def _embed_chunks(config, splits, partial: Path, journal_path: Path, todo, on_chunk) -> int:
-    """Run the backbone over the chunks still to do, journaling each finished one."""
+def _build_backbone(config: EmbedConfig, splits: dict[str, Split]):
     from nightact.backbones import build_backbone
 
     height, width = splits["train"].frames.shape[-3:-1]
-    backbone = build_backbone(config.backbone, int(height), int(width), config.weights)
+    return build_backbone(config.backbone, int(height), int(width), config.weights)
+
+
+def _embed_chunks(
+    config, backbone, splits, partial: Path, journal_path: Path, todo, on_chunk
+) -> int:
+    """Run the backbone over the chunks still to do, journaling each finished one."""
     total = sum(stop - start for _, start, stop in todo)
     arrays = {}
     progress = tqdm(total=total, unit="clip", desc=f"embed {config.backbone}", dynamic_ncols=True)
