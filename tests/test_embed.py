@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from nightact.backbones import build_backbone, build_network
+from nightact.backbones import build_backbone, build_network, network_of
 from nightact.batches import ClipBatches
 from nightact.cli import main
 from nightact.dataset import PrepareConfig, open_split, prepare
@@ -19,7 +19,7 @@ from nightact.embed import EmbedConfig, embed, is_embedding_store, open_embeddin
 from nightact.evaluate import evaluate
 from nightact.inference import predict_videos as predict
 from nightact.report import load_run, summarize
-from nightact.train import TrainConfig, train
+from nightact.train import TrainConfig, read_history, train, unfreeze_top
 from nightact.videos import write_video
 
 BACKBONE = "mobilenet_v3_small"
@@ -315,3 +315,43 @@ def test_the_command_line_embeds_and_names_the_alternatives_offline(
     assert "embedded 30 clips with MobileNetV3Small (none)" in printed
     assert f"nightact train --data {out} --model gru" in printed
     assert is_embedding_store(out)
+
+
+# End to end through the backbone, with XLA compiling its training step: slow on a small CPU.
+@pytest.mark.slow
+def test_fine_tuning_trains_only_the_top_of_the_backbone(embedded, weights_file, tmp_path):
+    run = tmp_path / "tuned"
+    config = TrainConfig(
+        data=embedded[0],
+        model="gru",
+        out=run,
+        epochs=2,
+        batch_size=6,
+        units=(8,),
+        fine_tune=6,
+        fine_tune_epochs=1,
+        fine_tune_learning_rate=1e-3,
+    )
+    result = train(config, verbose=0)
+    # The end-to-end epoch continues the head's history.
+    assert [row["epoch"] for row in read_history(run)] == [0, 1, 2]
+    assert result.epochs_completed == 3
+
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    network = network_of(model.get_layer("frame_features").layer)
+    unfrozen = unfreeze_top(model, 6)
+    top = network.layers[-6:]
+    assert unfrozen == [
+        layer.name for layer in top if not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    head_weights = {id(weight) for weight in model.get_layer("rnn_1").trainable_weights}
+    head_weights |= {id(weight) for weight in model.get_layer("probabilities").trainable_weights}
+    top_weights = {id(weight) for layer in top for weight in layer.trainable_weights}
+    assert {id(weight) for weight in model.trainable_weights} == head_weights | top_weights
+    assert top_weights  # something in the backbone does train
+
+    # What stays frozen is still exactly the weights file's.
+    original = build_network(BACKBONE, SIZE, SIZE, weights=str(weights_file))
+    for layer, same in zip(network.layers[:-6], original.layers[:-6], strict=True):
+        for weight, expected in zip(layer.weights, same.weights, strict=True):
+            assert np.array_equal(np.asarray(weight), np.asarray(expected)), weight.path

@@ -373,6 +373,18 @@ def _add_training_commands(subparsers) -> None:
     _option(train, "--conv-kernel", TrainConfig, "CNN models' kernel size", type=int)
     _option(train, "--conv-stride", TrainConfig, "CNN models' stride", type=int)
     _option(train, "--unroll", TrainConfig, "unroll the recurrent layers", action="store_true")
+    _option(
+        train,
+        "--fine-tune",
+        TrainConfig,
+        "on an embedding store: after the head, unfreeze this many top backbone layers and "
+        "train end to end on the clip store",
+        type=int,
+    )
+    _option(train, "--fine-tune-epochs", TrainConfig, "epochs of --fine-tune", type=int)
+    _option(
+        train, "--fine-tune-learning-rate", TrainConfig, "Adam's rate in --fine-tune", type=float
+    )
     train.add_argument(
         "--no-xla",
         dest="xla",

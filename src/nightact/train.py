@@ -91,6 +91,9 @@ _SAME_ON_RESUME = (
     "mixed_precision",
     "seed",
     "backbone",
+    "fine_tune",
+    "fine_tune_epochs",
+    "fine_tune_learning_rate",
     *_MODEL_SETTINGS,
 )
 # The models that can be trained on an embedding store: the recurrent head alone.
@@ -132,6 +135,12 @@ class TrainConfig:
     # The frame encoder in front of the head, read from an embedding store (nightact embed);
     # None on a clip store. A name here: the store must have been embedded with it.
     backbone: str | None = None
+    # After the head trained on embeddings: unfreeze this many layers at the top of the backbone
+    # (batch normalisation stays frozen) and train backbone + head end to end on the clip store
+    # the embeddings came from. 0: off.
+    fine_tune: int = 0
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-5  # low: the pretrained features are to be kept, refined
 
     def __post_init__(self) -> None:
         self.data = str(self.data)
@@ -155,6 +164,11 @@ class TrainConfig:
             )
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.fine_tune < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
+            raise ValueError(
+                "fine_tune must be >= 0, fine_tune_epochs >= 1 and fine_tune_learning_rate > 0, "
+                f"got {self.fine_tune}, {self.fine_tune_epochs}, {self.fine_tune_learning_rate}"
+            )
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
 
@@ -238,6 +252,8 @@ def train(config: TrainConfig, callbacks=None, verbose: int = 1) -> RunResult:
         val_batches.close()
     if config.backbone:
         save_video_model(config)
+        if config.fine_tune:
+            seconds += fine_tune(config, verbose)
     return write_result(config, model, seconds)
 
 
@@ -267,6 +283,11 @@ def check_store(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
                 f"backbone={config.backbone}"
             )
         config.backbone = backbone
+    elif config.fine_tune:
+        raise ValueError(
+            f"{config.data}: --fine-tune continues a head trained on an embedding store "
+            "(nightact embed); this is a clip store"
+        )
     elif config.backbone is not None:
         raise ValueError(
             f"{config.data}: a clip store; backbone={config.backbone} needs an embedding store "
@@ -447,6 +468,87 @@ def save_video_model(config: TrainConfig) -> Path:
     files.replace_atomic(temporary, runs.model_path(run))
     log.info("saved %s + %s as %s", info["network"], config.model, runs.model_path(run))
     return runs.model_path(run)
+
+
+def fine_tune(config: TrainConfig, verbose: int = 1) -> float:
+    """Train RUN/model.keras end to end with the top ``config.fine_tune`` backbone layers unfrozen.
+
+    Reads the clip store the embeddings came from. The epochs continue the run's history.csv;
+    model.keras is replaced only by an epoch that beats the best validation accuracy so far (the
+    head's included). Returns the wall time in seconds. Not resumable on its own: an interrupted
+    fine-tune leaves the head-only model.keras, and no result.json.
+    """
+    import keras
+
+    from nightact import callbacks
+    from nightact.dataset import open_split
+    from nightact.embed import source_store
+
+    run = Path(config.out)
+    model = keras.saving.load_model(runs.model_path(run), compile=False)
+    unfrozen = unfreeze_top(model, config.fine_tune)
+    log.info("fine-tuning %d backbone layers: %s ...", len(unfrozen), ", ".join(unfrozen[:3]))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.fine_tune_learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=_jit_compile(config),
+    )
+    store = source_store(config.data)
+    train_batches, val_batches = make_batches(
+        config, open_split(store, "train"), open_split(store, "val")
+    )
+    history = runs.read_history(run)
+    best = max(row["val_accuracy"] for row in history)
+    total = len(history) + config.fine_tune_epochs
+    started = time.perf_counter()
+    try:
+        model.fit(
+            train_batches,
+            steps_per_epoch=len(train_batches),
+            validation_data=val_batches,
+            initial_epoch=len(history),
+            epochs=total,
+            callbacks=[
+                callbacks.EpochTimer(),
+                keras.callbacks.CSVLogger(str(runs.history_path(run)), append=True),
+                keras.callbacks.ModelCheckpoint(
+                    str(runs.model_path(run)),
+                    monitor="val_accuracy",
+                    mode="max",
+                    save_best_only=True,
+                    initial_value_threshold=best,
+                ),
+                keras.callbacks.ProgbarLogger(),
+                callbacks.EpochSummary(f"{config.model} fine-tune", total, best),
+            ],
+            verbose=verbose,
+            shuffle=False,
+        )
+    finally:
+        train_batches.close()
+        val_batches.close()
+    return time.perf_counter() - started
+
+
+def unfreeze_top(model, count: int) -> list[str]:
+    """Make the top ``count`` layers of the backbone inside ``model`` trainable; return names.
+
+    ``model`` is backbone + head (:func:`nightact.models.attach_backbone`). Batch normalisation
+    layers stay frozen (in Keras 3 a frozen one also keeps using its stored statistics), as
+    Keras' transfer-learning guide advises for small datasets.
+    """
+    import keras
+
+    from nightact.backbones import network_of
+
+    network = network_of(model.get_layer("frame_features").layer)
+    network.trainable = True
+    top = network.layers[-count:] if count else []
+    for layer in network.layers:
+        batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = layer in top and not batch_norm
+    return [layer.name for layer in top if layer.trainable]
 
 
 def _jit_compile(config: TrainConfig):
