@@ -667,10 +667,16 @@ def _add_embed_command(subparsers) -> None:
     embed.set_defaults(run=_run_embed)
 
 
-def _run_embed(args) -> int:
-    from nightact.embed import EmbedConfig, embed
+def embed_config(args):
+    from nightact.embed import EmbedConfig
 
-    summary = embed(_config(args, EmbedConfig), overwrite=args.overwrite)
+    return _config(args, EmbedConfig)
+
+
+def _run_embed(args) -> int:
+    from nightact.embed import embed
+
+    summary = embed(embed_config(args), overwrite=args.overwrite)
     print(summary.table())
     print(f"next: nightact train --data {summary.out} --model gru")
     return 0

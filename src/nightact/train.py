@@ -476,7 +476,7 @@ def fine_tune(config: TrainConfig, verbose: int = 1) -> float:
     Reads the clip store the embeddings came from. The epochs continue the run's history.csv;
     model.keras is replaced only by an epoch that beats the best validation accuracy so far (the
     head's included). Returns the wall time in seconds. Not resumable on its own: an interrupted
-    fine-tune leaves the head-only model.keras, and no result.json.
+    fine-tune leaves a working model.keras but no result.json, so a resume starts the run over.
     """
     import keras
 
