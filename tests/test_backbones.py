@@ -86,6 +86,7 @@ def test_weights_file_is_loaded_exactly(tmp_path):
     assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # builds MobileNetV3Large too
 def test_a_file_of_another_network_is_refused_in_one_line(tmp_path):
     path = tmp_path / "large.weights.h5"
     build_network("mobilenet_v3_large", 32, 32).save_weights(path)
