@@ -1,0 +1,135 @@
+"""``nightact robustness RUN``: accuracy as the test clips get darker and noisier.
+
+Each level of :data:`nightact.robustness.SWEEPS` (a darkness sweep of gamma and gain, and a noise
+sweep) is applied to every test clip, deterministically, and the run's best checkpoint scores
+them with one view (candidate 0, as ``evaluate`` does). Writes::
+
+    RUN/robustness/
+      robustness.csv   sweep, level, gamma, gain, noise, accuracy, clips
+      robustness.png   accuracy against level, one panel per sweep (chance drawn dashed)
+
+``nightact compare`` draws one line per run from these files when they are present.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nightact.robustness import SWEEPS, Degradation, degrade
+
+log = logging.getLogger(__name__)
+
+FOLDER = "robustness"
+CSV_NAME = "robustness.csv"
+PNG_NAME = "robustness.png"
+COLUMNS = ("sweep", "level", "gamma", "gain", "noise", "accuracy", "clips")
+
+
+def sweep_accuracy(predict, clips, labels, batch_size: int = 32, seed: int = 0) -> list[dict]:
+    """Accuracy at every level of every sweep.
+
+    Args:
+        predict: a function from uint8 clips (batch, frames, h, w, 3) to class probabilities.
+        clips: uint8 (n, frames, h, w, 3), indexable in slices (a memory map is fine).
+        labels: int (n,).
+        batch_size: clips per call of ``predict``.
+        seed: the noise's seed.
+
+    Returns:
+        One row per (sweep, level), keys :data:`COLUMNS`.
+    """
+    labels = np.asarray(labels)
+    rows = []
+    for sweep, levels in SWEEPS.items():
+        for degradation in levels:
+            correct = 0
+            for start in range(0, len(labels), batch_size):
+                batch = degrade(np.asarray(clips[start : start + batch_size]), degradation, seed, start)
+                predicted = np.argmax(np.asarray(predict(batch)), axis=1)
+                correct += int(np.sum(predicted == labels[start : start + batch_size]))
+            rows.append(_row(sweep, degradation, correct / len(labels), len(labels)))
+            log.info(
+                "%s level %d: accuracy %.3f", sweep, degradation.level, rows[-1]["accuracy"]
+            )
+    return rows
+
+
+def write_sweep(rows: list[dict], folder: str | os.PathLike, title: str = "", chance=None) -> Path:
+    """Write robustness.csv and robustness.png into ``folder``; return the folder."""
+    from nightact.files import write_text_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(folder / CSV_NAME, buffer.getvalue())
+    figure = sweep_figure({title or "model": rows}, chance=chance)
+    figure.savefig(folder / PNG_NAME, dpi=110, bbox_inches="tight")
+    return folder
+
+
+def read_sweep(folder: str | os.PathLike) -> list[dict] | None:
+    """The rows of ``folder/robustness.csv``, or None when there is none."""
+    path = Path(folder) / CSV_NAME
+    if not path.exists():
+        return None
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["level"], row["clips"] = int(row["level"]), int(row["clips"])
+        for key in ("gamma", "gain", "noise", "accuracy"):
+            row[key] = float(row[key])
+    return rows
+
+
+def sweep_figure(results: dict[str, list[dict]], chance: float | None = None):
+    """One panel per sweep, one line per entry of ``results`` (label -> rows)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    axes = figure.subplots(1, len(SWEEPS), squeeze=False)[0]
+    for axis, (sweep, levels) in zip(axes, SWEEPS.items(), strict=True):
+        for label, rows in results.items():
+            points = sorted(
+                (row["level"], row["accuracy"]) for row in rows if row["sweep"] == sweep
+            )
+            if points:
+                x, y = zip(*points, strict=True)
+                axis.plot(x, [100 * value for value in y], marker="o", label=label)
+        if chance is not None:
+            axis.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
+        axis.set_xticks([level.level for level in levels])
+        axis.set_xticklabels([_level_label(sweep, level) for level in levels], fontsize=8)
+        axis.set_xlabel("gamma / gain" if sweep == "darkness" else "noise (std, 0-1)")
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_ylim(0, 100)
+        axis.set_title(f"{sweep} sweep")
+        axis.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8, loc="upper right")
+    return figure
+
+
+def _level_label(sweep: str, level: Degradation) -> str:
+    if sweep == "darkness":
+        return f"{level.gamma:g}/{level.gain:g}"
+    return f"{level.noise:g}"
+
+
+def _row(sweep: str, degradation: Degradation, accuracy: float, clips: int) -> dict:
+    return {
+        "sweep": sweep,
+        "level": degradation.level,
+        "gamma": degradation.gamma,
+        "gain": degradation.gain,
+        "noise": degradation.noise,
+        "accuracy": accuracy,
+        "clips": clips,
+    }
