@@ -760,7 +760,12 @@ def write_preview(
         axis.set_axis_off()
         if number < len(clip):
             axis.imshow(clip[number])
-            axis.set_title(f"frame {number + 1}", fontsize=9)
+            per_segment = data.frames_per_segment
+            if per_segment == 1:
+                title = f"frame {number + 1}"
+            else:
+                title = f"segment {number // per_segment + 1}, candidate {number % per_segment}"
+            axis.set_title(title, fontsize=9)
     figure.suptitle(f"{class_name}  ({split} #{index}: {data.paths[index]})", fontsize=12)
     path = Path(out) if out else Path(store) / f"preview-{split}-{index}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
