@@ -751,7 +751,8 @@ def write_preview(
         raise ValueError(f"{store}: {split} has {len(data)} clips; index {index} is out of range")
     clip = np.asarray(data.frames[index])
     class_name = data.class_names[int(data.labels[index])]
-    columns = min(5, len(clip))
+    # One row per segment when the store keeps several candidates of each.
+    columns = data.frames_per_segment if data.frames_per_segment > 1 else min(5, len(clip))
     rows = -(-len(clip) // columns)
     aspect = clip.shape[1] / clip.shape[2]
     figure = Figure(figsize=(3 * columns, 3 * rows * aspect + 0.8), layout="constrained")
