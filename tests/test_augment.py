@@ -163,3 +163,41 @@ def test_tensorflow_and_jax_give_the_same_transform(tmp_path, clips):
     subprocess.run([sys.executable, "-c", script], check=True, env=environment, timeout=300)
     ours = keras.ops.convert_to_numpy(transform(clips, parameters))
     np.testing.assert_allclose(np.load(tmp_path / "other.npy"), ours, atol=2e-3, rtol=0)
+
+
+def _split(frames_per_segment: int):
+    from nightact.dataset import Split
+
+    generator = np.random.default_rng(1)
+    frames = generator.integers(0, 256, size=(10, 3 * frames_per_segment, 8, 12, 3), dtype=np.uint8)
+    labels = np.arange(10) % 3
+    return Split("train", frames, labels, ["a", "b", "c"], [""] * 10, frames_per_segment)
+
+
+def test_the_reader_augments_training_batches_only():
+    from nightact.batches import ClipBatches
+
+    split = _split(frames_per_segment=2)
+    config = AugmentConfig()
+    training = ClipBatches(split, 4, shuffle=True, seed=5, augment=config, drop_remainder=True)
+    clips, _ = training[3]
+    assert clips.shape == (4, 3, 8, 12, 3) and clips.dtype == np.uint8
+    # The same batch again, and from a reader started at that epoch (a resume), is identical.
+    np.testing.assert_array_equal(clips, training[3][0])
+    resumed = ClipBatches(
+        split, 4, shuffle=True, seed=5, augment=config, start_epoch=1, drop_remainder=True
+    )
+    np.testing.assert_array_equal(clips, resumed[1][0])
+    assert not np.array_equal(clips, split.frames[training.rows(3)][:, ::2])
+
+    # Validation, test and predict: candidate 0 of each segment, untouched, augment or not.
+    reading = ClipBatches(split, 4, augment=config)
+    np.testing.assert_array_equal(reading[0][0], split.frames[:4, ::2])
+    plain_training = ClipBatches(split, 4, shuffle=True, seed=5, drop_remainder=True)
+    np.testing.assert_array_equal(
+        plain_training[3][0], split.frames[plain_training.rows(3)][:, ::2]
+    )
+    mirrored = ClipBatches(split, 4, candidate=1, mirror=True)
+    np.testing.assert_array_equal(mirrored[0][0], split.frames[:4, 1::2, :, ::-1])
+    with pytest.raises(ValueError, match="candidate"):
+        ClipBatches(split, 4, candidate=2)

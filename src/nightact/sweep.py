@@ -31,6 +31,87 @@ PNG_NAME = "robustness.png"
 COLUMNS = ("sweep", "level", "gamma", "gain", "noise", "accuracy", "clips")
 
 
+def robustness(
+    run: str | os.PathLike, data: str | os.PathLike | None = None, batch_size: int | None = None
+) -> dict:
+    """Score a run's best checkpoint along both sweeps; write ``RUN/robustness/``.
+
+    Args:
+        run: a training run folder.
+        data: another store with the same class names (default: the run's own); its results go
+            to ``RUN/robustness-NAME/``.
+        batch_size: clips per forward pass (default: the run's training batch size).
+
+    Returns:
+        ``{"run", "model", "data", "output", "rows"}``, the rows as :func:`sweep_accuracy` gives.
+    """
+    import keras
+
+    from nightact import runs
+    from nightact.dataset import open_split
+    from nightact.evaluate import class_mismatch
+    from nightact.sampling import first_candidates, select_frames
+
+    run = Path(run)
+    config = runs.read_config(run)
+    model_path = runs.model_path(run)
+    if not model_path.exists():
+        raise FileNotFoundError(f"{model_path}: no checkpoint; has the run finished an epoch?")
+    own_store = Path(config["data"])
+    store = Path(data) if data is not None else own_store
+    clips = open_split(store, "test")
+    if len(clips) == 0:
+        raise ValueError(f"{store}: the test split is empty; nothing to sweep")
+    trained_classes = runs.read_classes(run)
+    if trained_classes is not None and trained_classes != clips.class_names:
+        raise ValueError(
+            f"{store}: its class names differ from those {run} was trained on: "
+            + class_mismatch(trained_classes, clips.class_names)
+        )
+    model = keras.saving.load_model(model_path, compile=False)
+    batch_size = batch_size or int(config.get("batch_size", 32))
+    segments, per_segment = clips.segments, clips.frames_per_segment
+
+    class FirstCandidates:
+        """The stored rows as the model reads them: candidate 0 of every segment."""
+
+        def __getitem__(self, rows):
+            stored = np.asarray(clips.frames[rows])
+            return select_frames(stored, segments, per_segment, first_candidates(segments))
+
+    def predict(batch):
+        count = len(batch)
+        if count < batch_size:
+            # One compiled shape for every batch; padding rows change no other row's output.
+            padding = np.zeros((batch_size - count, *batch.shape[1:]), np.uint8)
+            batch = np.concatenate([batch, padding])
+        return np.asarray(model.predict_on_batch(batch))[:count]
+
+    rows = sweep_accuracy(predict, FirstCandidates(), clips.labels, batch_size)
+    other = store.resolve() != own_store.resolve()
+    output = run / (f"{FOLDER}-{store.resolve().name}" if other else FOLDER)
+    title = f"{config.get('model', model.name)} ({run.name})"
+    write_sweep(rows, output, title=title, chance=1.0 / len(clips.class_names))
+    return {
+        "run": str(run),
+        "model": config.get("model", model.name),
+        "data": str(store),
+        "output": str(output),
+        "rows": rows,
+    }
+
+
+def format_sweep(rows: list[dict]) -> str:
+    """The sweep as a text table, one line per level."""
+    lines = ["sweep     level  gamma   gain  noise  accuracy"]
+    for row in rows:
+        lines.append(
+            f"{row['sweep']:<8}  {row['level']:>5}  {row['gamma']:5.2f}  {row['gain']:5.2f}  "
+            f"{row['noise']:5.2f}  {100 * row['accuracy']:6.1f} %"
+        )
+    return "\n".join(lines)
+
+
 def sweep_accuracy(predict, clips, labels, batch_size: int = 32, seed: int = 0) -> list[dict]:
     """Accuracy at every level of every sweep.
 
@@ -50,13 +131,13 @@ def sweep_accuracy(predict, clips, labels, batch_size: int = 32, seed: int = 0) 
         for degradation in levels:
             correct = 0
             for start in range(0, len(labels), batch_size):
-                batch = degrade(np.asarray(clips[start : start + batch_size]), degradation, seed, start)
+                batch = degrade(
+                    np.asarray(clips[start : start + batch_size]), degradation, seed, start
+                )
                 predicted = np.argmax(np.asarray(predict(batch)), axis=1)
                 correct += int(np.sum(predicted == labels[start : start + batch_size]))
             rows.append(_row(sweep, degradation, correct / len(labels), len(labels)))
-            log.info(
-                "%s level %d: accuracy %.3f", sweep, degradation.level, rows[-1]["accuracy"]
-            )
+            log.info("%s level %d: accuracy %.3f", sweep, degradation.level, rows[-1]["accuracy"])
     return rows
 
 
