@@ -463,6 +463,13 @@ def _add_training_commands(subparsers) -> None:
     _option(demo, "--epochs", DemoConfig, "per model", type=int)
     _option(demo, "--videos-per-class", DemoConfig, "synthetic videos per class", type=int)
     _option(demo, "--seed", DemoConfig, "seed of videos, split and training", type=int)
+    _option(
+        demo,
+        "--augment",
+        DemoConfig,
+        "train with clip-consistent augmentation (--no-augment: without)",
+        action=argparse.BooleanOptionalAction,
+    )
     _option(demo, "--workers", DemoConfig, "processes for synth and prepare", type=int, none="CPUs")
     demo.set_defaults(run=_run_demo)
 

@@ -518,7 +518,9 @@ def make_config(preset: str | None = None, resume: bool = False, **settings) -> 
         if not out:
             raise ValueError("--resume needs --out, the run folder to continue")
         if runs.is_run(out):
-            return TrainConfig(**{**runs.read_config(out), **settings, "resume": True})
+            # Runs from before augmentation existed trained without it.
+            saved = {"augment": False, **runs.read_config(out)}
+            return TrainConfig(**{**saved, **settings, "resume": True})
     if "data" not in settings or "model" not in settings:
         raise ValueError("--data and --model are required (except to --resume a run)")
     settings.setdefault("out", default_run_folder(settings["model"]))
