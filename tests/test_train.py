@@ -145,3 +145,19 @@ def test_resume_continues_from_the_last_finished_epoch(store, tmp_path, capsys):
     # Resuming a finished run does nothing and returns its result.
     again = train(TrainConfig(**{**vars(config), "resume": True}), verbose=0)
     assert again.epochs_completed == 3 and read_history(run) == history
+
+
+def test_augmentation_is_recorded_off_for_the_original_and_for_older_runs(tmp_path):
+    import dataclasses
+
+    from nightact.train import make_config
+
+    original = TrainConfig.from_preset("original", data="store", model="cnn_gru", out="run")
+    assert original.augment is False
+    assert TrainConfig(data="s", model="gru", out="r", augment=True).augment is True
+    # A run saved before the setting existed resumes without augmentation.
+    saved = dataclasses.asdict(TrainConfig(data="store", model="gru", out=str(tmp_path / "old")))
+    saved.pop("augment")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    assert make_config(resume=True, out=str(tmp_path / "old")).augment is False
