@@ -43,7 +43,7 @@ from nightact.names import LOSSES, MODEL_NAMES
 log = logging.getLogger(__name__)
 
 # Whether `nightact train` augments by default: the measurement in docs/augmentation.md decides.
-AUGMENT_DEFAULT = False
+AUGMENT_DEFAULT = True
 
 # The original project's training settings. Clips of 10 frames at 240x320 are an expectation
 # about the store (prepare it with `--frames 10 --size 240x320`), checked when training starts.
