@@ -14,11 +14,11 @@ runs with ``--seeds`` seeds; each model is scored on
 - its own test split (same camera as training), and
 - a shifted corpus rendered from synthetic videos of another seed, which no model saw, through
   another camera: darker, mirrored, zoomed, noisier, 16:9 at half the frame rate
-  (nightact.robustness.ShiftConfig's defaults),
+  (nightact.darkness.ShiftConfig's defaults),
 
 with 1 view (candidate 0) and with 3 views (softmax averaged over candidates 0, 1, 2; the middle
 one mirrored for the augment arm, which trained flips). Plus the darkness and noise sweeps of
-nightact.robustness on the own test split, 1 view.
+nightact.darkness on the own test split, 1 view.
 
     python benchmarks/augment.py                     # 24 videos per class, 3 seeds, 30 epochs
     python benchmarks/augment.py --videos 8 --seeds 1 --epochs 3     # a smoke run
@@ -49,8 +49,8 @@ ARMS = ("plain", "augment")
 
 def make_data(folder: Path, videos: int, shifted_videos: int, workers: int) -> dict:
     """The K=3 training store, and the shifted corpus decoded into candidate-layout clips."""
+    from nightact.darkness import ShiftConfig, write_shifted_corpus
     from nightact.dataset import PrepareConfig, open_split, prepare, read_manifest
-    from nightact.robustness import ShiftConfig, write_shifted_corpus
     from nightact.synthetic import CLASS_NAMES, SynthConfig, write_synthetic_dataset
     from nightact.videos import read_clip
 
@@ -212,7 +212,7 @@ def train_one(data: dict, arm: str, seed: int, epochs: int, folder: Path) -> dic
 def score(model, frames: np.ndarray, labels: np.ndarray, views, degradation=None) -> float:
     """Accuracy of the softmax averaged over ``views`` [(candidate, mirrored), ...]."""
     from nightact.augment import mirror_clips
-    from nightact.robustness import degrade
+    from nightact.darkness import degrade
     from nightact.sampling import select_frames
 
     total = 0.0
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from nightact.robustness import SWEEPS
+    from nightact.darkness import SWEEPS
     from nightact.sampling import view_plan
 
     started = time.perf_counter()

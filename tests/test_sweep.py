@@ -115,8 +115,8 @@ def test_another_store_is_scored_beside_the_runs_own(augmented_run, capsys):
 
 
 def test_robustness_writes_a_csv_a_png_and_a_report_section(augmented_run, tmp_path):
+    from nightact.darkness import SWEEPS
     from nightact.report import compare
-    from nightact.robustness import SWEEPS
 
     run = augmented_run["run"]
     assert main(["robustness", str(run)]) == 0

@@ -152,11 +152,12 @@ def evaluate(
         included), ``inference_ms_per_clip`` and ``inference_batch_size``. Also saved as
         ``metrics.json`` in the output folder (key ``output``), with ``views`` and
         ``view_plan`` (candidate and mirrored, per view).
-    """
-    import keras
 
-    from nightact.batches import ClipBatches
-    from nightact.dataset import open_split
+    Raises:
+        ValueError: a damaged checkpoint (one line naming it), or a store that does not fit.
+        nightact.locks.FolderLockedError: another process is writing the same evaluation folder.
+    """
+    from nightact.locks import folder_lock
 
     run = Path(run)
     if split == "val":
@@ -170,13 +171,29 @@ def evaluate(
             "these scores are optimistic, not a test result",
             run,
         )
+    # Refuse a folder that is not a run before creating anything in it.
+    config = runs.read_config(run)
+    own_store = Path(config["data"])
+    store = Path(data) if data is not None else own_store
+    other_store = data is not None and store.resolve() != own_store.resolve()
+    output = runs.evaluation_folder(
+        run, split, store=store.resolve().name if other_store else None, views=views
+    )
+    with folder_lock(output):
+        return _evaluate(run, split, store, output, batch_size, views)
+
+
+def _evaluate(
+    run: Path, split: str, store: Path, output: Path, batch_size: int | None, views: int
+) -> dict:
+    from nightact.batches import ClipBatches
+    from nightact.checkpoints import load_checkpoint
+    from nightact.dataset import open_split
+
     config = runs.read_config(run)
     model_path = runs.model_path(run)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no checkpoint; has the run finished an epoch?")
-    own_store = Path(config["data"])
-    store = Path(data) if data is not None else own_store
-    other_store = data is not None and store.resolve() != own_store.resolve()
     clips = open_split(store, split)
     if len(clips) == 0:
         raise ValueError(f"{store}: the {split} split is empty; nothing to evaluate")
@@ -188,7 +205,7 @@ def evaluate(
         )
     plan = view_plan(views, clips.frames_per_segment, mirror=bool(config.get("augment")))
 
-    model = keras.saving.load_model(model_path)
+    model = load_checkpoint(model_path)
     expected = tuple(model.input.shape[1:])
     shape = (clips.segments, *clips.frames.shape[2:])
     if expected != shape:
@@ -206,9 +223,6 @@ def evaluate(
     result = compute_metrics(clips.labels, probabilities, clips.class_names)
     # Which clip each prediction is of, so that compare pairs models only on the same clips.
     result["predictions"]["paths"] = list(clips.paths)
-    output = runs.evaluation_folder(
-        run, split, store=store.resolve().name if other_store else None, views=views
-    )
     result = {
         "run": str(run),
         "model": config.get("model", model.name),

@@ -1,6 +1,6 @@
 """``nightact robustness RUN``: accuracy as the test clips get darker and noisier.
 
-Each level of :data:`nightact.robustness.SWEEPS` (a darkness sweep of gamma and gain, and a noise
+Each level of :data:`nightact.darkness.SWEEPS` (a darkness sweep of gamma and gain, and a noise
 sweep) is applied to every test clip, deterministically, and the run's best checkpoint scores
 them with one view (candidate 0, as ``evaluate`` does). Writes::
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nightact.robustness import SWEEPS, Degradation, degrade
+from nightact.darkness import SWEEPS, Degradation, degrade
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,8 @@ def robustness(
     Returns:
         ``{"run", "model", "data", "output", "rows"}``, the rows as :func:`sweep_accuracy` gives.
     """
-    import keras
-
     from nightact import runs
+    from nightact.checkpoints import load_checkpoint
     from nightact.dataset import open_split
     from nightact.evaluate import class_mismatch
     from nightact.sampling import first_candidates, select_frames
@@ -68,7 +67,7 @@ def robustness(
             f"{store}: its class names differ from those {run} was trained on: "
             + class_mismatch(trained_classes, clips.class_names)
         )
-    model = keras.saving.load_model(model_path, compile=False)
+    model = load_checkpoint(model_path, compile=False)
     batch_size = batch_size or int(config.get("batch_size", 32))
     segments, per_segment = clips.segments, clips.frames_per_segment
 
