@@ -135,6 +135,15 @@ def _add_data_commands(subparsers) -> None:
     _option(prepare, "--workers", PrepareConfig, "processes", type=int, none="CPUs")
     _option(
         prepare,
+        "--frames-per-segment",
+        PrepareConfig,
+        "candidate frames stored per segment, for training with --augment; memory and disk "
+        "grow K times",
+        type=int,
+        metavar="K",
+    )
+    _option(
+        prepare,
         "--extensions",
         PrepareConfig,
         "comma-separated video file extensions to index",
@@ -449,6 +458,14 @@ def _add_training_commands(subparsers) -> None:
     _option(
         train, "--fine-tune-learning-rate", TrainConfig, "Adam's rate in --fine-tune", type=float
     )
+    _option(
+        train,
+        "--augment",
+        TrainConfig,
+        "random candidate frame per segment and one random flip, crop, gamma, contrast, gain "
+        "and noise per training clip (--no-augment: off; --preset original: off)",
+        action=argparse.BooleanOptionalAction,
+    )
     train.add_argument(
         "--no-xla",
         dest="xla",
@@ -476,9 +493,31 @@ def _add_training_commands(subparsers) -> None:
         action="store_true",
         help="accept --split val, whose scores are optimistic",
     )
-    evaluate.add_argument("--data", default=None, help="the store, if it moved since training")
+    evaluate.add_argument(
+        "--data",
+        default=None,
+        help="the test split of another store with the same class names (another camera); "
+        "results go to RUN/evaluation-STORENAME/",
+    )
     evaluate.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    evaluate.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        help="average the softmax over V views: candidate frames of the store, mirrored too "
+        "if the run trained flips (default 1)",
+    )
     evaluate.set_defaults(run=_run_evaluate)
+
+    robustness = subparsers.add_parser(
+        "robustness", help="test accuracy as the clips get darker and noisier (PNG + CSV)"
+    )
+    robustness.add_argument("run_folder", metavar="RUN", help="a training run folder")
+    robustness.add_argument(
+        "--data", default=None, help="another store with the same class names (default: the run's)"
+    )
+    robustness.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    robustness.set_defaults(run=_run_robustness)
 
     compare = subparsers.add_parser(
         "compare", help="compare runs: curves, confusion matrices, table (HTML + Markdown)"
@@ -501,6 +540,13 @@ def _add_training_commands(subparsers) -> None:
     _option(demo, "--epochs", DemoConfig, "per model", type=int)
     _option(demo, "--videos-per-class", DemoConfig, "synthetic videos per class", type=int)
     _option(demo, "--seed", DemoConfig, "seed of videos, split and training", type=int)
+    _option(
+        demo,
+        "--augment",
+        DemoConfig,
+        "train with clip-consistent augmentation (--no-augment: without)",
+        action=argparse.BooleanOptionalAction,
+    )
     _option(demo, "--workers", DemoConfig, "processes for synth and prepare", type=int, none="CPUs")
     demo.set_defaults(run=_run_demo)
 
@@ -544,9 +590,19 @@ def _run_evaluate(args) -> int:
         data=args.data,
         batch_size=args.batch_size,
         allow_validation=args.allow_validation,
+        views=args.views,
     )
     print(format_metrics(metrics))
     print(f"wrote {metrics['output']}")
+    return 0
+
+
+def _run_robustness(args) -> int:
+    from nightact.sweep import format_sweep, robustness
+
+    result = robustness(args.run_folder, data=args.data, batch_size=args.batch_size)
+    print(format_sweep(result["rows"]))
+    print(f"wrote {result['output']}")
     return 0
 
 
@@ -602,6 +658,13 @@ def _add_download_predict_commands(subparsers) -> None:
     predict.add_argument("--top-k", type=int, default=3, help="classes to show per video")
     predict.add_argument("--batch-size", type=int, default=8, help="clips per model call")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        help="average the softmax over V views: candidate frames, mirrored too if the run "
+        "trained flips (default 1)",
+    )
     predict.set_defaults(run=_run_predict)
 
 
@@ -631,7 +694,7 @@ def _run_predict(args) -> int:
     from nightact.inference import format_predictions, predict_videos
 
     predictions = predict_videos(
-        args.model, args.videos, top_k=args.top_k, batch_size=args.batch_size
+        args.model, args.videos, top_k=args.top_k, batch_size=args.batch_size, views=args.views
     )
     if args.json:
         print(json.dumps([prediction.to_dict() for prediction in predictions], indent=2))

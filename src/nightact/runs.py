@@ -176,9 +176,23 @@ def write_result(run: str | os.PathLike, result: dict) -> Path:
 # --- evaluation/ ----------------------------------------------------------------------------------
 
 
-def evaluation_folder(run: str | os.PathLike, split: str = "test") -> Path:
-    """RUN/evaluation for the test split, RUN/evaluation-SPLIT for the others."""
-    return Path(run) / ("evaluation" if split == "test" else f"evaluation-{split}")
+def evaluation_folder(
+    run: str | os.PathLike, split: str = "test", store: str | None = None, views: int = 1
+) -> Path:
+    """Where an evaluation goes: RUN/evaluation for the run's own test split with one view.
+
+    Anything else gets its own folder beside it, never over it: ``evaluation-SPLIT`` for
+    another split, ``evaluation-STORE`` for another store's test split (``store`` is its folder
+    name), ``...-3views`` for the softmax averaged over 3 views, combined in that order.
+    """
+    name = "evaluation"
+    if split != "test":
+        name += f"-{split}"
+    if store:
+        name += f"-{store}"
+    if views > 1:
+        name += f"-{views}views"
+    return Path(run) / name
 
 
 def metrics_path(run: str | os.PathLike, split: str = "test") -> Path:

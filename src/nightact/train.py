@@ -55,6 +55,9 @@ from nightact.names import LOSSES, MODEL_NAMES
 
 log = logging.getLogger(__name__)
 
+# Whether `nightact train` augments by default: the measurement in docs/augmentation.md decides.
+AUGMENT_DEFAULT = True
+
 # The original project's training settings. Clips of 10 frames at 240x320 are an expectation
 # about the store (prepare it with `--frames 10 --size 240x320`), checked when training starts.
 PRESETS = {
@@ -71,6 +74,8 @@ PRESETS = {
         "conv_filters": 256,
         "conv_kernel": 15,
         "conv_stride": 15,
+        # The original showed every clip the same frames, untouched.
+        "augment": False,
     },
 }
 
@@ -100,6 +105,7 @@ _SAME_ON_RESUME = (
     "fine_tune",
     "fine_tune_epochs",
     "fine_tune_learning_rate",
+    "augment",
     *_MODEL_SETTINGS,
 )
 # The models that can be trained on an embedding store: the recurrent head alone.
@@ -128,6 +134,10 @@ class TrainConfig:
     conv_kernel: int = 15
     conv_stride: int = 15
     unroll: bool = False
+    # Training clips get a random candidate frame per segment (stores with
+    # --frames-per-segment K > 1) and one random flip, crop, gamma, contrast, gain and noise per
+    # clip (nightact.augment); validation and test never do. See docs/augmentation.md.
+    augment: bool = AUGMENT_DEFAULT
     # Compile the training step with XLA where the model allows it. Keras leaves XLA off on
     # TensorFlow without a GPU; there it trains these models 2-4 times faster. (On a GPU the
     # cuDNN LSTM/GRU kernels win, and Keras keeps XLA off for models that use them.)
@@ -147,6 +157,8 @@ class TrainConfig:
     fine_tune: int = 0
     fine_tune_epochs: int = 5
     fine_tune_learning_rate: float = 1e-5  # low: the pretrained features are to be kept, refined
+    # Candidate frames per segment in the store, read from it when training starts.
+    frames_per_segment: int | None = None
 
     def __post_init__(self) -> None:
         self.data = str(self.data)
@@ -309,6 +321,11 @@ def check_store(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
                 f"backbone={config.backbone}"
             )
         config.backbone = backbone
+        if config.augment:
+            # The frames were turned into fixed features once; there are no pixels left to
+            # flip, crop or darken.
+            log.info("%s: an embedding store; pixel augmentation is off", config.data)
+            config.augment = False
     elif config.fine_tune:
         raise ValueError(
             f"{config.data}: --fine-tune continues a head trained on an embedding store "
@@ -328,6 +345,7 @@ def check_store(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
                 + (f" (preset {config.preset})" if config.preset else "")
             )
         setattr(config, name, info[name])
+    config.frames_per_segment = info["frames_per_segment"]
     return config, list(info["class_names"])
 
 
@@ -345,7 +363,8 @@ def open_or_resume_run(config: TrainConfig) -> RunResult | None:
             f"{run} already holds a training run; pass --resume to continue it, "
             "or choose another --out"
         )
-    saved = TrainConfig(**{**runs.read_config(run), "resume": True})
+    # Runs from before augmentation existed trained without it.
+    saved = TrainConfig(**{"augment": False, **runs.read_config(run), "resume": True})
     runs.require_same_settings(
         saved.resume_settings(),
         config.resume_settings(),
@@ -375,6 +394,11 @@ def open_splits(config: TrainConfig):
 
     train_split = open_split(config.data, "train")
     val_split = open_split(config.data, "val")
+    if len(train_split) == 0:
+        raise ValueError(
+            f"{config.data}: the train split is empty (a test-only store?); train on a store "
+            "prepared with a non-zero train fraction"
+        )
     if len(val_split) == 0:
         raise ValueError(
             f"{config.data}: the validation split is empty; the checkpoint is chosen on it"
@@ -384,6 +408,7 @@ def open_splits(config: TrainConfig):
 
 def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int = 0):
     """The shuffled training stream, from ``start_epoch`` on, and the ordered validation batches."""
+    from nightact.augment import AugmentConfig
     from nightact.batches import ClipBatches
 
     train_batches = ClipBatches(
@@ -394,6 +419,7 @@ def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int =
         start_epoch=start_epoch,
         workers=config.workers,
         drop_remainder=True,
+        augment=AugmentConfig() if config.augment else None,
     )
     val_batches = ClipBatches(val_split, config.batch_size, workers=config.workers)
     return train_batches, val_batches
@@ -755,7 +781,9 @@ def make_config(preset: str | None = None, resume: bool = False, **settings) -> 
         if not out:
             raise ValueError("--resume needs --out, the run folder to continue")
         if runs.is_run(out):
-            return TrainConfig(**{**runs.read_config(out), **settings, "resume": True})
+            # Runs from before augmentation existed trained without it.
+            saved = {"augment": False, **runs.read_config(out)}
+            return TrainConfig(**{**saved, **settings, "resume": True})
     if "data" not in settings or "model" not in settings:
         raise ValueError("--data and --model are required (except to --resume a run)")
     settings.setdefault("out", default_run_folder(settings["model"]))
