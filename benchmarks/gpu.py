@@ -176,7 +176,9 @@ def _clip_batches(clips, labels, batch_size):
         from nightact.batches import ClipBatches
     except ImportError:  # before the data pipeline moved out of train.py
         from nightact.train import ClipBatches
-    from loader import StoreSplit  # beside this script, so on sys.path
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from loader import StoreSplit
 
     split = StoreSplit("train", clips, labels, [f"class {i}" for i in range(NUM_CLASSES)], [])
     return ClipBatches(split, batch_size, shuffle=True, seed=0, drop_remainder=True)
