@@ -1,7 +1,7 @@
 """Benchmark `nightact train`'s training path against the original project's training loop.
 
 Both styles train the same model (nightact.models.build_model, same seed) on the same clips, read
-by the same memory-mapped batch reader (nightact.train.ClipBatches), with the same batch size:
+by the same memory-mapped batch reader (nightact.batches.ClipBatches), with the same batch size:
 
 - nightact: ``model.fit`` with the compiled training step, categorical cross-entropy, and the
   accuracy taken from the training forward pass, as ``nightact train`` runs it.
@@ -84,7 +84,8 @@ def worker(args) -> dict:
     import keras
     import tensorflow as tf
 
-    from nightact.train import ClipBatches, TrainConfig, _build_and_compile
+    from nightact.batches import ClipBatches
+    from nightact.train import TrainConfig, build_and_compile
 
     split = open_clips(Path(args.data))
     frames, height, width = split.frames.shape[1:4]
@@ -102,7 +103,7 @@ def worker(args) -> dict:
         width=width,
         **_model_settings(args),
     )
-    model = _build_and_compile(config, NUM_CLASSES)
+    model = build_and_compile(config, NUM_CLASSES)
     batches = ClipBatches(split, args.batch_size, shuffle=True, seed=0)
     steps = len(batches)
     epoch_seconds = []

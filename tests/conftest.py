@@ -121,3 +121,68 @@ def shared_videos() -> Path:
     if not SHARED_VIDEOS.is_dir():
         pytest.skip(f"real clips not available: {SHARED_VIDEOS} is absent (team checkout only)")
     return SHARED_VIDEOS
+
+
+def write_run_folder(
+    folder: Path,
+    config: dict,
+    class_names=None,
+    history: list[dict] | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """A run folder written by hand in the format nightact.runs documents (no training).
+
+    ``RUN/config.json`` always; ``classes.json``, ``history.csv`` and ``evaluation/metrics.json``
+    when given. The callers add ``model.keras`` where they need one.
+    """
+    import csv
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    if class_names is not None:
+        (folder / "classes.json").write_text(json.dumps({"class_names": list(class_names)}))
+    if history:
+        with open(folder / "history.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+    if metrics is not None:
+        (folder / "evaluation").mkdir()
+        (folder / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory) -> Path:
+    """A prepared store of the synthetic videos: 6 frames of 24x32, 10 videos per class.
+
+    Shared by every test module that needs one: treat it as read-only.
+    """
+    return make_synthetic_store(
+        tmp_path_factory.mktemp("synthetic"), videos_per_class=10, frames=6, workers=2
+    )
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, synthetic_store) -> Path:
+    """A finished one-epoch run of a small CNN GRU on ``synthetic_store`` (it need not learn).
+
+    Tests may add evaluations to it; they must not retrain it.
+    """
+    from nightact.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    config = TrainConfig(
+        data=synthetic_store,
+        model="cnn_gru",
+        out=run,
+        epochs=1,
+        batch_size=8,
+        units=(8, 8),
+        conv_filters=4,
+        conv_kernel=3,
+        conv_stride=2,
+    )
+    train(config, verbose=0)
+    return run

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_synthetic_store
 from nightact.cli import main
 from nightact.evaluate import compute_metrics, confusion_figure, evaluate, format_metrics
 
@@ -101,26 +100,10 @@ def test_confusion_figure_keeps_long_class_names_whole(tmp_path):
 # --- evaluate() on a real run ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A one-epoch run of a small CNN GRU on a tiny synthetic store (it need not learn)."""
-    from nightact.train import TrainConfig, train
-
-    folder = tmp_path_factory.mktemp("evaluate")
-    store = make_synthetic_store(folder, videos_per_class=4, frames=3, seconds=(1.0, 1.0))
-    config = TrainConfig(
-        data=store,
-        model="cnn_gru",
-        out=folder / "run",
-        epochs=1,
-        batch_size=8,
-        units=(8, 8),
-        conv_filters=4,
-        conv_kernel=3,
-        conv_stride=2,
-    )
-    train(config, verbose=0)
-    return folder / "run"
+@pytest.fixture
+def tiny_run(finished_run):
+    """The shared one-epoch run of a small CNN GRU (conftest.finished_run)."""
+    return finished_run
 
 
 def test_evaluate_agrees_with_an_independent_computation(tiny_run):

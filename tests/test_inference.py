@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_run_folder
 from nightact import cli
 from nightact.dataset import PrepareConfig, prepare
 from nightact.inference import Prediction, format_predictions, load_predictor, predict_videos
@@ -43,10 +44,8 @@ def run(tmp_path_factory) -> Path:
     model.get_layer("probabilities").set_weights([kernel * 20, bias])
     folder = tmp_path_factory.mktemp("run")
     model.save(folder / "model.keras")
-    (folder / "classes.json").write_text(json.dumps({"class_names": list(CLASS_NAMES)}))
     config = {"model": "cnn_gru", "data": str(folder / "absent-store"), "frames": FRAMES}
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
+    return write_run_folder(folder, config, class_names=CLASS_NAMES)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ numbers in the table can be checked against values known in advance; no model is
 from __future__ import annotations
 
 import base64
-import csv
 import html.parser
 import json
 import os
@@ -20,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_run_folder
 from nightact.cli import main
-from nightact.report import MODEL_LABELS, MODEL_ORDER, compare, find_runs
+from nightact.names import MODEL_LABELS, MODEL_NAMES
+from nightact.report import compare, find_runs
 from nightact.synthetic import CLASS_NAMES
 
 
@@ -36,18 +37,21 @@ def write_fake_run(
     parameters: int = 1000,
 ) -> Path:
     """A run folder as train + evaluate leave it, with chosen numbers."""
-    folder.mkdir(parents=True)
     config = {"model": model, "seed": seed, "data": "store", "epochs": len(seconds)}
     config.update(frames=4, height=24, width=32, loss="crossentropy")
-    (folder / "config.json").write_text(json.dumps(config))
-    with open(folder / "history.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["epoch", "accuracy", "loss", "seconds", "val_accuracy", "val_loss"])
-        for epoch, duration in enumerate(seconds):
-            progress = (epoch + 1) / len(seconds)
-            writer.writerow(
-                [epoch, accuracy * progress, 2.5 - progress, duration, accuracy * progress, 2.6]
+    history = []
+    for epoch, duration in enumerate(seconds):
+        progress = (epoch + 1) / len(seconds)
+        history.append(
+            dict(
+                epoch=epoch,
+                accuracy=accuracy * progress,
+                loss=2.5 - progress,
+                seconds=duration,
+                val_accuracy=accuracy * progress,
+                val_loss=2.6,
             )
+        )
     rng = np.random.default_rng(seed)
     confusion = rng.integers(0, 3, size=(12, 12)) + np.diag(np.full(12, 8))
     metrics = {
@@ -64,14 +68,12 @@ def write_fake_run(
         "model_size_mb": parameters * 12 / 1e6,
         "inference_ms_per_clip": inference_ms,
     }
-    (folder / "evaluation").mkdir()
-    (folder / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
-    return folder
+    return write_run_folder(folder, config, history=history, metrics=metrics)
 
 
 def write_fake_runs(runs: Path) -> Path:
     """Six models, one run each, plus two more seeds of cnn_gru."""
-    for index, model in enumerate(MODEL_ORDER):
+    for index, model in enumerate(MODEL_NAMES):
         write_fake_run(
             runs / model,
             model,
@@ -150,10 +152,10 @@ def test_compare_writes_every_figure_and_lists_all_six_models(report):
     assert page.links == []
     header, *rows = page.cells
     assert header[0] == "model" and "test accuracy" in header
-    assert [row[0] for row in rows] == [MODEL_LABELS[name] for name in MODEL_ORDER]
+    assert [row[0] for row in rows] == [MODEL_LABELS[name] for name in MODEL_NAMES]
 
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    for name in MODEL_ORDER:
+    for name in MODEL_NAMES:
         assert f"| {MODEL_LABELS[name]} |" in markdown
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (out / image).is_file(), image
@@ -254,7 +256,7 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
         ).stdout
 
     # The browser parsed the table: every model's name is in the rendered document.
-    for name in MODEL_ORDER:
+    for name in MODEL_NAMES:
         assert f"<td>{MODEL_LABELS[name]}</td>" in dom
     # The embedded figures were decoded and drawn: the curves and matrices are the only strongly
     # coloured things on the page (text is black and grey), and they cover a good part of it.

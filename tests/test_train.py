@@ -9,97 +9,17 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_synthetic_store
 from nightact.cli import main
-from nightact.dataset import Split
-from nightact.train import ClipBatches, TrainConfig, read_history, train
+from nightact.train import TrainConfig, read_history, train
 
 # Small enough to train in seconds on a CPU, big enough to see every class learned.
 TINY_MODEL = dict(units=(32, 16), dropout=0.1, conv_filters=16, conv_kernel=3, conv_stride=2)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A prepared store of the synthetic videos: 6 frames of 24x32, 10 videos per class."""
-    return make_synthetic_store(
-        tmp_path_factory.mktemp("train"), videos_per_class=10, frames=6, workers=2
-    )
-
-
-def fake_split(count: int = 10, classes: int = 3) -> Split:
-    """A split whose clip i is filled with the value i, so batches tell which rows they hold."""
-    frames = np.broadcast_to(
-        np.arange(count, dtype=np.uint8)[:, None, None, None, None], (count, 2, 4, 4, 3)
-    )
-    labels = np.arange(count, dtype=np.int64) % classes
-    names = [f"class {index}" for index in range(classes)]
-    return Split("train", frames, labels, names, [f"{index}.mp4" for index in range(count)])
-
-
-def rows_of(batch) -> list[int]:
-    return [int(clip[0, 0, 0, 0]) for clip in batch[0]]
-
-
-def test_shuffled_batches_cover_every_clip_once_per_epoch():
-    split = fake_split(10)
-    batches = ClipBatches(split, batch_size=4, shuffle=True, seed=7)
-    assert len(batches) == 3 and batches.num_batches is None  # an endless stream for fit
-
-    epochs = []
-    for epoch in range(3):
-        seen = []
-        for step in range(len(batches)):
-            clips, labels = batches[epoch * len(batches) + step]
-            rows = rows_of((clips, labels))
-            # Rows are read in ascending order, and each label is the one-hot of its row's label.
-            assert rows == sorted(rows)
-            assert np.array_equal(labels.argmax(axis=1), split.labels[rows])
-            assert labels.dtype == np.float32 and clips.dtype == np.uint8
-            seen += rows
-        assert sorted(seen) == list(range(10))
-        epochs.append(seen)
-    assert epochs[0] != epochs[1] != epochs[2]
-
-    # Same seed, same order; a stream resumed at epoch 2 reads what epoch 2 read.
-    again = ClipBatches(split, batch_size=4, shuffle=True, seed=7)
-    assert [rows_of(again[step]) for step in range(9)] == [
-        rows_of(batches[step]) for step in range(9)
-    ]
-    resumed = ClipBatches(split, batch_size=4, shuffle=True, seed=7, start_epoch=2)
-    assert sum((rows_of(resumed[step]) for step in range(3)), []) == epochs[2]
-    other_seed = ClipBatches(split, batch_size=4, shuffle=True, seed=8)
-    assert sum((rows_of(other_seed[step]) for step in range(3)), []) != epochs[0]
-
-
-def test_dropping_the_remainder_keeps_every_batch_full():
-    split = fake_split(10)
-    batches = ClipBatches(split, batch_size=4, shuffle=True, seed=3, drop_remainder=True)
-    full = ClipBatches(split, batch_size=4, shuffle=True, seed=3)
-    assert len(batches) == 2
-    for epoch in range(3):
-        rows = [rows_of(batches[epoch * 2 + step]) for step in range(2)]
-        assert [len(batch) for batch in rows] == [4, 4]
-        # The same epoch order as without dropping, less its last two clips.
-        assert rows == [rows_of(full[epoch * 3 + step]) for step in range(2)]
-        assert len(set(rows[0] + rows[1])) == 8
-
-
-def test_ordered_batches_and_read_ahead_threads_agree():
-    split = fake_split(10)
-    plain = ClipBatches(split, batch_size=4)
-    threaded = ClipBatches(split, batch_size=4, workers=3)
-    try:
-        assert plain.num_batches == 3
-        assert [rows_of(plain[i]) for i in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-        assert [rows_of(threaded[i]) for i in range(3)] == [rows_of(plain[i]) for i in range(3)]
-        with pytest.raises(IndexError):
-            plain[3]
-        shuffled = ClipBatches(split, batch_size=4, shuffle=True, seed=1, workers=3)
-        reference = ClipBatches(split, batch_size=4, shuffle=True, seed=1)
-        assert [rows_of(shuffled[i]) for i in range(7)] == [rows_of(reference[i]) for i in range(7)]
-        shuffled.close()
-    finally:
-        threaded.close()
+@pytest.fixture
+def store(synthetic_store):
+    """The shared store of the synthetic videos: 6 frames of 24x32, 10 videos per class."""
+    return synthetic_store
 
 
 def test_config_checks_its_values():
@@ -126,14 +46,14 @@ def test_original_preset(store, tmp_path):
 
 
 def test_mixed_precision_builds_float16_layers_and_scales_the_loss():
-    from nightact.train import _build_and_compile
+    from nightact.train import build_and_compile
 
     config = TrainConfig(
         data="s", model="cnn_lstm", out="r", mixed_precision=True, frames=2, height=8, width=8
     )
     config.units, config.conv_filters, config.conv_kernel, config.conv_stride = (4,), 2, 2, 2
     before = keras.config.dtype_policy().name
-    model = _build_and_compile(config, num_classes=3)
+    model = build_and_compile(config, num_classes=3)
     # The global policy is back as it was; the model keeps float16 compute, float32 output.
     assert keras.config.dtype_policy().name == before
     assert model.get_layer("rnn_1").dtype_policy.name == "mixed_float16"

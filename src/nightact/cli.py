@@ -8,14 +8,18 @@ that does the work. Heavy imports (Keras, the backend) happen inside the command
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 
 from nightact import __version__
 
+# Every flag that sets a config field defaults to None, meaning "not given": the config's own
+# dataclass default then applies, and the help text shows that default, read from the dataclass.
 
-def _size(text: str) -> tuple[int, int]:
+
+def _height_by_width(text: str) -> tuple[int, int]:
     """Parse HEIGHTxWIDTH, e.g. 240x320."""
     try:
         height, width = (int(part) for part in text.lower().split("x"))
@@ -27,28 +31,94 @@ def _size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _comma_separated(kind, what: str, example: str):
+    """A flag parser for comma-separated numbers of type ``kind``, e.g. 128,64,32."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what} such as {example}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+_layer_widths = _comma_separated(int, "integers", "128,64,32")
+_fractions = _comma_separated(float, "fractions", "0.7,0.15,0.15")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of names, dropping blanks."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _default(config_class, name: str):
+    """The dataclass default of field ``name`` of ``config_class``."""
+    for field in dataclasses.fields(config_class):
+        if field.name == name:
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+            return field.default
+    raise KeyError(f"{config_class.__name__} has no field {name!r}")
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(part) for part in value)
+    return str(value)
+
+
+def _option(parser, flag: str, config_class, help: str, field: str | None = None, **kwargs):
+    """A flag for one config field, defaulting to None, its help ending in the config's default.
+
+    ``none`` words what a default of None means (e.g. "CPUs").
+    """
+    field = field or flag.lstrip("-").replace("-", "_")
+    default = _default(config_class, field)
+    none = kwargs.pop("none", None)
+    shown = none if default is None and none else _shown(default)
+    if kwargs.get("action") != "store_true":  # a switch is off unless given
+        help = f"{help} (default {shown})"
+    parser.add_argument(flag, dest=field, default=None, help=help, **kwargs)
+
+
+def _config(args, config_class, **settings):
+    """``config_class`` built from the flags that were given (and ``settings`` not None)."""
+    given = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config_class)
+        if getattr(args, field.name, None) is not None
+    }
+    given.update({name: value for name, value in settings.items() if value is not None})
+    return config_class(**given)
+
+
 # --- data commands: synth, prepare, preview ----------------------------------------------------
 
 
 def _add_data_commands(subparsers) -> None:
-    from nightact.dataset import DEFAULT_EXTENSIONS
+    from nightact.dataset import SHORT_CLIP_POLICIES, SPLIT_NAMES, PrepareConfig
+    from nightact.synthetic import SynthConfig
 
     synth = subparsers.add_parser(
         "synth", help="write the built-in synthetic night-action videos (real mp4 files)"
     )
     synth.add_argument("out", help="folder to write OUT/<class name>/*.mp4 into")
-    synth.add_argument("--videos-per-class", type=int, default=8)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument(
-        "--min-seconds", type=float, default=2.0, help="shortest clip duration (default 2)"
+    _option(synth, "--videos-per-class", SynthConfig, "videos per class", type=int)
+    _option(synth, "--seed", SynthConfig, "seed of every random choice", type=int)
+    _option(synth, "--min-seconds", SynthConfig, "shortest clip duration", type=float)
+    _option(synth, "--max-seconds", SynthConfig, "longest clip duration", type=float)
+    _option(
+        synth,
+        "--size",
+        SynthConfig,
+        "HEIGHTxWIDTH for every video",
+        type=_height_by_width,
+        none="varied",
     )
-    synth.add_argument(
-        "--max-seconds", type=float, default=15.0, help="longest clip duration (default 15)"
-    )
-    synth.add_argument(
-        "--size", type=_size, default=None, help="HEIGHTxWIDTH for every video (default: varied)"
-    )
-    synth.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
+    _option(synth, "--workers", SynthConfig, "processes", type=int, none="CPUs")
     synth.set_defaults(run=_run_synth)
 
     prepare = subparsers.add_parser(
@@ -56,26 +126,25 @@ def _add_data_commands(subparsers) -> None:
     )
     prepare.add_argument("src", help="folder with one sub-folder of videos per class")
     prepare.add_argument("out", help="store folder to create or resume")
-    prepare.add_argument("--frames", type=int, default=10, help="frames sampled per clip")
-    prepare.add_argument(
-        "--size", type=_size, default=(240, 320), help="HEIGHTxWIDTH (default 240x320)"
-    )
-    prepare.add_argument(
-        "--split", default="0.7,0.15,0.15", help="train,val,test fractions (default 0.7,0.15,0.15)"
-    )
-    prepare.add_argument("--seed", type=int, default=31, help="seed of the stratified split")
-    prepare.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
-    prepare.add_argument(
+    _option(prepare, "--frames", PrepareConfig, "frames sampled per clip", type=int)
+    _size_option(prepare, PrepareConfig)
+    _option(prepare, "--split", PrepareConfig, "train,val,test fractions", type=_fractions)
+    _option(prepare, "--seed", PrepareConfig, "seed of the stratified split", type=int)
+    _option(prepare, "--workers", PrepareConfig, "processes", type=int, none="CPUs")
+    _option(
+        prepare,
         "--extensions",
-        default=",".join(DEFAULT_EXTENSIONS),
-        help="comma-separated video file extensions to index",
+        PrepareConfig,
+        "comma-separated video file extensions to index",
+        type=_words,
     )
-    prepare.add_argument(
+    _option(
+        prepare,
         "--short-clips",
-        choices=["repeat-last", "skip"],
-        default="repeat-last",
-        help="a clip with fewer decodable frames than --frames: repeat its last sampled frame "
-        "(default) or skip it; either way it is recorded in the manifest",
+        PrepareConfig,
+        "a clip with fewer decodable frames than --frames: repeat its last sampled frame "
+        "or skip it; either way it is recorded in the manifest",
+        choices=SHORT_CLIP_POLICIES,
     )
     prepare.add_argument(
         "--overwrite", action="store_true", help="discard an existing store in OUT first"
@@ -84,45 +153,49 @@ def _add_data_commands(subparsers) -> None:
 
     preview = subparsers.add_parser("preview", help="write a PNG of one prepared clip's frames")
     preview.add_argument("store", help="a prepared store")
-    preview.add_argument("--split", default="train")
+    preview.add_argument("--split", choices=SPLIT_NAMES, default="train")
     preview.add_argument("--index", type=int, default=0, help="row of the clip in that split")
     preview.add_argument("--out", default=None, help="PNG path (default STORE/preview-*.png)")
     preview.set_defaults(run=_run_preview)
 
 
-def _run_synth(args) -> int:
-    from nightact.synthetic import SynthConfig, write_synthetic_dataset
-
-    config = SynthConfig(
-        out=args.out,
-        videos_per_class=args.videos_per_class,
-        seed=args.seed,
-        min_seconds=args.min_seconds,
-        max_seconds=args.max_seconds,
-        workers=args.workers,
-        size=args.size,
+def _size_option(parser, config_class) -> None:
+    """--size HEIGHTxWIDTH for a config with ``height`` and ``width`` fields."""
+    default = f"{_default(config_class, 'height')}x{_default(config_class, 'width')}"
+    parser.add_argument(
+        "--size", type=_height_by_width, default=None, help=f"HEIGHTxWIDTH (default {default})"
     )
-    paths = write_synthetic_dataset(config)
+
+
+def _sized_config(args, config_class, **settings):
+    height, width = args.size or (None, None)
+    return _config(args, config_class, height=height, width=width, **settings)
+
+
+def synth_config(args):
+    from nightact.synthetic import SynthConfig
+
+    return _config(args, SynthConfig)
+
+
+def prepare_config(args):
+    from nightact.dataset import PrepareConfig
+
+    return _sized_config(args, PrepareConfig)
+
+
+def _run_synth(args) -> int:
+    from nightact.synthetic import write_synthetic_dataset
+
+    paths = write_synthetic_dataset(synth_config(args))
     print(f"wrote {len(paths)} videos under {args.out}")
     return 0
 
 
 def _run_prepare(args) -> int:
-    from nightact.dataset import PrepareConfig, prepare
+    from nightact.dataset import prepare
 
-    config = PrepareConfig(
-        src=args.src,
-        out=args.out,
-        frames=args.frames,
-        height=args.size[0],
-        width=args.size[1],
-        split=tuple(float(part) for part in args.split.split(",")),
-        seed=args.seed,
-        workers=args.workers,
-        extensions=tuple(part.strip() for part in args.extensions.split(",") if part.strip()),
-        short_clips=args.short_clips,
-    )
-    summary = prepare(config, overwrite=args.overwrite)
+    summary = prepare(prepare_config(args), overwrite=args.overwrite)
     print(summary.table())
     return 0 if summary.prepared > 0 else 1
 
@@ -138,36 +211,26 @@ def _run_preview(args) -> int:
 # --- model commands: models, explain (nightact.models, nightact.cells) --------------------------
 
 
-def _layer_widths(text: str) -> tuple[int, ...]:
-    """Parse comma-separated layer widths, e.g. 128,64,32."""
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 128,64,32, got {text!r}"
-        ) from None
-
-
 def _add_model_commands(subparsers) -> None:
     from nightact.cells import CELL_NAMES
+    from nightact.dataset import PrepareConfig
+    from nightact.names import NUM_CLASSES
+    from nightact.train import TrainConfig
 
+    # The models as `train` would build them on a store that `prepare` made with its defaults.
     models = subparsers.add_parser(
         "models", help="build the six models and print their sizes and shapes"
     )
-    models.add_argument("--frames", type=int, default=10, help="frames per clip (default 10)")
+    _option(models, "--frames", PrepareConfig, "frames per clip", type=int)
+    _size_option(models, PrepareConfig)
     models.add_argument(
-        "--size", type=_size, default=(240, 320), help="HEIGHTxWIDTH (default 240x320)"
+        "--classes",
+        type=int,
+        default=NUM_CLASSES,
+        help=f"number of classes (default {NUM_CLASSES})",
     )
-    models.add_argument("--classes", type=int, default=12, help="number of classes (default 12)")
-    models.add_argument(
-        "--units",
-        type=_layer_widths,
-        default=(128, 64, 32),
-        help="recurrent layer widths (default 128,64,32)",
-    )
-    models.add_argument(
-        "--conv-filters", type=int, default=256, help="filters of the CNN models (default 256)"
-    )
+    _option(models, "--units", TrainConfig, "recurrent layer widths", type=_layer_widths)
+    _option(models, "--conv-filters", TrainConfig, "filters of the CNN models", type=int)
     models.set_defaults(run=_run_models)
 
     explain = subparsers.add_parser(
@@ -191,19 +254,30 @@ def _add_model_commands(subparsers) -> None:
     explain.set_defaults(run=_run_explain)
 
 
-def _run_models(args) -> int:
-    from nightact.models import describe_models, format_model_table
+def models_settings(args) -> dict:
+    """The keyword arguments of `nightact.models.describe_models` the flags ask for."""
+    from nightact.dataset import PrepareConfig
+    from nightact.train import TrainConfig
 
-    height, width = args.size
-    rows = describe_models(
-        frames=args.frames,
+    def given(config_class, name: str):
+        value = getattr(args, name, None)
+        return _default(config_class, name) if value is None else value
+
+    height, width = args.size or (given(PrepareConfig, "height"), given(PrepareConfig, "width"))
+    return dict(
+        frames=given(PrepareConfig, "frames"),
         height=height,
         width=width,
         num_classes=args.classes,
-        units=args.units,
-        conv_filters=args.conv_filters,
+        units=given(TrainConfig, "units"),
+        conv_filters=given(TrainConfig, "conv_filters"),
     )
-    print(format_model_table(rows))
+
+
+def _run_models(args) -> int:
+    from nightact.models import describe_models, format_model_table
+
+    print(format_model_table(describe_models(**models_settings(args))))
     return 0
 
 
@@ -237,65 +311,67 @@ def _run_explain(args) -> int:
 
 
 def _add_training_commands(subparsers) -> None:
+    from nightact.dataset import SPLIT_NAMES
     from nightact.demo import DemoConfig
-    from nightact.report import MODEL_ORDER
+    from nightact.names import LOSSES, MODEL_NAMES
+    from nightact.train import PRESETS, TrainConfig
 
     train = subparsers.add_parser(
         "train", help="train one model on a prepared store (best checkpoint, history, resume)"
     )
     train.add_argument("--data", default=None, help="a prepared store (nightact prepare)")
-    train.add_argument("--model", choices=MODEL_ORDER, default=None)
+    train.add_argument("--model", choices=MODEL_NAMES, default=None)
     train.add_argument(
         "--out", default=None, help="run folder (default runs/MODEL-YYYYmmdd-HHMMSS)"
     )
     train.add_argument(
         "--preset",
-        choices=["original"],
+        choices=list(PRESETS),
         default=None,
         help="start from the original project's settings: 10x240x320 store, batch 64, 50 "
         "epochs, Adam 1e-4, MSLE, mixed_float16 on a GPU; other flags override them",
     )
-    train.add_argument("--epochs", type=int, default=None, help="default 30")
-    train.add_argument("--batch-size", type=int, default=None, help="default 32")
-    train.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-4)")
-    train.add_argument(
-        "--loss",
-        choices=["crossentropy", "msle"],
-        default=None,
-        help="crossentropy (default) or msle, the original's",
+    _option(train, "--epochs", TrainConfig, "epochs to train", type=int)
+    _option(train, "--batch-size", TrainConfig, "clips per batch", type=int)
+    _option(
+        train,
+        "--lr",
+        TrainConfig,
+        "Adam learning rate",
+        field="learning_rate",
+        type=float,
+        metavar="LR",
     )
-    train.add_argument(
+    _option(train, "--loss", TrainConfig, "msle is the original's", choices=LOSSES)
+    _option(
+        train,
         "--mixed-precision",
+        TrainConfig,
+        "mixed_float16 compute (for GPUs)",
         action="store_true",
-        default=None,
-        help="mixed_float16 compute (for GPUs)",
     )
-    train.add_argument("--seed", type=int, default=None, help="default 0")
-    train.add_argument(
+    _option(train, "--seed", TrainConfig, "seed of weights and shuffling", type=int)
+    _option(
+        train,
         "--early-stopping",
+        TrainConfig,
+        "stop after N epochs without a better val_accuracy",
         type=int,
-        default=None,
         metavar="N",
-        help="stop after N epochs without a better val_accuracy",
+        none="off",
     )
     train.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out from its last finished epoch",
     )
-    train.add_argument(
-        "--workers", type=int, default=None, help="threads reading batches ahead (default 1)"
-    )
-    train.add_argument(
-        "--units", default=None, help="recurrent layer widths, e.g. 128,64,32 (the default)"
-    )
-    train.add_argument("--dropout", type=float, default=None, help="default 0.5")
-    train.add_argument("--conv-filters", type=int, default=None, help="CNN models (256)")
-    train.add_argument("--conv-kernel", type=int, default=None, help="CNN models (15)")
-    train.add_argument("--conv-stride", type=int, default=None, help="CNN models (15)")
-    train.add_argument(
-        "--unroll", action="store_true", default=None, help="unroll the recurrent layers"
-    )
+    _option(train, "--workers", TrainConfig, "threads reading batches ahead", type=int)
+    _option(train, "--units", TrainConfig, "recurrent layer widths", type=_layer_widths)
+    _option(train, "--dropout", TrainConfig, "dropout after each recurrent layer", type=float)
+    _option(train, "--conv-filters", TrainConfig, "CNN models' filters", type=int)
+    _option(train, "--conv-kernel", TrainConfig, "CNN models' kernel size", type=int)
+    _option(train, "--conv-stride", TrainConfig, "CNN models' stride", type=int)
+    _option(train, "--unroll", TrainConfig, "unroll the recurrent layers", action="store_true")
     train.add_argument(
         "--no-xla",
         dest="xla",
@@ -314,7 +390,7 @@ def _add_training_commands(subparsers) -> None:
     evaluate.add_argument("run_folder", metavar="RUN", help="a training run folder")
     evaluate.add_argument(
         "--split",
-        choices=["test", "val", "train"],
+        choices=SPLIT_NAMES,
         default="test",
         help="test (default); val chose the checkpoint and needs --allow-validation",
     )
@@ -343,71 +419,37 @@ def _add_training_commands(subparsers) -> None:
         "demo",
         help="synthetic videos -> store -> train all six -> evaluate -> report, on a CPU",
     )
-    demo.add_argument("--out", default="nightact-demo", help="folder (default ./nightact-demo)")
-    demo.add_argument("--models", default=None, help="comma-separated models (default: all six)")
-    demo.add_argument(
-        "--epochs", type=int, default=None, help=f"per model (default {DemoConfig.epochs})"
-    )
-    demo.add_argument(
-        "--videos-per-class",
-        type=int,
-        default=None,
-        help=f"synthetic videos per class (default {DemoConfig.videos_per_class})",
-    )
-    demo.add_argument("--seed", type=int, default=None, help="default 0")
-    demo.add_argument(
-        "--workers", type=int, default=None, help="processes for synth and prepare (CPUs)"
-    )
+    _option(demo, "--out", DemoConfig, "folder")
+    _option(demo, "--models", DemoConfig, "comma-separated models", type=_words)
+    _option(demo, "--epochs", DemoConfig, "per model", type=int)
+    _option(demo, "--videos-per-class", DemoConfig, "synthetic videos per class", type=int)
+    _option(demo, "--seed", DemoConfig, "seed of videos, split and training", type=int)
+    _option(demo, "--workers", DemoConfig, "processes for synth and prepare", type=int, none="CPUs")
     demo.set_defaults(run=_run_demo)
 
 
-def _run_train(args) -> int:
-    import time
-    from pathlib import Path
+def train_config(args):
+    """The TrainConfig the `train` flags ask for (a resumed run's saved one, with them)."""
+    from nightact.train import TrainConfig, make_config
 
-    from nightact.train import TrainConfig, load_run_config, train
-
-    explicit = {
-        "data": args.data,
-        "model": args.model,
-        "out": args.out,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.lr,
-        "loss": args.loss,
-        "mixed_precision": args.mixed_precision,
-        "seed": args.seed,
-        "early_stopping": args.early_stopping,
-        "workers": args.workers,
-        "units": _widths(args.units) if args.units else None,
-        "dropout": args.dropout,
-        "conv_filters": args.conv_filters,
-        "conv_kernel": args.conv_kernel,
-        "conv_stride": args.conv_stride,
-        "unroll": args.unroll,
-        "xla": args.xla,
+    given = {
+        field.name: getattr(args, field.name, None)
+        for field in dataclasses.fields(TrainConfig)
+        if field.name not in ("resume", "preset")
     }
-    explicit = {name: value for name, value in explicit.items() if value is not None}
-    if args.resume:
-        if not args.out:
-            raise ValueError("--resume needs --out, the run folder to continue")
-        if (Path(args.out) / "config.json").exists():
-            # A resumed run keeps its saved settings; flags given now must agree with them.
-            config = TrainConfig(**{**load_run_config(args.out), **explicit, "resume": True})
-        else:
-            config = None
-    else:
-        config = None
-    if config is None:
-        if "data" not in explicit or "model" not in explicit:
-            raise ValueError("--data and --model are required (except to --resume a run)")
-        explicit.setdefault("out", f"runs/{explicit['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
-        explicit["resume"] = args.resume
-        if args.preset:
-            config = TrainConfig.from_preset(args.preset, **explicit)
-        else:
-            config = TrainConfig(**explicit)
-    result = train(config, verbose=2 if args.quiet else 1)
+    return make_config(preset=args.preset, resume=args.resume, **given)
+
+
+def demo_config(args):
+    from nightact.demo import DemoConfig
+
+    return _config(args, DemoConfig)
+
+
+def _run_train(args) -> int:
+    from nightact.train import train
+
+    result = train(train_config(args), verbose=2 if args.quiet else 1)
     print(
         f"{result.model}: best val_accuracy {result.best_val_accuracy:.3f} at epoch "
         f"{result.best_epoch} of {result.epochs_completed}; run in {result.run}"
@@ -432,45 +474,19 @@ def _run_evaluate(args) -> int:
 
 
 def _run_compare(args) -> int:
-    from nightact.report import compare, find_runs
+    from nightact.report import compare
 
-    runs = find_runs(args.runs)
-    unevaluated = [run for run in runs if not (run / "evaluation" / "metrics.json").exists()]
-    if unevaluated:
-        from nightact.evaluate import evaluate
-
-        for run in unevaluated:
-            print(f"evaluating {run} on its test split first")
-            evaluate(run)
-    report = compare(runs, args.out)
+    report = compare(args.runs, args.out, evaluate_missing=True)
     print(f"wrote {report} (open it in a browser) and {report.with_suffix('.md')}")
     return 0
 
 
 def _run_demo(args) -> int:
-    from nightact.demo import DemoConfig, format_demo_result, run_demo
+    from nightact.demo import format_demo_result, run_demo
 
-    settings = {
-        "out": args.out,
-        "models": tuple(name.strip() for name in args.models.split(",")) if args.models else None,
-        "epochs": args.epochs,
-        "videos_per_class": args.videos_per_class,
-        "seed": args.seed,
-        "workers": args.workers,
-    }
-    config = DemoConfig(**{name: value for name, value in settings.items() if value is not None})
-    result = run_demo(config)
+    result = run_demo(demo_config(args))
     print(format_demo_result(result))
     return 0
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(
-            f"--units expects comma-separated integers such as 128,64,32, got {text!r}"
-        ) from None
 
 
 # --- end training commands ----------------------------------------------------------------------
@@ -479,11 +495,13 @@ def _widths(text: str) -> tuple[int, ...]:
 
 
 def _add_download_predict_commands(subparsers) -> None:
+    from nightact.download import DownloadConfig
+
     download = subparsers.add_parser(
         "download",
         help="download and safely extract the NoctAct-HAR videos (Kaggle or a mirror URL)",
     )
-    download.add_argument("--dest", default="data", help="folder to download into (default data)")
+    _option(download, "--dest", DownloadConfig, "folder to download into")
     download.add_argument(
         "--url",
         default=None,
@@ -492,9 +510,9 @@ def _add_download_predict_commands(subparsers) -> None:
     )
     download.add_argument("--sha256", default=None, help="expected SHA-256 of the zip")
     download.add_argument(
-        "--keep-archive", action="store_true", help="keep the zip after extracting it"
+        "--keep-archive", action="store_true", default=None, help="keep the zip after extracting it"
     )
-    download.add_argument("--retries", type=int, default=3, help="resumes after a lost connection")
+    _option(download, "--retries", DownloadConfig, "resumes after a lost connection", type=int)
     download.set_defaults(run=_run_download)
 
     predict = subparsers.add_parser(
@@ -510,18 +528,17 @@ def _add_download_predict_commands(subparsers) -> None:
     predict.set_defaults(run=_run_predict)
 
 
-def _run_download(args) -> int:
-    from nightact.download import DownloadConfig, DownloadError, download_dataset
+def download_config(args):
+    from nightact.download import DownloadConfig
 
-    config = DownloadConfig(
-        dest=args.dest,
-        url=args.url,
-        sha256=args.sha256,
-        keep_archive=args.keep_archive,
-        retries=args.retries,
-    )
+    return _config(args, DownloadConfig)
+
+
+def _run_download(args) -> int:
+    from nightact.download import DownloadError, download_dataset
+
     try:
-        result = download_dataset(config)
+        result = download_dataset(download_config(args))
     except DownloadError as error:
         print(f"nightact download: error: {error}", file=sys.stderr)
         return 1

@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
@@ -34,11 +33,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from nightact import files, runs, workers
 from nightact.videos import VIDEO_EXTENSIONS, VideoError, read_clip
 
 log = logging.getLogger(__name__)
@@ -335,13 +336,15 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
         _remove_store(out)
     store_file = out / "store.json"
     if store_file.exists():
-        info = json.loads(store_file.read_text())
-        if info["settings"] == settings and info["fingerprint"] == fingerprint:
-            return _summary_from_manifest(out, class_names, already_done=True)
-        raise ValueError(
-            f"{out} already holds a store prepared from other settings or other files; "
-            "use --overwrite to replace it, or another folder"
+        info = runs.read_json(store_file, "store description")
+        runs.require_same_settings(
+            {**info["settings"], "fingerprint": info["fingerprint"]},
+            {**settings, "fingerprint": fingerprint},
+            where=out,
+            what="a store prepared from other files or",
+            remedy="use --overwrite to replace it, or another folder",
         )
+        return _summary_from_manifest(out, class_names, already_done=True)
 
     splits = assign_splits(entries, config.split, config.seed)
     tasks = [(entry, name, row) for name in SPLIT_NAMES for row, entry in enumerate(splits[name])]
@@ -349,11 +352,14 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
     plan = {"settings": settings, "fingerprint": fingerprint, "class_names": class_names}
     plan_file = partial / _PLAN
     if plan_file.exists():
-        if json.loads(plan_file.read_text()) != plan:
-            raise ValueError(
-                f"{out} holds an unfinished store started from other settings or other files; "
-                "use --overwrite to start again, or another folder"
-            )
+        saved_plan = runs.read_json(plan_file, "store plan")
+        runs.require_same_settings(
+            _flat_plan(saved_plan),
+            _flat_plan(plan),
+            where=out,
+            what="an unfinished store started from other files or",
+            remedy="use --overwrite to start again, or another folder",
+        )
         log.info("resuming the unfinished store in %s", out)
     else:
         partial.mkdir(parents=True, exist_ok=True)
@@ -361,7 +367,7 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
             shape = (len(splits[name]), config.frames, config.height, config.width, 3)
             open_memmap(partial / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape).flush()
         # The plan is written after the arrays exist, so a plan on disk means they are usable.
-        _write_atomic(plan_file, json.dumps(plan, indent=2))
+        files.write_json_atomic(plan_file, plan)
 
     journal_path = partial / _JOURNAL
     done = _read_journal(journal_path, Path(config.src))
@@ -373,22 +379,26 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
     return summary
 
 
+def _flat_plan(plan: dict) -> dict:
+    """A store plan with its settings lifted to the top, to compare setting by setting."""
+    return {**plan.get("settings", {}), **{k: v for k, v in plan.items() if k != "settings"}}
+
+
 def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) -> int:
     """Decode the clips still to do, in worker processes, journaling each finished one."""
     if not todo:
         return 0
-    workers = min(config.workers or os.cpu_count() or 1, len(todo))
     jobs = [
-        (
-            config.src,
-            str(journal_path.parent),
-            entry.path,
-            split,
-            row,
-            config.frames,
-            config.height,
-            config.width,
-            config.short_clips,
+        ClipJob(
+            src=config.src,
+            partial=str(journal_path.parent),
+            path=entry.path,
+            split=split,
+            row=row,
+            frames=config.frames,
+            height=config.height,
+            width=config.width,
+            short_clips=config.short_clips,
         )
         for entry, split, row in todo
     ]
@@ -405,16 +415,8 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
             progress.update(1)
 
         try:
-            if workers == 1:
-                for job in jobs:
-                    record(_prepare_one(job))
-            else:
-                # Spawned workers start clean: safe even when the caller has a deep-learning
-                # backend with its own threads loaded, and the same on Linux, macOS and Windows.
-                context = multiprocessing.get_context("spawn")
-                with context.Pool(workers) as pool:
-                    for result in pool.imap_unordered(_prepare_one, jobs):
-                        record(result)
+            for result in workers.map_unordered(_prepare_one, jobs, config.workers):
+                record(result)
         finally:
             progress.close()
             # In-process runs share the worker's cache of open arrays: drop it, so a later run
@@ -467,15 +469,29 @@ def _close_arrays() -> None:
     _open_arrays.clear()
 
 
-def _prepare_one(job: tuple) -> dict:
+class ClipJob(NamedTuple):
+    """One video for a worker to decode into row ``row`` of ``PARTIAL/<split>.npy``."""
+
+    src: str  # the videos' root folder
+    partial: str  # the store's unfinished folder, holding the split arrays
+    path: str  # the video, relative to src
+    split: str
+    row: int
+    frames: int
+    height: int
+    width: int
+    short_clips: str  # PrepareConfig.short_clips
+
+
+def _prepare_one(job: ClipJob) -> dict:
     """Worker: decode one video into its row; return its manifest fields. Never raises."""
-    src, partial, path, split, row, frames, height, width, short_clips = job
-    source = Path(src) / path
+    path, split, row, frames = job.path, job.split, job.row, job.frames
+    source = Path(job.src) / path
     result = {"path": path, "split": split, "row": row, "status": "failed", "error": ""}
     try:
         stat = source.stat()
         result.update(file_size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-        clip = read_clip(source, frames=frames, height=height, width=width)
+        clip = read_clip(source, frames=frames, height=job.height, width=job.width)
         result.update(
             decoded_frames=clip.decoded_frames,
             header_frames=clip.header_frames,
@@ -484,16 +500,16 @@ def _prepare_one(job: tuple) -> dict:
             height=clip.height,
             rotation=clip.rotation,
             indices=" ".join(str(index) for index in clip.indices),
-            sha256=_sha256(source),
+            sha256=files.sha256_of(source),
         )
-        if clip.short and short_clips == "skip":
+        if clip.short and job.short_clips == "skip":
             result.update(
                 status="skipped",
                 error=f"only {clip.decoded_frames} decodable frames, fewer than {frames} "
                 "(--short-clips skip)",
             )
             return result
-        _write_row(str(Path(partial) / f"{split}.npy"), row, clip.frames)
+        _write_row(str(Path(job.partial) / f"{split}.npy"), row, clip.frames)
         if clip.short:
             result.update(
                 status="short",
@@ -506,11 +522,6 @@ def _prepare_one(job: tuple) -> dict:
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the whole run.
         result["error"] = f"unexpected {type(error).__name__}: {error}"
     return result
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _read_journal(journal_path: Path, src: Path) -> dict[str, dict]:
@@ -576,9 +587,9 @@ def _finalize(
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(manifest_rows)
-    _write_atomic(out / "manifest.csv", buffer.getvalue())
-    _write_atomic(out / "classes.json", json.dumps({"class_names": class_names}, indent=2))
-    _write_atomic(out / "prepare_config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    files.write_text_atomic(out / "manifest.csv", buffer.getvalue())
+    files.write_json_atomic(out / "classes.json", {"class_names": class_names})
+    files.write_json_atomic(out / "prepare_config.json", dataclasses.asdict(config))
     info = {
         "format": 1,
         "settings": config.content_settings(),
@@ -588,7 +599,7 @@ def _finalize(
         "src": str(Path(config.src).resolve()),
     }
     # store.json last: its presence is what marks the store complete.
-    _write_atomic(out / "store.json", json.dumps(info, indent=2))
+    files.write_json_atomic(out / "store.json", info)
     shutil.rmtree(partial, ignore_errors=True)
     return _summary_from_manifest(out, class_names, already_done=False)
 
@@ -600,16 +611,12 @@ def _compact(source: Path, target: Path, rows: list[int]) -> None:
         os.replace(source, target)
         return
     row_bytes = int(np.prod(shape[1:]))
-    temporary = target.with_name(target.name + ".tmp")
     header = np.lib.format.header_data_from_array_1_0(np.empty((0, *shape[1:]), np.uint8))
     header["shape"] = (len(rows), *shape[1:])
-    with open(source, "rb") as reader, open(temporary, "wb") as writer:
+    with open(source, "rb") as reader, files.open_atomic(target) as writer:
         np.lib.format.write_array_header_1_0(writer, header)
         for row in rows:
             writer.write(os.pread(reader.fileno(), row_bytes, offset + row * row_bytes))
-        writer.flush()
-        os.fsync(writer.fileno())
-    os.replace(temporary, target)
 
 
 def _summary_from_manifest(out: Path, class_names: list[str], already_done: bool):
@@ -641,23 +648,9 @@ def _remove_store(out: Path) -> None:
     shutil.rmtree(out / _PARTIAL, ignore_errors=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
+    with files.open_atomic(path) as handle:
         np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 # --- reading a store -----------------------------------------------------------------------------

@@ -22,14 +22,20 @@ the 1 in 12 of chance.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightact import files, runs
+from nightact.names import MODEL_NAMES
+
 log = logging.getLogger(__name__)
+
+CONFIG_NAME = "demo_config.json"
+# DemoConfig fields that TrainConfig also has but that mean something else for the demo: where
+# it writes, its processes, and the clip shape (the store it prepares has it).
+_NOT_FOR_TRAINING = ("out", "workers", "frames", "height", "width")
 
 
 @dataclass
@@ -37,14 +43,7 @@ class DemoConfig:
     """Settings of the demo; saved as OUT/demo_config.json."""
 
     out: str = "nightact-demo"
-    models: tuple[str, ...] = (
-        "simple_rnn",
-        "lstm",
-        "gru",
-        "cnn_simple_rnn",
-        "cnn_lstm",
-        "cnn_gru",
-    )
+    models: tuple[str, ...] = MODEL_NAMES
     videos_per_class: int = 50
     min_seconds: float = 1.0
     max_seconds: float = 2.5
@@ -138,41 +137,33 @@ def run_demo(config: DemoConfig) -> DemoResult:
     )
     log.info("%d clips in the store", summary.prepared)
 
+    training_settings = {
+        field.name: getattr(config, field.name)
+        for field in dataclasses.fields(TrainConfig)
+        if hasattr(config, field.name) and field.name not in _NOT_FOR_TRAINING
+    }
     accuracies = {}
-    runs = []
+    run_folders = []
     for model in config.models:
         run = out / "runs" / model
-        runs.append(run)
+        run_folders.append(run)
         announce(f"train {model} in {run}")
         train(
             TrainConfig(
                 data=str(out / "store"),
                 model=model,
                 out=str(run),
-                epochs=config.epochs,
-                batch_size=config.batch_size,
-                learning_rate=config.learning_rate,
-                loss=config.loss,
-                seed=config.seed,
                 resume=True,
-                units=config.units,
-                dropout=config.dropout,
-                conv_filters=config.conv_filters,
-                conv_kernel=config.conv_kernel,
-                conv_stride=config.conv_stride,
+                **training_settings,
             ),
             verbose=0,
         )
         announce(f"evaluate {model} on the test split")
-        metrics_path = run / "evaluation" / "metrics.json"
-        if _newer(metrics_path, run / "model.keras"):
-            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        else:
-            metrics = evaluate(run)
+        metrics = runs.read_metrics(run) if runs.is_evaluated(run) else evaluate(run)
         accuracies[model] = metrics["accuracy"]
 
     announce(f"report in {out / 'report'}")
-    report = compare(runs, out / "report")
+    report = compare(run_folders, out / "report")
     seconds = time.perf_counter() - started
     log.info("demo finished in %.0f s; open %s", seconds, report)
     return DemoResult(out=out, report=report, test_accuracy=accuracies, seconds=seconds)
@@ -180,26 +171,16 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
 def _check_or_save_config(config: DemoConfig, out: Path) -> None:
     """A demo folder resumes only with the settings it was started with."""
-    path = out / "demo_config.json"
+    path = out / CONFIG_NAME
     if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        current = config.content()
-        different = [key for key in current if saved.get(key) != current[key]]
-        if different:
-            details = ", ".join(
-                f"{key}={saved.get(key)!r} there, {current[key]!r} now" for key in different
-            )
-            raise ValueError(
-                f"{out} holds a demo made with other settings ({details}); use another --out "
-                "or delete it"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    record = {**config.content(), "models": list(config.models)}
-    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
-
-
-def _newer(path: Path, than: Path) -> bool:
-    return path.exists() and (not than.exists() or os.path.getmtime(path) >= os.path.getmtime(than))
+        runs.require_same_settings(
+            runs.read_json(path, "demo config"),
+            config.content(),
+            where=out,
+            what="a demo",
+            remedy="use another --out or delete it",
+        )
+    files.write_json_atomic(path, {**config.content(), "models": list(config.models)})
 
 
 def format_demo_result(result: DemoResult) -> str:

@@ -19,7 +19,6 @@ up with test scores.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -28,6 +27,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from nightact import files, runs
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,8 @@ def evaluate(
     """
     import keras
 
+    from nightact.batches import ClipBatches
     from nightact.dataset import open_split
-    from nightact.train import ClipBatches, load_run_config
 
     run = Path(run)
     if split == "val":
@@ -149,15 +150,15 @@ def evaluate(
             "these scores are optimistic, not a test result",
             run,
         )
-    config = load_run_config(run)
-    model_path = run / "model.keras"
+    config = runs.read_config(run)
+    model_path = runs.model_path(run)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no checkpoint; has the run finished an epoch?")
     store = Path(data) if data is not None else Path(config["data"])
     clips = open_split(store, split)
     if len(clips) == 0:
         raise ValueError(f"{store}: the {split} split is empty; nothing to evaluate")
-    trained_classes = _run_class_names(run)
+    trained_classes = runs.read_classes(run)
     if trained_classes is not None and trained_classes != clips.class_names:
         raise ValueError(
             f"{store}: its classes {clips.class_names} differ from those {run} was trained on "
@@ -175,7 +176,7 @@ def evaluate(
     probabilities, milliseconds = predict_split(model, ClipBatches(clips, batch_size))
 
     result = compute_metrics(clips.labels, probabilities, clips.class_names)
-    output = run / ("evaluation" if split == "test" else f"evaluation-{split}")
+    output = runs.evaluation_folder(run, split)
     result = {
         "run": str(run),
         "model": config.get("model", model.name),
@@ -256,7 +257,8 @@ def write_evaluation(result: dict, output: str | os.PathLike) -> Path:
     )
     figure = confusion_figure(np.array(result["confusion"]), names, title=title)
     figure.savefig(output / "confusion.png", dpi=110, bbox_inches="tight")
-    (output / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    # Written last: its presence says the evaluation is complete (nightact.runs.is_evaluated).
+    files.write_json_atomic(output / runs.METRICS, result)
     return output
 
 
@@ -346,13 +348,6 @@ def _weights_megabytes(model) -> float:
         for weight in model.weights
     )
     return total / 2**20
-
-
-def _run_class_names(run: Path) -> list[str] | None:
-    path = run / "classes.json"
-    if not path.exists():
-        return None
-    return list(json.loads(path.read_text(encoding="utf-8"))["class_names"])
 
 
 def format_metrics(result: dict) -> str:

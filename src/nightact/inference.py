@@ -12,7 +12,6 @@ can never replace the function ``nightact.predict`` with a module of the same na
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nightact import runs
 from nightact.dataset import DEFAULT_EXTENSIONS
 from nightact.videos import VideoError, read_clip
 
@@ -88,7 +88,7 @@ def load_predictor(
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if path.is_dir():
-            model_path = path / "model.keras"
+            model_path = runs.model_path(path)
             if not model_path.is_file():
                 raise FileNotFoundError(f"{path}: no model.keras in this run folder")
         elif path.is_file() and path.suffix == ".keras":
@@ -113,7 +113,7 @@ def load_predictor(
     num_classes = int(model.output_shape[-1])
 
     if class_names is None and metadata_folder is not None:
-        class_names = _read_class_names(metadata_folder / "classes.json")
+        class_names = runs.read_classes(metadata_folder)
     if class_names is None:
         class_names = [f"class_{index}" for index in range(num_classes)]
     class_names = list(class_names)
@@ -127,23 +127,11 @@ def load_predictor(
     return Predictor(model, class_names, int(frames), int(height), int(width), allow_short, source)
 
 
-def _read_class_names(path: Path) -> list[str] | None:
-    if not path.is_file():
-        return None
-    content = json.loads(path.read_text(encoding="utf-8"))
-    names = content["class_names"] if isinstance(content, dict) else content
-    return [str(name) for name in names]
-
-
 def _short_clip_policy(run: Path) -> str | None:
-    """The short-clip policy of the store the run trained on: config.json, else the store."""
-    config_path = run / "config.json"
-    if not config_path.is_file():
+    """The short-clip policy of the store the run trained on; None when that is unknown."""
+    if not runs.is_run(run):
         return None
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if "short_clips" in config:
-        return config["short_clips"]
-    store = config.get("data")
+    store = runs.read_config(run).get("data")
     if store and Path(store, "store.json").is_file():
         from nightact.dataset import read_store_info
 

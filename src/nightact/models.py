@@ -37,9 +37,10 @@ import math
 import keras
 from keras import layers
 
+from nightact.names import MODEL_NAMES, NUM_CLASSES
+
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")
 
 # The recurrent layer class behind each cell name.
 _RECURRENT_LAYERS = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
@@ -50,7 +51,7 @@ def build_model(
     frames: int = 10,
     height: int = 240,
     width: int = 320,
-    num_classes: int = 12,
+    num_classes: int = NUM_CLASSES,
     units: tuple[int, ...] = (128, 64, 32),
     dropout: float = 0.5,
     conv_filters: int = 256,
@@ -153,7 +154,7 @@ def describe_models(
     frames: int = 10,
     height: int = 240,
     width: int = 320,
-    num_classes: int = 12,
+    num_classes: int = NUM_CLASSES,
     names: tuple[str, ...] = MODEL_NAMES,
     **build_kwargs,
 ) -> list[dict]:

@@ -19,9 +19,7 @@ Nothing here imports Keras: a report is made from the files the runs left on dis
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import logging
 import math
 import os
@@ -31,18 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nightact import files
+from nightact import runs as run_files
+from nightact.names import MODEL_LABELS, MODEL_NAMES
+
 log = logging.getLogger(__name__)
 
-# Same order as nightact.models.MODEL_NAMES (not imported: that would load Keras).
-MODEL_ORDER = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")
-MODEL_LABELS = {
-    "simple_rnn": "SimpleRNN",
-    "lstm": "LSTM",
-    "gru": "GRU",
-    "cnn_simple_rnn": "CNN + SimpleRNN",
-    "cnn_lstm": "CNN + LSTM",
-    "cnn_gru": "CNN + GRU",
-}
 FIGURES = ("loss.png", "accuracy.png", "confusion.png")
 TABLE_COLUMNS = (
     "model",
@@ -61,10 +53,10 @@ def find_runs(paths) -> list[Path]:
     """Run folders among ``paths``; a folder that is not a run stands for the runs inside it."""
     runs = []
     for path in map(Path, paths):
-        if (path / "config.json").is_file():
+        if run_files.is_run(path):
             runs.append(path)
         elif path.is_dir():
-            inside = sorted(child for child in path.iterdir() if (child / "config.json").is_file())
+            inside = sorted(child for child in path.iterdir() if run_files.is_run(child))
             if not inside:
                 raise FileNotFoundError(f"{path}: neither a training run nor a folder of runs")
             runs.extend(inside)
@@ -75,27 +67,25 @@ def find_runs(paths) -> list[Path]:
 
 def load_run(run: str | os.PathLike) -> dict:
     """The files of one evaluated run: its config, history rows and test metrics."""
-    run = Path(run)
-    config_path = run / "config.json"
-    metrics_path = run / "evaluation" / "metrics.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run}: not a training run (no config.json)")
-    if not metrics_path.is_file():
-        raise FileNotFoundError(
-            f"{run}: not evaluated yet (no evaluation/metrics.json); run `nightact evaluate {run}`"
-        )
-    history = []
-    history_path = run / "history.csv"
-    if history_path.is_file():
-        with open(history_path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                history.append({key: float(value) for key, value in row.items() if value})
+    config = run_files.read_config(run)
     return {
         "run": str(run),
-        "config": json.loads(config_path.read_text(encoding="utf-8")),
-        "history": history,
-        "metrics": json.loads(metrics_path.read_text(encoding="utf-8")),
+        "config": config,
+        "history": run_files.read_history(run),
+        "metrics": run_files.read_metrics(run),
     }
+
+
+def evaluate_runs(folders: list[Path]) -> list[Path]:
+    """Evaluate, on the test split, each run whose evaluation is missing or stale; return them."""
+    missing = [run for run in folders if not run_files.is_evaluated(run)]
+    if missing:
+        from nightact.evaluate import evaluate
+
+        for run in missing:
+            log.info("evaluating %s on its test split first", run)
+            evaluate(run)
+    return missing
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -103,8 +93,8 @@ def summarize(runs: list[dict]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(run["config"]["model"], []).append(run)
-    order = [name for name in MODEL_ORDER if name in groups]
-    order += sorted(name for name in groups if name not in MODEL_ORDER)
+    order = [name for name in MODEL_NAMES if name in groups]
+    order += sorted(name for name in groups if name not in MODEL_NAMES)
     rows = []
     for name in order:
         members = groups[name]
@@ -131,13 +121,19 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def compare(runs, out: str | os.PathLike) -> Path:
+def compare(runs, out: str | os.PathLike, evaluate_missing: bool = False) -> Path:
     """Write the comparison report of ``runs`` (run folders, or folders of runs) to ``out``.
+
+    Runs not yet evaluated (see :func:`nightact.runs.is_evaluated`) are refused, or, with
+    ``evaluate_missing``, evaluated on their test split first (this loads Keras).
 
     Returns:
         The path of ``report.html``.
     """
-    loaded = [load_run(run) for run in find_runs(runs)]
+    folders = find_runs(runs)
+    if evaluate_missing:
+        evaluate_runs(folders)
+    loaded = [load_run(run) for run in folders]
     if not loaded:
         raise ValueError("compare needs at least one evaluated run")
     class_names = loaded[0]["metrics"]["class_names"]
@@ -158,13 +154,10 @@ def compare(runs, out: str | os.PathLike) -> Path:
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=100, bbox_inches="tight")
     context = _context(loaded)
-    (out / "report.json").write_text(
-        json.dumps({**context, "models": rows}, indent=2), encoding="utf-8"
-    )
-    (out / "report.md").write_text(render_markdown(rows, context), encoding="utf-8")
+    files.write_json_atomic(out / "report.json", {**context, "models": rows})
+    files.write_text_atomic(out / "report.md", render_markdown(rows, context))
     images = {name: (out / name).read_bytes() for name in FIGURES}
-    report = out / "report.html"
-    report.write_text(render_html(rows, context, images), encoding="utf-8")
+    report = files.write_text_atomic(out / "report.html", render_html(rows, context, images))
     log.info("wrote %s (%d runs of %d models)", report, len(loaded), len(rows))
     return report
 

@@ -1,0 +1,129 @@
+"""Batches of clips for Keras, streamed from a prepared store's memory-mapped split.
+
+:class:`ClipBatches` is the data pipeline between :mod:`nightact.dataset` (which writes and opens
+the store, Keras-free) and the model: training reads a shuffled endless stream of it, evaluation
+and validation an ordered finite one. It lives apart from :mod:`nightact.train` so that evaluating
+a run does not import the training loop.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+
+
+class ClipBatches(keras.utils.PyDataset):
+    """Batches of (uint8 clips, one-hot float32 labels) read from a memory-mapped split.
+
+    Each batch reads its rows from the store in ascending order (sequential reads on disk), so
+    memory holds one batch, plus the few being read ahead.
+
+    With ``shuffle=False`` it is an ordinary finite dataset of ``len(self)`` batches in row order
+    (validation, test, prediction).
+
+    With ``shuffle=True`` it is an endless stream for ``fit(steps_per_epoch=len(self))``: batch
+    ``index`` belongs to epoch ``start_epoch + index // len(self)``, and each epoch visits every
+    clip once in the order of a permutation drawn from ``(seed, epoch)``; with
+    ``drop_remainder``, all but the last ``len(split) % batch_size`` clips of that order, a
+    different few each epoch. Deriving the order from the batch index (rather than reshuffling in
+    ``on_epoch_end``) keeps it right even though Keras starts reading the next epoch before the
+    current one has ended, and lets a resumed run see exactly the batches an uninterrupted one
+    would have.
+    """
+
+    def __init__(
+        self,
+        split,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        start_epoch: int = 0,
+        workers: int = 1,
+        drop_remainder: bool = False,
+    ):
+        # Keras' own worker threads are not used: its enqueuer drops the batches it has read
+        # ahead at every epoch's end, which would break the index -> epoch mapping above.
+        super().__init__(workers=1, use_multiprocessing=False)
+        if len(split) == 0:
+            raise ValueError(f"the {split.name} split has no clips")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.start_epoch = start_epoch
+        if shuffle and drop_remainder and len(split) >= batch_size:
+            # Every batch full: one shape, so a compiled step is traced and compiled only once.
+            self.steps_per_epoch = len(split) // batch_size
+        else:
+            self.steps_per_epoch = math.ceil(len(split) / batch_size)
+        self._one_hot = np.eye(len(split.class_names), dtype=np.float32)
+        self._lock = threading.Lock()
+        self._orders: dict[int, np.ndarray] = {}
+        self._read_ahead = workers - 1
+        self._pool = ThreadPoolExecutor(self._read_ahead) if self._read_ahead > 0 else None
+        self._pending: dict = {}
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.steps_per_epoch
+
+    @property
+    def num_batches(self):
+        # None tells Keras the stream is endless; fit then needs steps_per_epoch.
+        return None if self.shuffle else self.steps_per_epoch
+
+    def epoch_of(self, index: int) -> int:
+        return self.start_epoch + index // self.steps_per_epoch if self.shuffle else 0
+
+    def rows(self, index: int) -> np.ndarray:
+        """The sorted store rows of batch ``index``."""
+        if index < 0 or (not self.shuffle and index >= self.steps_per_epoch):
+            raise IndexError(f"batch {index} is out of range (0..{self.steps_per_epoch - 1})")
+        position = index % self.steps_per_epoch
+        start, stop = position * self.batch_size, (position + 1) * self.batch_size
+        if not self.shuffle:
+            return np.arange(start, min(stop, len(self.split)))
+        return np.sort(self._order(self.epoch_of(index))[start:stop])
+
+    def __getitem__(self, index: int):
+        if self._pool is None:
+            return self._read(index)
+        with self._lock:
+            future = self._pending.pop(index, None) or self._pool.submit(self._read, index)
+            for stale in [key for key in self._pending if key < index]:
+                del self._pending[stale]
+            last = None if self.shuffle else self.steps_per_epoch - 1
+            for ahead in range(index + 1, index + 1 + self._read_ahead):
+                if (last is None or ahead <= last) and ahead not in self._pending:
+                    self._pending[ahead] = self._pool.submit(self._read, ahead)
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the read-ahead threads, if any."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _read(self, index: int):
+        rows = self.rows(index)
+        clips = np.ascontiguousarray(self.split.frames[rows])
+        labels = self._one_hot[self.split.labels[rows]]
+        return clips, labels
+
+    def _order(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            order = self._orders.get(epoch)
+            if order is None:
+                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+                # Batches of at most two epochs are in flight at once.
+                self._orders = {
+                    key: value for key, value in self._orders.items() if key >= epoch - 1
+                }
+                self._orders[epoch] = order
+            return order

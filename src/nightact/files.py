@@ -1,0 +1,137 @@
+"""Writing files so that no reader ever sees half of one, hashing them, and checking free space.
+
+Every file nightact writes for a reader to find later (configs, class lists, histories, results,
+store metadata, arrays) goes through here, so that "atomic" means one thing everywhere:
+
+    folder/
+        name.json.tmp   <- written first, flushed and fsynced
+        name.json       <- os.replace(name.json.tmp, name.json), then the folder is fsynced
+
+A crash leaves either the old file or the new one under the real name, never a mix, and at worst a
+stray ``*.tmp`` beside it. Keras-free and NumPy-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+_CHUNK_BYTES = 1 << 20
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_name(path: str | os.PathLike) -> Path:
+    """The name a file is written under before it is renamed into place (same folder)."""
+    path = Path(path)
+    return path.with_name(path.name + TEMPORARY_SUFFIX)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary name, fsync, rename, fsync the folder)."""
+    with open_atomic(path) as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, value, indent: int = 2) -> Path:
+    """Write ``value`` as indented JSON, ending in a newline, to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(value, indent=indent) + "\n")
+
+
+class open_atomic:  # noqa: N801 - used like open()
+    """``with open_atomic(path) as handle:`` a binary file that appears under ``path`` on success.
+
+    On an exception inside the block the temporary file is removed and ``path`` is untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.temporary = temporary_name(self.path)
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.temporary, "wb")  # noqa: SIM115 - closed in __exit__
+        return self.handle
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if kind is None:
+                self.handle.flush()
+                os.fsync(self.handle.fileno())
+        finally:
+            self.handle.close()
+        if kind is not None:
+            self.temporary.unlink(missing_ok=True)
+            return
+        replace_atomic(self.temporary, self.path)
+
+
+def replace_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``os.replace(source, target)``, then fsync the folder so the rename survives a crash."""
+    os.replace(source, target)
+    fsync_folder(Path(target).parent)
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file as lowercase hex, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """The size of a file in bytes, 0 when it does not exist."""
+    try:
+        return Path(path).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+class DiskSpaceError(OSError):
+    """Not enough free space in a folder for the job about to start."""
+
+    def __init__(self, folder: str | os.PathLike, doing: str, needed: int, free: int):
+        self.folder, self.needed, self.free = Path(folder), needed, free
+        self.reason = (
+            f"not enough free disk space for {doing}: needs {gigabytes(needed)} GB, "
+            f"{gigabytes(free)} GB free"
+        )
+        super().__init__(f"{folder}: {self.reason}")
+
+
+def check_free_space(
+    folder: str | os.PathLike, needed_bytes: int, doing: str, margin_bytes: int = 64 << 20
+) -> None:
+    """Raise `DiskSpaceError` unless ``folder`` has ``needed_bytes`` + a margin free."""
+    free = shutil.disk_usage(folder).free
+    if needed_bytes + margin_bytes > free:
+        raise DiskSpaceError(folder, doing, needed_bytes, free)
+
+
+def gigabytes(count: int) -> str:
+    """A byte count in decimal gigabytes with two decimals."""
+    return f"{count / 1e9:.2f}"

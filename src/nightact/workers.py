@@ -1,0 +1,37 @@
+"""One way to spread independent jobs over worker processes: ``spawn``, on every platform.
+
+Spawned workers start from a clean interpreter. Forking would copy whatever the caller has
+loaded, and a process that has imported a deep-learning backend (``nightact demo`` trains in the
+same process that writes videos) holds threads and locks that a forked child inherits in an
+unknown state. The cost: each worker imports its module afresh (a fraction of a second), and a
+script that calls these functions at its top level needs the usual
+``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+
+
+def worker_count(requested: int | None, jobs: int) -> int:
+    """Processes to use: ``requested`` (None: the CPU count), never more than the jobs."""
+    return max(1, min(requested or os.cpu_count() or 1, jobs))
+
+
+def map_unordered(function: Callable, jobs: Iterable, workers: int | None = None) -> Iterator:
+    """Yield ``function(job)`` for every job, in the order they finish.
+
+    With one worker (or one job) the jobs run here, in order, with no process started.
+    ``function`` must be a module-level function and the jobs picklable. An exception in a job
+    is raised here, and the pool is terminated when the caller stops iterating.
+    """
+    jobs = list(jobs)
+    count = worker_count(workers, len(jobs))
+    if count <= 1:
+        for job in jobs:
+            yield function(job)
+        return
+    with multiprocessing.get_context("spawn").Pool(count) as pool:
+        yield from pool.imap_unordered(function, jobs)

@@ -1,0 +1,85 @@
+"""ClipBatches: which clips each batch holds, per epoch, resumed, threaded or not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nightact.batches import ClipBatches
+from nightact.dataset import Split
+
+
+def fake_split(count: int = 10, classes: int = 3) -> Split:
+    """A split whose clip i is filled with the value i, so batches tell which rows they hold."""
+    frames = np.broadcast_to(
+        np.arange(count, dtype=np.uint8)[:, None, None, None, None], (count, 2, 4, 4, 3)
+    )
+    labels = np.arange(count, dtype=np.int64) % classes
+    names = [f"class {index}" for index in range(classes)]
+    return Split("train", frames, labels, names, [f"{index}.mp4" for index in range(count)])
+
+
+def rows_of(batch) -> list[int]:
+    return [int(clip[0, 0, 0, 0]) for clip in batch[0]]
+
+
+def test_shuffled_batches_cover_every_clip_once_per_epoch():
+    split = fake_split(10)
+    batches = ClipBatches(split, batch_size=4, shuffle=True, seed=7)
+    assert len(batches) == 3 and batches.num_batches is None  # an endless stream for fit
+
+    epochs = []
+    for epoch in range(3):
+        seen = []
+        for step in range(len(batches)):
+            clips, labels = batches[epoch * len(batches) + step]
+            rows = rows_of((clips, labels))
+            # Rows are read in ascending order, and each label is the one-hot of its row's label.
+            assert rows == sorted(rows)
+            assert np.array_equal(labels.argmax(axis=1), split.labels[rows])
+            assert labels.dtype == np.float32 and clips.dtype == np.uint8
+            seen += rows
+        assert sorted(seen) == list(range(10))
+        epochs.append(seen)
+    assert epochs[0] != epochs[1] != epochs[2]
+
+    # Same seed, same order; a stream resumed at epoch 2 reads what epoch 2 read.
+    again = ClipBatches(split, batch_size=4, shuffle=True, seed=7)
+    assert [rows_of(again[step]) for step in range(9)] == [
+        rows_of(batches[step]) for step in range(9)
+    ]
+    resumed = ClipBatches(split, batch_size=4, shuffle=True, seed=7, start_epoch=2)
+    assert sum((rows_of(resumed[step]) for step in range(3)), []) == epochs[2]
+    other_seed = ClipBatches(split, batch_size=4, shuffle=True, seed=8)
+    assert sum((rows_of(other_seed[step]) for step in range(3)), []) != epochs[0]
+
+
+def test_dropping_the_remainder_keeps_every_batch_full():
+    split = fake_split(10)
+    batches = ClipBatches(split, batch_size=4, shuffle=True, seed=3, drop_remainder=True)
+    full = ClipBatches(split, batch_size=4, shuffle=True, seed=3)
+    assert len(batches) == 2
+    for epoch in range(3):
+        rows = [rows_of(batches[epoch * 2 + step]) for step in range(2)]
+        assert [len(batch) for batch in rows] == [4, 4]
+        # The same epoch order as without dropping, less its last two clips.
+        assert rows == [rows_of(full[epoch * 3 + step]) for step in range(2)]
+        assert len(set(rows[0] + rows[1])) == 8
+
+
+def test_ordered_batches_and_read_ahead_threads_agree():
+    split = fake_split(10)
+    plain = ClipBatches(split, batch_size=4)
+    threaded = ClipBatches(split, batch_size=4, workers=3)
+    try:
+        assert plain.num_batches == 3
+        assert [rows_of(plain[i]) for i in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert [rows_of(threaded[i]) for i in range(3)] == [rows_of(plain[i]) for i in range(3)]
+        with pytest.raises(IndexError):
+            plain[3]
+        shuffled = ClipBatches(split, batch_size=4, shuffle=True, seed=1, workers=3)
+        reference = ClipBatches(split, batch_size=4, shuffle=True, seed=1)
+        assert [rows_of(shuffled[i]) for i in range(7)] == [rows_of(reference[i]) for i in range(7)]
+        shuffled.close()
+    finally:
+        threaded.close()
