@@ -128,6 +128,8 @@ def model_worker(args) -> dict:
             optimizer=keras.optimizers.Adam(learning_rate=1e-4),
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            # XLA cannot compile a MirroredStrategy step (see nightact.train._jit_compile).
+            jit_compile=False if setup.strategy is not None else "auto",
         )
     batches = _clip_batches(clips, labels, args.batch_size)
     epoch_seconds = []
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: check the code path")
     parser.add_argument("--budget", type=float, default=420, help="seconds for all parts")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--model-seconds", type=float, default=60, help="limit per model")
+    parser.add_argument("--model-seconds", type=float, default=75, help="limit per model")
     parser.add_argument("--loader-seconds", type=float, default=75)
     parser.add_argument("--parallel-seconds", type=float, default=75)
     # Internal: one part in a fresh process.
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(out / "loader.json"),
                 "--repeats",
                 "1",
-                *(["--smoke"] if args.smoke else ["--clips", "1024"]),
+                *(["--smoke"] if args.smoke else ["--clips", "512"]),
             ]
             loader_started = time.perf_counter()
             try:
@@ -437,7 +439,12 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired as expired:
                 log.write(_text(expired.stderr)[-4000:] + "\n")
                 status = f"timed out after {time.perf_counter() - loader_started:.0f} s"
-                report.record["loader"] = {"status": status}
+                # The loader rewrites its JSON after every measurement: keep those it finished.
+                partial = out / "loader.json"
+                report.record["loader"] = {
+                    "status": status,
+                    **(json.loads(partial.read_text()) if partial.exists() else {}),
+                }
             report.save()
             note(f"loader: {status}")
 

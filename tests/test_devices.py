@@ -97,6 +97,42 @@ def train_and_save(arguments: list[str]) -> None:
     )
 
 
+def interrupt_then_resume(arguments: list[str]) -> None:
+    """Train STORE into RUN on DEVICES, batch BATCH; stop after epoch 1; resume from the CLI."""
+    store, run = arguments[0], arguments[1]
+    devices, batch_size = int(arguments[2]), int(arguments[3])
+    import keras
+
+    from nightact.cli import main
+    from nightact.train import TrainConfig, train
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise KeyboardInterrupt
+
+    config = TrainConfig(
+        data=store,
+        model="cnn_gru",
+        out=run,
+        epochs=2,
+        batch_size=batch_size,
+        units=(8, 8),
+        conv_filters=4,
+        conv_kernel=3,
+        conv_stride=2,
+        devices=devices,
+    )
+    try:
+        train(config, callbacks=[Interrupt()], verbose=0)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the run was not interrupted")
+    # The saved config holds the devices: resuming needs no --devices.
+    sys.exit(main(["train", "--out", run, "--resume", "--quiet"]))
+
+
 def _command(backend: str, out: Path, *arguments: str) -> tuple[list[str], dict]:
     environment = {
         **os.environ,
@@ -184,6 +220,41 @@ def test_two_jax_processes_train_like_one(tmp_path):
     assert json.loads(shares[1].with_suffix(".json").read_text())["setup"]["processes"] == 2
 
 
+@pytest.mark.parametrize(
+    "backend, devices",
+    # 5 JAX devices, so that the last validation batch (24 clips in batches of 10: 4) is padded.
+    [("tensorflow", 2), pytest.param("jax", 5, marks=pytest.mark.slow)],
+)
+def test_train_on_devices_checkpoints_and_resumes(tmp_path, synthetic_store, backend, devices):
+    if backend == "jax":
+        pytest.importorskip("jax")
+    import keras
+
+    from nightact.dataset import open_split
+    from nightact.runs import read_history
+
+    run = tmp_path / "run"
+    command, environment = _command(backend, run)
+    command[2:4] = ["--interrupt-then-resume", str(synthetic_store), str(run), str(devices), "10"]
+    _run_all([(command, environment)])
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["devices"] == devices
+    assert [row["epoch"] for row in read_history(run)] == [0, 1]
+    result = json.loads((run / "result.json").read_text())
+    assert result["epochs_completed"] == 2
+    assert not (run / "backup").exists()
+    # The checkpoint is the best validation epoch, scored on all the validation clips: on JAX
+    # the last, padded batch must count its real clips only.
+    model = keras.saving.load_model(run / "model.keras")
+    val = open_split(synthetic_store, "val")
+    # TensorFlow splits the last batch (4) 2 + 2; JAX pads it to 5 clips with one of weight 0.
+    assert len(val) % 10 == 4 and (backend != "jax" or 4 % devices)
+    predicted = np.asarray(model.predict(np.asarray(val.frames), verbose=0)).argmax(axis=1)
+    best = max(row["val_accuracy"] for row in read_history(run))
+    assert np.mean(predicted == val.labels) == pytest.approx(best, abs=1e-6)
+
+
 def test_device_count_must_be_positive():
     from nightact.devices import setup_devices
 
@@ -201,4 +272,7 @@ def test_batch_must_divide_over_devices():
 
 
 if __name__ == "__main__":
-    train_and_save(sys.argv[1:])
+    if sys.argv[1] == "--interrupt-then-resume":
+        interrupt_then_resume(sys.argv[2:])
+    else:
+        train_and_save(sys.argv[1:])

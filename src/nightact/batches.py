@@ -9,6 +9,8 @@ a run does not import the training loop.
 from __future__ import annotations
 
 import math
+import mmap
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +35,14 @@ class ClipBatches(keras.utils.PyDataset):
     ``on_epoch_end``) keeps it right even though Keras starts reading the next epoch before the
     current one has ended, and lets a resumed run see exactly the batches an uninterrupted one
     would have.
+
+    Data parallelism (:mod:`nightact.devices`): ``batch_size`` is the global batch. With
+    ``process=(index, count)`` this process reads only its own contiguous ``1/count`` of each
+    batch's rows (JAX assembles the global batch from the processes' shares, in process order).
+    With ``pad_to=N`` every finite batch is padded to a multiple of N rows by repeating its last
+    clip, because JAX splits a batch evenly over N devices; batches then come with sample
+    weights: 0 for the copies, and ``padded / real`` rows for the real clips, so that a batch's
+    mean loss and its accuracy are those of its real clips alone.
     """
 
     def __init__(
@@ -44,6 +54,8 @@ class ClipBatches(keras.utils.PyDataset):
         start_epoch: int = 0,
         workers: int = 1,
         drop_remainder: bool = False,
+        process: tuple[int, int] = (0, 1),
+        pad_to: int = 1,
     ):
         # Keras' own worker threads are not used: its enqueuer drops the batches it has read
         # ahead at every epoch's end, which would break the index -> epoch mapping above.
@@ -52,6 +64,14 @@ class ClipBatches(keras.utils.PyDataset):
             raise ValueError(f"the {split.name} split has no clips")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        process_index, processes = process
+        if not 0 <= process_index < processes or batch_size % processes or batch_size % pad_to:
+            raise ValueError(
+                f"batch_size {batch_size} cannot be shared as process {process_index} of "
+                f"{processes} over multiples of {pad_to} devices"
+            )
+        self.process = (process_index, processes)
+        self.pad_to = pad_to
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -112,9 +132,24 @@ class ClipBatches(keras.utils.PyDataset):
 
     def _read(self, index: int):
         rows = self.rows(index)
-        clips = np.ascontiguousarray(self.split.frames[rows])
+        weights = None
+        if self.pad_to > 1:
+            real = len(rows)
+            padded = -(-real // self.pad_to) * self.pad_to
+            rows = np.concatenate([rows, np.full(padded - real, rows[-1])])
+            weights = np.zeros(padded, dtype=np.float32)
+            weights[:real] = padded / real
+        process_index, processes = self.process
+        if processes > 1:
+            share = len(rows) // processes
+            mine = slice(process_index * share, (process_index + 1) * share)
+            rows = rows[mine]
+            weights = None if weights is None else weights[mine]
+        clips = read_rows(self.split.frames, rows)
         labels = self._one_hot[self.split.labels[rows]]
-        return clips, labels
+        if weights is None:
+            return clips, labels
+        return clips, labels, weights
 
     def _order(self, epoch: int) -> np.ndarray:
         with self._lock:
@@ -127,3 +162,34 @@ class ClipBatches(keras.utils.PyDataset):
                 }
                 self._orders[epoch] = order
             return order
+
+
+def read_rows(frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``frames[rows]`` as a new array; from a memory-mapped .npy, one ``preadv`` per row.
+
+    Indexing a memory map copies the rows page by page through page faults; reading each row
+    (2.3 MB at 10 x 240x320) with one system call into the batch's buffer costs about half the
+    CPU time per clip (benchmarks/loader.py) and, as the GIL is released during the call,
+    read-ahead threads read in parallel.
+    """
+    # Only a whole mapped file (as np.load(mmap_mode="r") gives it) has its first row at
+    # ``offset``; a slice of one keeps its parent's offset, so it is indexed as any array.
+    whole = isinstance(frames, np.memmap) and isinstance(frames.base, mmap.mmap)
+    if not whole or frames.filename is None or not frames.flags.c_contiguous or len(rows) == 0:
+        return np.ascontiguousarray(frames[rows])
+    filename, start = frames.filename, frames.offset
+    out = np.empty((len(rows), *frames.shape[1:]), dtype=frames.dtype)
+    row_bytes = out[0].nbytes
+    descriptor = os.open(filename, os.O_RDONLY)
+    try:
+        for position, row in enumerate(rows):
+            view = memoryview(out[position]).cast("B")
+            done = 0
+            while done < row_bytes:
+                read = os.preadv(descriptor, [view[done:]], start + int(row) * row_bytes + done)
+                if read == 0:
+                    raise OSError(f"{filename}: ends before row {row}")
+                done += read
+    finally:
+        os.close(descriptor)
+    return out

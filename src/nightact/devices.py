@@ -54,8 +54,8 @@ PROCESSES_VARIABLE = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 PROCESS_ID_VARIABLE = "KERAS_DISTRIBUTION_PROCESS_ID"
 
 
-class DeviceError(RuntimeError):
-    """The devices asked for cannot be set up in this process."""
+class DeviceError(ValueError):
+    """The devices asked for cannot be set up in this process (a ValueError: the user can fix it)."""
 
 
 @dataclass
