@@ -167,10 +167,11 @@ class ClipBatches(keras.utils.PyDataset):
 def read_rows(frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``frames[rows]`` as a new array; from a memory-mapped .npy, one ``preadv`` per row.
 
-    Indexing a memory map copies the rows page by page through page faults; reading each row
-    (2.3 MB at 10 x 240x320) with one system call into the batch's buffer costs about half the
-    CPU time per clip (benchmarks/loader.py) and, as the GIL is released during the call,
-    read-ahead threads read in parallel.
+    Indexing a memory map reads the rows through page faults, and every page it touches counts in
+    the training process's resident memory for as long as the kernel keeps it; reading each row
+    (2.3 MB at 10 x 240x320) with one system call into the batch's buffer does neither, and
+    releases the GIL while it waits, so read-ahead threads overlap. benchmarks/loader.py times
+    both ("memmap" against "clipbatches").
     """
     # Only a whole mapped file (as np.load(mmap_mode="r") gives it) has its first row at
     # ``offset``; a slice of one keeps its parent's offset, so it is indexed as any array.
