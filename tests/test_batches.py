@@ -107,13 +107,13 @@ def test_padded_batches_weigh_their_real_clips_only():
     assert rows_of((clips,)) == [0, 1, 2, 3] and weights.tolist() == [1, 1, 1, 1]
     clips, labels, weights = batches[2]  # rows 8, 9, 10 and a copy of 10
     assert rows_of((clips,)) == [8, 9, 10, 10]
-    assert weights.tolist() == pytest.approx([4 / 3, 4 / 3, 4 / 3, 0])
-    # A weighted mean over the padded batch is the plain mean over its real clips.
-    values = np.array([0.2, 0.4, 0.9, 123.0])
-    assert np.sum(weights * values) / len(values) == pytest.approx(np.mean(values[:3]))
+    assert weights.tolist() == [1, 1, 1, 0]
+    # Keras' metrics are weighted means over every clip: the copy does not count.
+    correct = np.array([1.0, 0.0, 1.0, 1.0])
+    assert np.sum(weights * correct) / np.sum(weights) == pytest.approx(2 / 3)
     # Shared by 2 processes, the padding lands in the last one's share.
     last = ClipBatches(split, batch_size=4, pad_to=4, process=(1, 2))[2]
-    assert rows_of(last) == [10, 10] and last[2].tolist() == pytest.approx([4 / 3, 0])
+    assert rows_of(last) == [10, 10] and last[2].tolist() == [1, 0]
 
 
 def test_rows_read_from_a_mapped_store_equal_indexing(tmp_path):

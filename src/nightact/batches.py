@@ -41,8 +41,9 @@ class ClipBatches(keras.utils.PyDataset):
     batch's rows (JAX assembles the global batch from the processes' shares, in process order).
     With ``pad_to=N`` every finite batch is padded to a multiple of N rows by repeating its last
     clip, because JAX splits a batch evenly over N devices; batches then come with sample
-    weights: 0 for the copies, and ``padded / real`` rows for the real clips, so that a batch's
-    mean loss and its accuracy are those of its real clips alone.
+    weights, 1 for the real clips and 0 for the copies, so that the accuracy (a weighted mean
+    over all clips) counts the real clips alone. The loss of a padded batch is still divided by
+    its padded size, so an epoch's ``val_loss`` comes out low by (copies / clips).
     """
 
     def __init__(
@@ -138,7 +139,7 @@ class ClipBatches(keras.utils.PyDataset):
             padded = -(-real // self.pad_to) * self.pad_to
             rows = np.concatenate([rows, np.full(padded - real, rows[-1])])
             weights = np.zeros(padded, dtype=np.float32)
-            weights[:real] = padded / real
+            weights[:real] = 1.0
         process_index, processes = self.process
         if processes > 1:
             share = len(rows) // processes
