@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from nightact import statistics
 from nightact.cli import main
 from nightact.evaluate import compute_metrics, confusion_figure, evaluate, format_metrics
 
@@ -56,6 +57,20 @@ def test_metrics_match_hand_worked_values():
     assert metrics["confusion_normalized"][0] == pytest.approx([2 / 3, 1 / 3, 0, 0])
     assert metrics["confusion_normalized"][3] == [0.0, 0.0, 0.0, 0.0]
     json.dumps(metrics)  # JSON-ready as it is
+
+
+def test_metrics_carry_bootstrap_intervals_and_the_predictions():
+    metrics = compute_metrics(LABELS, PROBABILITIES, NAMES)
+    # The intervals are those of nightact.statistics on the same predictions, seeded.
+    predicted = np.asarray(PROBABILITIES).argmax(axis=1)
+    expected = statistics.metric_intervals(LABELS, predicted, len(NAMES))
+    assert metrics["accuracy_ci"] == expected["accuracy_ci"]
+    assert metrics["macro_f1_ci"] == expected["macro_f1_ci"]
+    assert metrics["accuracy_ci"][0] <= metrics["accuracy"] <= metrics["accuracy_ci"][1]
+    assert metrics["macro_f1_ci"][0] <= metrics["macro_f1"] <= metrics["macro_f1_ci"][1]
+    assert metrics["bootstrap"] == {"resamples": 2000, "seed": 0, "level": 0.95}
+    assert metrics["predictions"] == {"labels": list(LABELS), "predicted": predicted.tolist()}
+    assert "95 % CI" in format_metrics({**metrics, "model": "m", "split": "test"})
 
 
 def test_metrics_reject_mismatched_inputs():

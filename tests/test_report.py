@@ -35,6 +35,8 @@ def write_fake_run(
     seconds: list[float],
     inference_ms: float,
     parameters: int = 1000,
+    predictions: dict | None = None,
+    accuracy_ci: list[float] | None = None,
 ) -> Path:
     """A run folder as train + evaluate leave it, with chosen numbers."""
     config = {"model": model, "seed": seed, "data": "store", "epochs": len(seconds)}
@@ -68,7 +70,25 @@ def write_fake_run(
         "model_size_mb": parameters * 12 / 1e6,
         "inference_ms_per_clip": inference_ms,
     }
+    if predictions is not None:
+        metrics["predictions"] = predictions
+    if accuracy_ci is not None:
+        metrics["accuracy_ci"] = accuracy_ci
+        metrics["macro_f1_ci"] = [macro_f1 - 0.05, macro_f1 + 0.05]
     return write_run_folder(folder, config, history=history, metrics=metrics)
+
+
+TEST_CLIPS = 100
+
+
+def fake_predictions(accuracy: float, seed: int) -> dict:
+    """Per-clip predictions on one shared set of test clips, right on exactly ``accuracy``."""
+    labels = np.random.default_rng(99).integers(0, 12, TEST_CLIPS)
+    right = np.zeros(TEST_CLIPS, dtype=bool)
+    right[np.random.default_rng(seed).permutation(TEST_CLIPS)[: round(accuracy * TEST_CLIPS)]] = 1
+    predicted = np.where(right, labels, (labels + 1) % 12)
+    paths = [f"class/clip_{index:03d}.mp4" for index in range(TEST_CLIPS)]
+    return {"paths": paths, "labels": labels.tolist(), "predicted": predicted.tolist()}
 
 
 def write_fake_runs(runs: Path) -> Path:
@@ -83,6 +103,8 @@ def write_fake_runs(runs: Path) -> Path:
             seconds=[9.0, 2.0, 3.0],
             inference_ms=1.0 + index,
             parameters=1000 * (index + 1),
+            predictions=fake_predictions(0.3 + 0.1 * index, seed=index),
+            accuracy_ci=[0.3 + 0.1 * index - 0.09, 0.3 + 0.1 * index + 0.09],
         )
     write_fake_run(runs / "cnn_gru-seed1", "cnn_gru", 1, 0.7, 0.6, [5.0, 4.0], 4.0, 6000)
     write_fake_run(runs / "cnn_gru-seed2", "cnn_gru", 2, 0.9, 0.8, [5.0, 6.0], 8.0, 6000)
@@ -187,6 +209,52 @@ def test_table_shows_mean_and_std_over_seeds(report):
     lstm_row = dict(zip(header, rows[1], strict=True))
     assert lstm_row["test accuracy"] == "40.0 %"
     assert lstm_row["parameters"] == "2,000"
+    # One run: its bootstrap interval; several seeds: their range.
+    assert lstm_row["accuracy 95 % CI"] == "31.0–49.0 %"
+    assert lstm_row["macro F1 95 % CI"] == "0.300–0.400"
+    assert gru_row["accuracy 95 % CI"] == "seeds 70.0–90.0 %"
+
+
+def test_paired_tests_say_which_differences_are_significant(report):
+    from scipy.stats import binomtest
+
+    paired = json.loads((report.parent / "report.json").read_text())["paired"]
+    comparisons = {(c["model_a"], c["model_b"]): c for c in paired["comparisons"]}
+    assert len(comparisons) == 15  # six models, each by its first run
+    weakest, strongest = MODEL_LABELS["simple_rnn"], MODEL_LABELS["cnn_gru"]
+    extremes = comparisons[(weakest, strongest)]
+    a = fake_predictions(0.3, seed=0)
+    b = fake_predictions(0.8, seed=5)
+    labels, first, second = (np.array(a[key]) for key in ("labels", "predicted", "predicted"))
+    second = np.array(b["predicted"])
+    only_a = int(np.sum((first == labels) & (second != labels)))
+    only_b = int(np.sum((first != labels) & (second == labels)))
+    assert (extremes["only_a_right"], extremes["only_b_right"]) == (only_a, only_b)
+    assert extremes["p_value"] == pytest.approx(binomtest(only_a, only_a + only_b).pvalue)
+    assert extremes["significant"]
+    assert paired["sentences"][0].endswith("Holm-adjusted for 15 comparisons).")
+    assert f"{strongest} is more accurate than {weakest}" in " ".join(paired["sentences"])
+
+    page = _Collector()
+    page.feed(report.read_text(encoding="utf-8"))
+    text = " ".join(page.text)
+    assert "Which differences are real" in text
+    assert f"{strongest} is more accurate than {weakest}" in text
+    assert "not distinguishable at 5 %" in text
+    markdown = (report.parent / "report.md").read_text(encoding="utf-8")
+    assert "## Which differences are real" in markdown
+    assert f"- {paired['sentences'][0]}" in markdown
+
+
+def test_paired_tests_leave_out_runs_without_predictions(fake_runs, tmp_path):
+    metrics_file = fake_runs / "lstm" / "evaluation" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    del metrics["predictions"]
+    metrics_file.write_text(json.dumps(metrics))
+    report = compare([fake_runs], tmp_path / "report")
+    paired = json.loads((report.parent / "report.json").read_text())["paired"]
+    assert len(paired["comparisons"]) == 10  # five models left
+    assert paired["left_out"] == ["LSTM: no per-clip predictions (evaluate it again)"]
 
 
 def test_compare_refuses_an_unevaluated_run(fake_runs, tmp_path):

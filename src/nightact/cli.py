@@ -101,6 +101,7 @@ def _config(args, config_class, **settings):
 
 def _add_data_commands(subparsers) -> None:
     from nightact.dataset import SHORT_CLIP_POLICIES, SPLIT_NAMES, PrepareConfig
+    from nightact.leakage import LeakageConfig
     from nightact.synthetic import SynthConfig
 
     synth = subparsers.add_parser(
@@ -147,10 +148,52 @@ def _add_data_commands(subparsers) -> None:
         "or skip it; either way it is recorded in the manifest",
         choices=SHORT_CLIP_POLICIES,
     )
+    _option(
+        prepare,
+        "--group-by",
+        PrepareConfig,
+        "what must share a split: none, near-duplicates (copies of one recording, found from "
+        "the pixels; a pre-pass decodes every video once more at 60x80) or a REGEX whose first "
+        r"capture group on the path names the group (UCF101: 'v_(.*_g\d+)_c\d+')",
+        metavar="{none,near-duplicates,REGEX}",
+    )
+    prepare.add_argument(
+        "--no-leakage-check",
+        dest="check_leakage",
+        action="store_false",
+        default=None,
+        help="skip the search for near-duplicates across splits at the end",
+    )
     prepare.add_argument(
         "--overwrite", action="store_true", help="discard an existing store in OUT first"
     )
     prepare.set_defaults(run=_run_prepare)
+
+    leakage = subparsers.add_parser(
+        "leakage",
+        help="find near-duplicate clips (copies of one recording) across a store's splits",
+    )
+    leakage.add_argument("store", help="a prepared store; writes STORE/leakage.csv")
+    _option(
+        leakage,
+        "--within",
+        LeakageConfig,
+        "also list pairs inside one split in leakage.csv",
+        action="store_true",
+    )
+    _option(
+        leakage,
+        "--threshold",
+        LeakageConfig,
+        "similarity from which two clips count as copies",
+        type=float,
+    )
+    leakage.add_argument(
+        "--fail-on-leak",
+        action="store_true",
+        help="exit with status 1 when any pair lies across splits (for CI)",
+    )
+    leakage.set_defaults(run=_run_leakage)
 
     preview = subparsers.add_parser("preview", help="write a PNG of one prepared clip's frames")
     preview.add_argument("store", help="a prepared store")
@@ -199,6 +242,22 @@ def _run_prepare(args) -> int:
     summary = prepare(prepare_config(args), overwrite=args.overwrite)
     print(summary.table())
     return 0 if summary.prepared > 0 else 1
+
+
+def leakage_config(args):
+    from nightact.leakage import LeakageConfig
+
+    return _config(args, LeakageConfig, store=args.store)
+
+
+def _run_leakage(args) -> int:
+    from nightact.leakage import check_store, write_report
+
+    report = check_store(leakage_config(args))
+    path = write_report(report)
+    print(report.table())
+    print(f"\nwrote {path}")
+    return 1 if args.fail_on_leak and report.cross_pairs else 0
 
 
 def _run_preview(args) -> int:

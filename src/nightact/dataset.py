@@ -10,6 +10,12 @@ A store is a folder written by :func:`prepare` (``nightact prepare SRC STORE``):
       train.npy           uint8 (n, frames, height, width, 3), RGB, one row per clip; also val.npy,
       train_labels.npy    test.npy and their int64 labels. Open with np.load(mmap_mode="r").
       prepare_config.json the PrepareConfig, as JSON.
+      leakage.csv         near-duplicate pairs across splits, from the check after the store is
+      leakage.json        complete (nightact.leakage; skipped with check_leakage=False).
+
+With ``group_by`` (``--group-by``), the split is drawn over groups (:mod:`nightact.groups`), each
+clip's group is in the manifest's ``group`` column, and the groups are kept in the plan so an
+interrupted run resumes with the same ones.
 
 While preparing, the arrays live in ``STORE/.partial/`` and are written row by row by worker
 processes through memory maps, so memory stays flat whatever the number of videos. A row counts as
@@ -65,6 +71,7 @@ MANIFEST_COLUMNS = (
     "sha256",
     "status",  # ok, short (stored, last frame repeated), skipped, failed, ignored
     "error",  # why a file was skipped, failed or ignored; a note for short clips
+    "group",  # clips of one group share a split (--group-by); the path itself when ungrouped
 )
 STORED_STATUSES = ("ok", "short")
 
@@ -87,6 +94,8 @@ class PrepareConfig:
     workers: int | None = None
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     short_clips: str = "repeat-last"
+    group_by: str = "none"  # none, near-duplicates or a regex with a capture group (groups.py)
+    check_leakage: bool = True  # look for near-duplicates across splits at the end, and warn
 
     def __post_init__(self) -> None:
         self.src = str(self.src)
@@ -113,6 +122,9 @@ class PrepareConfig:
             raise ValueError("extensions must name at least one file extension")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        from nightact.groups import parse_group_by
+
+        parse_group_by(self.group_by)
 
     def content_settings(self) -> dict:
         """The settings that decide the store's content (not where it is or how fast)."""
@@ -124,6 +136,8 @@ class PrepareConfig:
             "seed": self.seed,
             "extensions": list(self.extensions),
             "short_clips": self.short_clips,
+            # Only when set, so that stores made before --group-by existed stay complete.
+            **({"group_by": self.group_by} if self.group_by != "none" else {}),
         }
 
 
@@ -163,6 +177,7 @@ class PrepareSummary:
     processed_now: int = 0  # clips decoded by this run (0 when everything was already done)
     seconds: float = 0.0
     already_done: bool = False
+    leakage: dict | None = None  # nightact.leakage summary of the check at the end, if it ran
 
     def table(self) -> str:
         name_width = max([len("class"), *(len(name) for name in self.class_names)])
@@ -190,6 +205,13 @@ class PrepareSummary:
             lines.append(
                 f"stored {self.prepared} clips in {self.store} "
                 f"({self.processed_now} decoded now in {self.seconds:.1f} s, {rate:.1f} clips/s)"
+            )
+        if self.leakage is not None:
+            found = self.leakage["pairs_across_splits"]
+            lines.append(
+                f"leakage check: {found} near-duplicate pairs across splits"
+                + (f" (see {Path(self.store) / 'leakage.csv'})" if found else "")
+                + f", {self.leakage['seconds']:.1f} s"
             )
         return "\n".join(lines)
 
@@ -346,13 +368,22 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
         )
         return _summary_from_manifest(out, class_names, already_done=True)
 
-    splits = assign_splits(entries, config.split, config.seed)
-    tasks = [(entry, name, row) for name in SPLIT_NAMES for row, entry in enumerate(splits[name])]
     partial = out / _PARTIAL
-    plan = {"settings": settings, "fingerprint": fingerprint, "class_names": class_names}
     plan_file = partial / _PLAN
-    if plan_file.exists():
-        saved_plan = runs.read_json(plan_file, "store plan")
+    saved_plan = runs.read_json(plan_file, "store plan") if plan_file.exists() else None
+    groups = _groups(config, entries, saved_plan)
+    if groups is None:
+        splits = assign_splits(entries, config.split, config.seed)
+    else:
+        from nightact.groups import assign_grouped_splits
+
+        splits = assign_grouped_splits(entries, groups, config.split, config.seed)
+    tasks = [(entry, name, row) for name in SPLIT_NAMES for row, entry in enumerate(splits[name])]
+    plan = {"settings": settings, "fingerprint": fingerprint, "class_names": class_names}
+    if groups is not None:
+        # Kept in the plan: a resumed run must not redo (or redraw) the grouping.
+        plan["groups"] = groups
+    if saved_plan is not None:
         runs.require_same_settings(
             _flat_plan(saved_plan),
             _flat_plan(plan),
@@ -373,9 +404,54 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
     done = _read_journal(journal_path, Path(config.src))
     todo = [task for task in tasks if task[0].path not in done]
     processed_now = _process(config, todo, journal_path, done)
-    summary = _finalize(config, out, class_names, tasks, done, ignored, fingerprint)
+    summary = _finalize(config, out, class_names, tasks, done, ignored, fingerprint, groups)
     summary.processed_now = processed_now
+    # The decoding rate is prepare's own; the check reports its seconds on a line of its own.
     summary.seconds = time.perf_counter() - started
+    if config.check_leakage:
+        summary.leakage = _check_leakage(out)
+    return summary
+
+
+def _groups(config: PrepareConfig, entries: list[Entry], saved_plan: dict | None):
+    """Each entry's group under ``config.group_by`` (None for "none"); a resumed run reuses the
+    groups its plan recorded."""
+    if config.group_by == "none":
+        return None
+    if saved_plan is not None and "groups" in saved_plan:
+        return saved_plan["groups"]
+    from nightact.groups import assign_groups
+
+    started = time.perf_counter()
+    groups = assign_groups(entries, config.group_by, config.src, config.frames, config.workers)
+    log.info(
+        "--group-by %s: %d clips in %d groups (%.1f s)",
+        config.group_by,
+        len(groups),
+        len(set(groups.values())),
+        time.perf_counter() - started,
+    )
+    return groups
+
+
+def _check_leakage(out: Path) -> dict:
+    """Look for near-duplicate clips across the new store's splits; warn and write
+    ``leakage.csv`` when there are any."""
+    from nightact.leakage import LeakageConfig, check_store, write_report
+
+    report = check_store(LeakageConfig(out))
+    write_report(report)
+    summary = report.summary()
+    if summary["pairs_across_splits"]:
+        log.warning(
+            "%s: %d pairs of near-duplicate clips lie in different splits (%d clusters); the "
+            "test score may measure memory. See %s, or prepare again with --group-by "
+            "near-duplicates",
+            out,
+            summary["pairs_across_splits"],
+            summary["clusters_across_splits"],
+            out / "leakage.csv",
+        )
     return summary
 
 
@@ -552,6 +628,7 @@ def _finalize(
     done: dict,
     ignored: list[dict],
     fingerprint: str,
+    groups: dict[str, str] | None = None,
 ) -> PrepareSummary:
     """Compact each split to its stored rows, then move everything into place atomically."""
     partial = out / _PARTIAL
@@ -579,6 +656,7 @@ def _finalize(
                 label=entry.label,
                 split=name,
                 row=new_rows.get(entry.path, ""),
+                group=(groups or {}).get(entry.path, entry.path),
             )
             manifest_rows.append(row)
     manifest_rows.extend(ignored)

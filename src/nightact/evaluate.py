@@ -4,8 +4,11 @@
 predicts every clip of the store's *test* split, which training never looked at, and writes::
 
     RUN/evaluation/
-      metrics.json    accuracy, top-3 accuracy, macro F1, mean class accuracy, per-class scores,
-                      the confusion matrix (counts and row-normalised), inference ms per clip
+      metrics.json    accuracy and macro F1 with 95 % bootstrap intervals (accuracy_ci,
+                      macro_f1_ci: 2,000 resamples of the clips, seed 0), top-3 accuracy, mean
+                      class accuracy, per-class scores, the confusion matrix (counts and
+                      row-normalised), inference ms per clip, and every clip's label and
+                      prediction (predictions: paths, labels, predicted) for paired tests
       per_class.csv   class, precision, recall, f1, support
       confusion.csv   counts, rows = true class, columns = predicted class
       confusion_normalized.csv   the same, each row divided by its total
@@ -82,6 +85,10 @@ def compute_metrics(labels, probabilities, class_names: list[str]) -> dict:
         warnings.simplefilter("ignore", UserWarning)
         mean_class_accuracy = metrics.balanced_accuracy_score(labels, predicted)
     top_k = min(TOP_K, num_classes)
+    from nightact.statistics import metric_intervals
+
+    # Seeded bootstrap over the test clips: the same predictions always give the same interval.
+    intervals = metric_intervals(labels, predicted, num_classes)
     return {
         "clips": int(len(labels)),
         "accuracy": float(metrics.accuracy_score(labels, predicted)),
@@ -93,6 +100,9 @@ def compute_metrics(labels, probabilities, class_names: list[str]) -> dict:
                 labels, predicted, labels=every_class, average="macro", zero_division=0
             )
         ),
+        "accuracy_ci": intervals["accuracy_ci"],
+        "macro_f1_ci": intervals["macro_f1_ci"],
+        "bootstrap": intervals["bootstrap"],
         "mean_class_accuracy": float(mean_class_accuracy),
         "class_names": list(class_names),
         "per_class": {
@@ -106,6 +116,8 @@ def compute_metrics(labels, probabilities, class_names: list[str]) -> dict:
         },
         "confusion": confusion.astype(int).tolist(),
         "confusion_normalized": normalized.tolist(),
+        # Per clip, in split order: what paired tests between models (compare) need.
+        "predictions": {"labels": labels.tolist(), "predicted": predicted.tolist()},
     }
 
 
@@ -176,6 +188,8 @@ def evaluate(
     probabilities, milliseconds = predict_split(model, ClipBatches(clips, batch_size))
 
     result = compute_metrics(clips.labels, probabilities, clips.class_names)
+    # Which clip each prediction is of, so that compare pairs models only on the same clips.
+    result["predictions"]["paths"] = list(clips.paths)
     output = runs.evaluation_folder(run, split)
     result = {
         "run": str(run),
@@ -350,14 +364,23 @@ def _weights_megabytes(model) -> float:
     return total / 2**20
 
 
+def _interval_text(result: dict, key: str, scale: float, digits: int, suffix: str) -> str:
+    if key not in result:
+        return ""
+    low, high = (scale * bound for bound in result[key])
+    return f"  (95 % CI {low:.{digits}f}-{high:.{digits}f}{suffix}, bootstrap over clips)"
+
+
 def format_metrics(result: dict) -> str:
     """A plain-text summary of :func:`evaluate`'s result: the scores, then one line per class."""
+    accuracy_interval = _interval_text(result, "accuracy_ci", 100, 1, " %")
+    f1_interval = _interval_text(result, "macro_f1_ci", 1, 3, "")
     lines = [
         f"{result.get('model', '')} on the {result.get('split', '')} split "
         f"({result['clips']} clips)",
-        f"  accuracy             {100 * result['accuracy']:6.1f} %",
+        f"  accuracy             {100 * result['accuracy']:6.1f} %{accuracy_interval}",
         f"  top-3 accuracy       {100 * result['top3_accuracy']:6.1f} %",
-        f"  macro F1             {result['macro_f1']:8.3f}",
+        f"  macro F1             {result['macro_f1']:8.3f}{f1_interval}",
         f"  mean class accuracy  {100 * result['mean_class_accuracy']:6.1f} %",
     ]
     if "inference_ms_per_clip" in result:

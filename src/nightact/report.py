@@ -44,7 +44,9 @@ TABLE_COLUMNS = (
     "s per epoch",
     "inference ms per clip",
     "test accuracy",
+    "accuracy 95 % CI",
     "macro F1",
+    "macro F1 95 % CI",
     "mean class accuracy",
 )
 
@@ -114,6 +116,11 @@ def summarize(runs: list[dict]) -> list[dict]:
                 "runs": [run["run"] for run in members],
                 "seeds": [run["config"].get("seed") for run in members],
                 "values": values,
+                # Bootstrap intervals over test clips, per run (None: evaluated before they were).
+                "intervals": {
+                    key: [run["metrics"].get(f"{key}_ci") for run in members]
+                    for key in ("accuracy", "macro_f1")
+                },
                 "mean": {key: _mean(numbers) for key, numbers in values.items()},
                 "std": {key: _std(numbers) for key, numbers in values.items()},
             }
@@ -154,12 +161,81 @@ def compare(runs, out: str | os.PathLike, evaluate_missing: bool = False) -> Pat
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=100, bbox_inches="tight")
     context = _context(loaded)
+    context["paired"] = paired_tests(loaded, rows)
     files.write_json_atomic(out / "report.json", {**context, "models": rows})
     files.write_text_atomic(out / "report.md", render_markdown(rows, context))
     images = {name: (out / name).read_bytes() for name in FIGURES}
     report = files.write_text_atomic(out / "report.html", render_html(rows, context, images))
     log.info("wrote %s (%d runs of %d models)", report, len(loaded), len(rows))
     return report
+
+
+# --- paired tests --------------------------------------------------------------------------------
+
+
+def paired_tests(runs: list[dict], rows: list[dict]) -> dict:
+    """McNemar's exact test between every two models on the same test clips.
+
+    Each model is represented by its first run (lowest seed); models whose evaluation has no
+    per-clip predictions, or whose test clips differ from the others', are left out and named.
+    Returns ``comparisons`` (see :func:`nightact.statistics.comparisons_to_json`), ``runs``
+    used, ``left_out`` and ``sentences`` for people.
+    """
+    from nightact.statistics import compare_predictions, comparisons_to_json
+
+    by_path = {run["run"]: run for run in runs}
+    chosen, left_out = {}, []
+    reference = None
+    for row in rows:
+        first = min(
+            (by_path[path] for path in row["runs"]),
+            key=lambda run: (run["config"].get("seed") is None, run["config"].get("seed") or 0),
+        )
+        predictions = first["metrics"].get("predictions")
+        if not predictions or "predicted" not in predictions:
+            left_out.append(f"{row['label']}: no per-clip predictions (evaluate it again)")
+            continue
+        clips = (predictions.get("paths"), predictions["labels"])
+        if reference is None:
+            reference = clips
+        elif clips != reference:
+            left_out.append(f"{row['label']}: scored on other test clips")
+            continue
+        chosen[row["label"]] = first
+    result = {"runs": {label: run["run"] for label, run in chosen.items()}, "left_out": left_out}
+    if len(chosen) < 2:
+        result.update(comparisons=[], sentences=[])
+        return result
+    labels = reference[1]
+    comparisons = compare_predictions(
+        labels, {label: run["metrics"]["predictions"]["predicted"] for label, run in chosen.items()}
+    )
+    significant = [c for c in comparisons if c.significant]
+    headline = (
+        f"{len(significant)} of {len(comparisons)} differences in test accuracy are significant "
+        f"at 5 % (McNemar's exact test on the {len(labels)} shared test clips, Holm-adjusted for "
+        f"{len(comparisons)} comparisons)."
+    )
+    ordered = significant + [c for c in comparisons if not c.significant]
+    result.update(
+        comparisons=comparisons_to_json(comparisons),
+        sentences=[headline, *(c.sentence() for c in ordered)],
+    )
+    return result
+
+
+def _paired_lines(paired: dict) -> list[str]:
+    lines = list(paired.get("sentences", []))
+    if not lines:
+        lines.append("Paired tests need at least two models with per-clip test predictions.")
+    if paired.get("runs") and len(paired["runs"]) > 1:
+        lines.append(
+            "Each model is represented by its first run (lowest seed): "
+            + ", ".join(f"{label} `{run}`" for label, run in paired["runs"].items())
+            + "."
+        )
+    lines += [f"Left out: {reason}." for reason in paired.get("left_out", [])]
+    return lines
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -282,6 +358,17 @@ def table_cells(row: dict) -> list[str]:
             text += f" ± {scale * row['std'][key]:.{digits}f}"
         return text + suffix
 
+    def interval(key: str, scale: float = 1.0, digits: int = 1, suffix: str = "") -> str:
+        if several:
+            # Several seeds: their spread is the honest interval (the ± column gives the std).
+            values = [value for value in row["values"][key] if value is not None]
+            low, high = min(values), max(values)
+            return f"seeds {scale * low:.{digits}f}–{scale * high:.{digits}f}{suffix}"
+        bounds = row.get("intervals", {}).get(key, [None])[0]
+        if not bounds:
+            return "n/a"
+        return f"{scale * bounds[0]:.{digits}f}–{scale * bounds[1]:.{digits}f}{suffix}"
+
     parameters = row["values"]["parameters"]
     return [
         row["label"],
@@ -291,7 +378,9 @@ def table_cells(row: dict) -> list[str]:
         cell("seconds_per_epoch", digits=1),
         cell("inference_ms_per_clip", digits=2),
         cell("accuracy", scale=100, suffix=" %"),
+        interval("accuracy", scale=100, suffix=" %"),
         cell("macro_f1", digits=3),
+        interval("macro_f1", digits=3),
         cell("mean_class_accuracy", scale=100, suffix=" %"),
     ]
 
@@ -306,6 +395,9 @@ def render_markdown(rows: list[dict], context: dict) -> str:
     lines += ["", _TABLE_NOTE, ""]
     for name, title in _SECTIONS:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    lines += ["## Which differences are real", ""]
+    lines += [f"- {line}" for line in _paired_lines(context.get("paired", {}))]
+    lines += [""]
     lines += ["## Runs", ""]
     for row in rows:
         for run, seed in zip(row["runs"], row["seeds"], strict=True):
@@ -334,6 +426,9 @@ def render_html(rows: list[dict], context: dict, images: dict[str, bytes]) -> st
         for run, seed in zip(row["runs"], row["seeds"], strict=True)
     )
     context_html = "\n".join(f"<p>{escape(line)}</p>" for line in _context_lines(context))
+    paired_items = "\n".join(
+        f"<li>{escape(line)}</li>" for line in _paired_lines(context.get("paired", {}))
+    )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -364,6 +459,10 @@ code {{ font-size: 0.9em; }}
 </table>
 <p class="note">{escape(_TABLE_NOTE)}</p>
 {chr(10).join(sections)}
+<h2>Which differences are real</h2>
+<ul class="paired">
+{paired_items}
+</ul>
 <h2>Runs</h2>
 <ul>
 {run_items}
@@ -384,7 +483,8 @@ _TABLE_NOTE = (
     "recalls. Size is that of the weights, in MB of 2**20 bytes. Seconds per epoch is "
     "the median over epochs, validation included. Inference is the model's forward pass alone, "
     "per clip, at the training batch size. With several runs of a model: mean ± standard "
-    "deviation."
+    "deviation. 95 % CI: a bootstrap over the test clips (2,000 resamples, seeded); with several "
+    "runs, the range over seeds instead."
 )
 
 
