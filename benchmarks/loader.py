@@ -1,8 +1,8 @@
 """How fast the clip store can be read: clips/s and GB/s, warm (page cache) and cold (disk).
 
 A store's split is one uint8 ``.npy`` file of shape (clips, frames, height, width, 3) (see
-``nightact.dataset``); a training batch is a sorted random set of its rows. Three ways of reading run over
-the same synthetic store, with 1, 2, 4 and 8 reading threads each:
+``nightact.dataset``); a training batch is a sorted random set of its rows. Three readers run
+over the same synthetic store, with 1, 2, 4 and 8 reading threads each:
 
 - ``memmap``: ``ClipBatches`` reading each batch by indexing the memory map (page faults, one
   page at a time), as it read before ``nightact.batches.read_rows``; ``readers`` threads read

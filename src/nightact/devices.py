@@ -55,7 +55,7 @@ PROCESS_ID_VARIABLE = "KERAS_DISTRIBUTION_PROCESS_ID"
 
 
 class DeviceError(ValueError):
-    """The devices asked for cannot be set up in this process (a ValueError: the user can fix it)."""
+    """The devices asked for cannot be set up in this process (a ValueError: one the user fixes)."""
 
 
 @dataclass
