@@ -372,10 +372,15 @@ def build_and_compile(config: TrainConfig, num_classes: int, setup=None):
 
     with setup.scope() if setup is not None else contextlib.nullcontext():
         mirrored = setup is not None and setup.strategy is not None
-        return _build_and_compile(config, num_classes, mirrored)
+        # Padded validation batches (JAX, several devices) carry sample weights, which Keras
+        # applies to `weighted_metrics` only.
+        padded = setup is not None and setup.backend == "jax" and setup.count > 1
+        return _build_and_compile(config, num_classes, mirrored, padded)
 
 
-def _build_and_compile(config: TrainConfig, num_classes: int, mirrored: bool = False):
+def _build_and_compile(
+    config: TrainConfig, num_classes: int, mirrored: bool = False, weighted: bool = False
+):
     import keras
 
     from nightact.models import build_model
@@ -400,10 +405,12 @@ def _build_and_compile(config: TrainConfig, num_classes: int, mirrored: bool = F
     else:
         loss = keras.losses.CategoricalCrossentropy()
     # Under mixed_float16, compile wraps Adam in a LossScaleOptimizer by itself.
+    accuracy = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
         loss=loss,
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        metrics=None if weighted else accuracy,
+        weighted_metrics=accuracy if weighted else None,
         jit_compile=_jit_compile(config, mirrored),
     )
     return model
