@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: lint
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/train.py
+
+# Re-run everything the README's figures come from (about an hour on 2 cores; see
+# benchmarks/figures.py): each table printed with the machine it ran on, the JSON written to
+# benchmarks/measured/ with the date. `make figures FIGURES_FLAGS=--quick` checks the chain in
+# minutes; FIGURES_FLAGS=--gpu adds the GPU-shaped runs.
+FIGURES_FLAGS ?=
+figures: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/figures.py $(FIGURES_FLAGS)
 
 clean:
 	rm -rf $(VENV) nightact-demo .pytest_cache .ruff_cache

@@ -23,6 +23,12 @@ def test_history_round_trips_with_integer_epochs(tmp_path):
     assert not (tmp_path / "history.csv").exists() and runs.read_history(tmp_path) == []
 
 
+def test_reading_a_history_stops_before_a_half_line(tmp_path, caplog):
+    (tmp_path / "history.csv").write_text("epoch,loss,val_accuracy\n0,1.5,0.25\n1,1.2,0.5\n2,1.")
+    assert [row["epoch"] for row in runs.read_history(tmp_path)] == [0, 1]
+    assert "line 4 is incomplete" in caplog.text
+
+
 def test_a_hand_written_run_reads_back(tmp_path):
     history = [{"epoch": 0, "loss": 1.0, "val_accuracy": 0.5}]
     run = write_run_folder(

@@ -425,6 +425,11 @@ def _add_training_commands(subparsers) -> None:
         action="store_true",
         help="continue the interrupted run in --out from its last finished epoch",
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard the run already in --out first (its checkpoint, history and backups)",
+    )
     _option(train, "--workers", TrainConfig, "threads reading batches ahead", type=int)
     _option(
         train,
@@ -539,7 +544,7 @@ def demo_config(args):
 def _run_train(args) -> int:
     from nightact.train import train
 
-    result = train(train_config(args), verbose=2 if args.quiet else 1)
+    result = train(train_config(args), verbose=2 if args.quiet else 1, overwrite=args.overwrite)
     print(
         f"{result.model}: best val_accuracy {result.best_val_accuracy:.3f} at epoch "
         f"{result.best_epoch} of {result.epochs_completed}; run in {result.run}"
@@ -696,9 +701,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from nightact.files import DiskFullError, DiskSpaceError
+    from nightact.locks import FolderLockedError
+
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        FolderLockedError,
+        DiskSpaceError,
+        DiskFullError,
+    ) as error:
         # Errors the user can fix get one clear line, not a traceback.
         print(f"nightact {args.command}: error: {error}", file=sys.stderr)
         return 2

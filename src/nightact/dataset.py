@@ -340,15 +340,30 @@ def _fingerprint(entries: list[Entry]) -> str:
 
 
 def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
-    """Prepare (or resume, or confirm) the clip store ``config.out`` from ``config.src``."""
+    """Prepare (or resume, or confirm) the clip store ``config.out`` from ``config.src``.
+
+    Holds the store's folder lock throughout (a second ``prepare`` into it is refused), and
+    refuses up front when the disk lacks the store's size (clips x frames x height x width x 3
+    bytes), naming both figures. A disk that fills anyway raises nightact.files.DiskFullError;
+    the clips done so far stay in ``STORE/.partial`` and the same command resumes from them.
+    """
+    from nightact.locks import folder_lock
+
     started = time.perf_counter()
-    out = Path(config.out)
     class_names, entries, ignored = index_videos(config.src, config.extensions)
     if not entries:
         raise ValueError(
             f"{config.src}: no videos found; expected SRC/<class name>/*"
             f"{{{','.join(config.extensions)}}}"
         )
+    with folder_lock(config.out):
+        return _prepare(config, overwrite, started, class_names, entries, ignored)
+
+
+def _prepare(
+    config: PrepareConfig, overwrite: bool, started: float, class_names, entries, ignored
+) -> PrepareSummary:
+    out = Path(config.out)
     for row in ignored:
         log.info("ignored %s: %s", row["path"], row["error"])
     fingerprint = _fingerprint(entries)
@@ -393,6 +408,7 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
         )
         log.info("resuming the unfinished store in %s", out)
     else:
+        _check_store_space(config, out, {name: len(splits[name]) for name in SPLIT_NAMES})
         partial.mkdir(parents=True, exist_ok=True)
         for name in SPLIT_NAMES:
             shape = (len(splits[name]), config.frames, config.height, config.width, 3)
@@ -403,8 +419,19 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
     journal_path = partial / _JOURNAL
     done = _read_journal(journal_path, Path(config.src))
     todo = [task for task in tasks if task[0].path not in done]
-    processed_now = _process(config, todo, journal_path, done)
-    summary = _finalize(config, out, class_names, tasks, done, ignored, fingerprint, groups)
+    try:
+        processed_now = _process(config, todo, journal_path, done)
+        summary = _finalize(config, out, class_names, tasks, done, ignored, fingerprint, groups)
+    except files.DiskFullError:
+        raise
+    except OSError as error:
+        if not files.is_disk_full(error):
+            raise
+        raise files.DiskFullError(
+            partial,
+            note=f"the {len(done)} clips done so far are kept; free some space and run the "
+            "same command again to go on from them",
+        ) from error
     summary.processed_now = processed_now
     # The decoding rate is prepare's own; the check reports its seconds on a line of its own.
     summary.seconds = time.perf_counter() - started
@@ -453,6 +480,20 @@ def _check_leakage(out: Path) -> dict:
             out / "leakage.csv",
         )
     return summary
+
+
+def store_bytes(config: PrepareConfig, clips: int) -> int:
+    """The bytes ``clips`` clips take in a store: clips x frames x height x width x 3."""
+    return clips * config.frames * config.height * config.width * 3
+
+
+def _check_store_space(config: PrepareConfig, out: Path, counts: dict[str, int]) -> None:
+    """Raise nightact.files.DiskSpaceError unless OUT's disk holds the whole store."""
+    needed = store_bytes(config, sum(counts.values()))
+    # A small margin: the manifest and JSON files are all the store holds besides the arrays.
+    files.check_free_space(
+        out, needed, f"a store of {sum(counts.values())} clips", margin_bytes=4 << 20
+    )
 
 
 def _flat_plan(plan: dict) -> dict:

@@ -94,7 +94,18 @@ class DemoResult:
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
-    """Run (or resume) the demo in ``config.out``; see the module docstring."""
+    """Run (or resume) the demo in ``config.out``; see the module docstring.
+
+    Holds the lock of ``config.out`` throughout (a second demo into it is refused); its steps
+    take the locks of the folders they write inside it.
+    """
+    from nightact.locks import folder_lock
+
+    with folder_lock(config.out):
+        return _run_demo(config)
+
+
+def _run_demo(config: DemoConfig) -> DemoResult:
     from nightact.dataset import PrepareConfig, prepare
     from nightact.evaluate import evaluate
     from nightact.report import compare

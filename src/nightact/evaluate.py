@@ -144,11 +144,12 @@ def evaluate(
         ``summary()`` counts them), ``checkpoint_mb`` (``model.keras`` on disk, optimizer state
         included), ``inference_ms_per_clip`` and ``inference_batch_size``. Also saved as
         ``metrics.json`` in the output folder (key ``output``).
-    """
-    import keras
 
-    from nightact.batches import ClipBatches
-    from nightact.dataset import open_split
+    Raises:
+        ValueError: a damaged checkpoint (one line naming it), or a store that does not fit.
+        nightact.locks.FolderLockedError: another process is writing the same evaluation folder.
+    """
+    from nightact.locks import folder_lock
 
     run = Path(run)
     if split == "val":
@@ -162,6 +163,16 @@ def evaluate(
             "these scores are optimistic, not a test result",
             run,
         )
+    runs.read_config(run)  # refuse a folder that is not a run before creating anything in it
+    with folder_lock(runs.evaluation_folder(run, split)):
+        return _evaluate(run, split, data, batch_size)
+
+
+def _evaluate(run: Path, split: str, data, batch_size: int | None) -> dict:
+    from nightact.batches import ClipBatches
+    from nightact.checkpoints import load_checkpoint
+    from nightact.dataset import open_split
+
     config = runs.read_config(run)
     model_path = runs.model_path(run)
     if not model_path.exists():
@@ -177,7 +188,7 @@ def evaluate(
             f"({trained_classes})"
         )
 
-    model = keras.saving.load_model(model_path)
+    model = load_checkpoint(model_path)
     expected = tuple(model.input.shape[1:])
     if expected != tuple(clips.frames.shape[1:]):
         raise ValueError(

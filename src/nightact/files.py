@@ -13,6 +13,7 @@ stray ``*.tmp`` beside it. Keras-free and NumPy-free.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -63,15 +64,24 @@ class open_atomic:  # noqa: N801 - used like open()
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
+            try:
+                if kind is None:
+                    self.handle.flush()
+                    os.fsync(self.handle.fileno())
+            finally:
+                self.handle.close()
             if kind is None:
-                self.handle.flush()
-                os.fsync(self.handle.fileno())
-        finally:
-            self.handle.close()
+                replace_atomic(self.temporary, self.path)
+        except BaseException as failure:
+            # A full disk shows up here as often as in the block: the data sat in buffers.
+            written = remove_partial(self.temporary)
+            if is_disk_full(failure):
+                raise DiskFullError(self.path, written) from failure
+            raise
         if kind is not None:
-            self.temporary.unlink(missing_ok=True)
-            return
-        replace_atomic(self.temporary, self.path)
+            written = remove_partial(self.temporary)
+            if is_disk_full(error):
+                raise DiskFullError(self.path, written) from error
 
 
 def replace_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -117,19 +127,85 @@ class DiskSpaceError(OSError):
     def __init__(self, folder: str | os.PathLike, doing: str, needed: int, free: int):
         self.folder, self.needed, self.free = Path(folder), needed, free
         self.reason = (
-            f"not enough free disk space for {doing}: needs {gigabytes(needed)} GB, "
-            f"{gigabytes(free)} GB free"
+            f"not enough free disk space for {doing}: needs {human_size(needed)}, "
+            f"{human_size(free)} free"
         )
         super().__init__(f"{folder}: {self.reason}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class DiskFullError(OSError):
+    """The disk filled up while ``path`` was being written; the partial file was removed.
+
+    Its message is one line naming the file and the figures: what had been written of it and
+    what is free now.
+    """
+
+    def __init__(self, path: str | os.PathLike, written: int = 0, note: str | None = None):
+        self.path, self.written = Path(path), written
+        free = free_space(self.path.parent)
+        note = note or (
+            "the partial file was removed and finished work kept: free some space and run the "
+            "same command again"
+        )
+        super().__init__(
+            errno.ENOSPC,
+            f"{self.path}: disk full while writing it"
+            + (f" ({human_size(written)} written)" if written else "")
+            + f", {human_size(free)} free; {note}",
+        )
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` says the disk (or the user's quota) is full, however it was wrapped.
+
+    h5py and Keras raise OSErrors without ``errno`` that carry the C library's message.
+    """
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def remove_partial(path: str | os.PathLike) -> int:
+    """Remove a half-written file; returns how many bytes it held (0 if there was none)."""
+    written = file_size(path)
+    Path(path).unlink(missing_ok=True)
+    return written
+
+
+def free_space(folder: str | os.PathLike) -> int:
+    """Free bytes on the filesystem of ``folder`` (or of its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 def check_free_space(
     folder: str | os.PathLike, needed_bytes: int, doing: str, margin_bytes: int = 64 << 20
 ) -> None:
     """Raise `DiskSpaceError` unless ``folder`` has ``needed_bytes`` + a margin free."""
-    free = shutil.disk_usage(folder).free
+    free = free_space(folder)
     if needed_bytes + margin_bytes > free:
         raise DiskSpaceError(folder, doing, needed_bytes, free)
+
+
+def human_size(count: int) -> str:
+    """A byte count for a message: GB with two decimals from 1 GB on, else MB or kB."""
+    if count >= 1e9:
+        return f"{gigabytes(count)} GB"
+    if count >= 1e6:
+        return f"{count / 1e6:.1f} MB"
+    return f"{count / 1e3:.0f} kB"
 
 
 def gigabytes(count: int) -> str:

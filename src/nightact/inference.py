@@ -97,9 +97,9 @@ def load_predictor(
             raise FileNotFoundError(f"{path}: no such run folder or .keras file")
         else:
             raise ValueError(f"{path}: expected a training run folder or a .keras model file")
-        import keras
+        from nightact.checkpoints import load_checkpoint
 
-        model = keras.saving.load_model(model_path, compile=False)
+        model = load_checkpoint(model_path, compile=False)
         source = str(model_path)
         metadata_folder = model_path.parent
 

@@ -136,8 +136,17 @@ def compare(runs, out: str | os.PathLike, evaluate_missing: bool = False) -> Pat
 
     Returns:
         The path of ``report.html``.
+
+    Holds the lock of ``out`` while it writes (a second compare into it is refused).
     """
+    from nightact.locks import folder_lock
+
     folders = find_runs(runs)
+    with folder_lock(out):
+        return _compare(folders, Path(out), evaluate_missing)
+
+
+def _compare(folders: list[Path], out: Path, evaluate_missing: bool) -> Path:
     if evaluate_missing:
         evaluate_runs(folders)
     loaded = [load_run(run) for run in folders]

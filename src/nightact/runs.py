@@ -24,11 +24,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from nightact import files
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 CLASSES = "classes.json"
@@ -94,26 +98,36 @@ def model_path(run: str | os.PathLike) -> Path:
 
 
 def read_history(run: str | os.PathLike) -> list[dict]:
-    """The rows of RUN/history.csv as dicts of floats, ``epoch`` an int from 0; [] when absent."""
+    """The rows of RUN/history.csv as dicts of floats, ``epoch`` an int from 0; [] when absent.
+
+    Reading stops, with a warning, at the first row that is not whole (a half line left by an
+    appending writer that was killed; nightact's own writer rewrites the file atomically).
+    """
     path = Path(run) / HISTORY
     if not path.is_file():
         return []
     rows = []
     with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            parsed = {key: float(value) for key, value in row.items() if value not in ("", None)}
-            parsed["epoch"] = int(parsed["epoch"])
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                if None in row or any(value in ("", None) for value in row.values()):
+                    raise ValueError("missing values")
+                parsed = {key: float(value) for key, value in row.items()}
+                parsed["epoch"] = int(parsed["epoch"])
+            except (TypeError, ValueError):
+                log.warning("%s: line %d is incomplete; reading stops before it", path, number)
+                break
             rows.append(parsed)
     return rows
 
 
 def write_history(run: str | os.PathLike, rows: list[dict]) -> None:
-    """Rewrite RUN/history.csv with ``rows`` only (dropping epochs a resume will redo)."""
+    """Rewrite RUN/history.csv atomically with ``rows`` only; remove it when there are none."""
     path = Path(run) / HISTORY
     if not rows:
         path.unlink(missing_ok=True)
         return
-    columns = ["epoch", *sorted(key for key in rows[0] if key != "epoch")]
+    columns = ["epoch", *sorted({key for row in rows for key in row} - {"epoch"})]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -123,6 +137,17 @@ def write_history(run: str | os.PathLike, rows: list[dict]) -> None:
 
 def history_path(run: str | os.PathLike) -> Path:
     return Path(run) / HISTORY
+
+
+def remove_run(run: str | os.PathLike) -> None:
+    """Delete what a training run writes in RUN (for ``train --overwrite``), nothing else."""
+    run = Path(run)
+    for name in (CONFIG, CLASSES, MODEL, HISTORY, RESULT):
+        (run / name).unlink(missing_ok=True)
+    for folder in (BACKUP, TENSORBOARD):
+        shutil.rmtree(run / folder, ignore_errors=True)
+    for evaluation in run.glob("evaluation*"):
+        shutil.rmtree(evaluation, ignore_errors=True)
 
 
 # --- result.json ----------------------------------------------------------------------------------

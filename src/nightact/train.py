@@ -9,9 +9,14 @@
       history.csv     epoch (from 0, as Keras counts), loss, accuracy, val_loss, val_accuracy,
                       seconds (wall time of the epoch, validation included)
       tensorboard/    TensorBoard logs (``tensorboard --logdir RUN/tensorboard``)
-      backup/         the last finished epoch's weights and optimizer state while a run is
-                      unfinished; ``resume=True`` continues from there; removed at the end
+      backup/         the last two finished epochs' weights, optimizer state and history while
+                      a run is unfinished (:class:`nightact.checkpoints.EpochBackup`);
+                      ``resume=True`` continues from the newest whole one; removed at the end
       result.json     written when training ends: the RunResult; a run with it is finished
+      .lock           held while a process trains into RUN (:mod:`nightact.locks`)
+
+Every file is written atomically (a temporary name, fsync, rename), so a kill at any instant
+costs at most the epoch in progress; see docs/robustness.md.
 
 What differs from the original notebooks, and why:
 
@@ -199,7 +204,9 @@ class RunResult:
         return runs.model_path(self.run)
 
 
-def train(config: TrainConfig, callbacks=None, verbose: int = 1) -> RunResult:
+def train(
+    config: TrainConfig, callbacks=None, verbose: int = 1, overwrite: bool = False
+) -> RunResult:
     """Train ``config.model`` on ``config.data`` and write the run folder ``config.out``.
 
     Args:
@@ -207,6 +214,7 @@ def train(config: TrainConfig, callbacks=None, verbose: int = 1) -> RunResult:
         callbacks: extra Keras callbacks, called after the run's own ones.
         verbose: Keras' progress display: 1 a progress bar per epoch, 2 one line per epoch,
             0 none. A one-line summary per epoch is logged either way.
+        overwrite: discard a run already in ``config.out`` first (only the files a run writes).
 
     Returns:
         The RunResult, also saved as RUN/result.json. If the run in ``config.out`` already
@@ -215,24 +223,46 @@ def train(config: TrainConfig, callbacks=None, verbose: int = 1) -> RunResult:
     Raises:
         FileExistsError: ``config.out`` holds a run and ``config.resume`` is not set.
         ValueError: the store does not fit the config, or a resumed run's settings differ.
+        nightact.checkpoints.ResumeError: nothing in the run folder is whole enough to resume.
+        nightact.locks.FolderLockedError: another process is training into ``config.out``.
+        nightact.files.DiskSpaceError: the disk lacks the space the run's checkpoints need.
+        nightact.files.DiskFullError: the disk filled up during a save; resume once freed.
     """
+    from nightact.locks import folder_lock
+
     config, class_names = check_store(config)
-    finished = open_or_resume_run(config)
-    if finished is not None:
-        return finished
-    train_split, val_split = open_splits(config)
-    config, setup = use_devices(config)
-    start_run(config, class_names)
-    model = build_and_compile(config, len(class_names), setup)
-    start_epoch, history = truncate_history(config)
-    train_batches, val_batches = make_batches(config, train_split, val_split, start_epoch, setup)
-    try:
-        run_callbacks = make_callbacks(config, history, callbacks)
-        seconds = fit(model, config, train_batches, val_batches, run_callbacks, verbose)
-    finally:
-        train_batches.close()
-        val_batches.close()
-    return write_result(config, model, seconds)
+    with folder_lock(config.out):
+        if overwrite:
+            runs.remove_run(config.out)
+        finished = open_or_resume_run(config)
+        if finished is not None:
+            remove_backups(config)  # left by a kill between result.json and their removal
+            return finished
+        train_split, val_split = open_splits(config)
+        config, setup = use_devices(config)
+        # Under MirroredStrategy every variable must be made in its scope, the optimizer's too,
+        # which the free-space check and a resume build.
+        with setup.scope():
+            model = build_and_compile(config, len(class_names), setup)
+            # Before anything is written: a refused run leaves no run behind.
+            check_free_space(config, model)
+            start_run(config, class_names)
+            start_epoch, history = restore_state(config, model)
+        train_batches, val_batches = make_batches(
+            config, train_split, val_split, start_epoch, setup
+        )
+        try:
+            run_callbacks = make_callbacks(config, history, callbacks)
+            seconds = fit(
+                model, config, train_batches, val_batches, run_callbacks, verbose, start_epoch
+            )
+        finally:
+            train_batches.close()
+            val_batches.close()
+        result = write_result(config, model, seconds)
+        # Only now: a kill before result.json is on disk resumes from the last backup.
+        remove_backups(config)
+        return result
 
 
 # --- the steps of train(), in order ---------------------------------------------------------------
@@ -431,24 +461,56 @@ def _jit_compile(config: TrainConfig, mirrored: bool = False):
     return "auto"
 
 
-def truncate_history(config: TrainConfig) -> tuple[int, list[dict]]:
-    """The epoch to start from (after the backup's last finished one, 0 for a new run) and the
-    history up to it; history.csv is cut back to those rows, as the epochs after will be redone.
+def check_free_space(config: TrainConfig, model) -> None:
+    """Refuse to start unless the disk holds what the run's checkpoints and backups will take.
+
+    Raises nightact.files.DiskSpaceError naming both figures.
     """
+    from nightact import checkpoints, files
+
     run = Path(config.out)
-    start_epoch = _backup_epoch(run / runs.BACKUP) if config.resume else 0
-    history = runs.read_history(run)[:start_epoch]
-    runs.write_history(run, history)
-    if start_epoch:
-        log.info("resuming %s after epoch %d of %d", run, start_epoch, config.epochs)
-    return start_epoch, history
+    needed = checkpoints.run_bytes_needed(model) - checkpoints.run_bytes_present(run)
+    files.check_free_space(
+        run,
+        max(needed, 0),
+        f"training {config.model} (checkpoint and two backups)",
+        margin_bytes=_SPACE_MARGIN_BYTES,
+    )
+
+
+# Room for what is not estimated: history, TensorBoard logs, evaluation files.
+_SPACE_MARGIN_BYTES = 8 << 20
+
+
+def restore_state(config: TrainConfig, model) -> tuple[int, list[dict]]:
+    """Load the newest whole state of a resumed run into ``model``; (0, []) for a new run.
+
+    Returns the epoch to start from and the history up to it; history.csv and model.keras are
+    put back in step with it (:func:`nightact.checkpoints.restore_training`).
+    """
+    if not config.resume:
+        return 0, []
+    from nightact.checkpoints import restore_training
+
+    run = Path(config.out)
+    point = restore_training(run, model, monitor="val_accuracy", mode="max")
+    if point.epoch:
+        log.info("resuming %s after epoch %d of %d", run, point.epoch, config.epochs)
+    return point.epoch, point.history
+
+
+def remove_backups(config: TrainConfig) -> None:
+    """Remove a finished run's backups (its result.json is on disk)."""
+    from nightact.checkpoints import remove_backups as remove
+
+    remove(Path(config.out) / runs.BACKUP)
 
 
 def make_callbacks(config: TrainConfig, history: list[dict], extra=None) -> list:
     """The run's callbacks, in the order they must run, then ``extra``."""
     import keras
 
-    from nightact import callbacks
+    from nightact import callbacks, checkpoints
 
     run = Path(config.out)
     early_stopping = None
@@ -458,11 +520,11 @@ def make_callbacks(config: TrainConfig, history: list[dict], extra=None) -> list
         )
     best = max((row["val_accuracy"] for row in history), default=None)
     return [
-        # Order matters: the epoch's time must be in the logs before CSVLogger writes them, and
-        # the history row must be on disk before the backup says the epoch is done.
+        # Order matters: the epoch's time must be in the logs before the history row is written,
+        # and the backup, which commits the epoch, links the checkpoint saved just before it.
         callbacks.EpochTimer(),
-        keras.callbacks.CSVLogger(str(runs.history_path(run)), append=True),
-        keras.callbacks.ModelCheckpoint(
+        checkpoints.HistoryLogger(run, history),
+        checkpoints.AtomicModelCheckpoint(
             str(runs.model_path(run)),
             monitor="val_accuracy",
             mode="max",
@@ -470,7 +532,7 @@ def make_callbacks(config: TrainConfig, history: list[dict], extra=None) -> list
             # After a resume, beat the best epoch from before the interruption.
             initial_value_threshold=best,
         ),
-        keras.callbacks.BackupAndRestore(str(run / runs.BACKUP)),
+        checkpoints.EpochBackup(run / runs.BACKUP, runs.model_path(run), history),
         *callbacks.tensorboard(run / runs.TENSORBOARD),
         *(
             [early_stopping, callbacks.RestoreEarlyStopping(early_stopping, history)]
@@ -485,14 +547,17 @@ def make_callbacks(config: TrainConfig, history: list[dict], extra=None) -> list
     ]
 
 
-def fit(model, config: TrainConfig, train_batches, val_batches, run_callbacks, verbose) -> float:
-    """Run Keras' fit loop; return its wall time in seconds."""
+def fit(
+    model, config: TrainConfig, train_batches, val_batches, run_callbacks, verbose, start_epoch=0
+) -> float:
+    """Run Keras' fit loop from ``start_epoch``; return its wall time in seconds."""
     started = time.perf_counter()
     model.fit(
         train_batches,
         steps_per_epoch=len(train_batches),
         validation_data=val_batches,
         epochs=config.epochs,
+        initial_epoch=start_epoch,
         callbacks=run_callbacks,
         verbose=verbose,
         # The stream shuffles itself, per epoch, from the seed.
@@ -593,11 +658,3 @@ def gpu_available() -> bool:
 
         return torch.cuda.is_available()
     return False
-
-
-def _backup_epoch(backup: Path) -> int:
-    """Epochs finished before the interruption, from BackupAndRestore's metadata (0 if none)."""
-    path = backup / "training_metadata.json"
-    if not path.exists():
-        return 0
-    return int(json.loads(path.read_text(encoding="utf-8"))["epoch"])
