@@ -11,6 +11,7 @@ from nightact import cli
 from nightact.dataset import PrepareConfig
 from nightact.demo import DemoConfig
 from nightact.download import DownloadConfig
+from nightact.embed import EmbedConfig
 from nightact.names import NUM_CLASSES
 from nightact.synthetic import SynthConfig
 from nightact.train import TrainConfig
@@ -32,8 +33,13 @@ def parse(*argv: str):
             cli.train_config,
             TrainConfig("store", "gru", "run"),
         ),
+        (
+            ["embed", "store", "--backbone", "mobilenet_v3_small", "--out", "emb"],
+            cli.embed_config,
+            EmbedConfig("store", "mobilenet_v3_small", "emb"),
+        ),
     ],
-    ids=["synth", "prepare", "demo", "download", "train"],
+    ids=["synth", "prepare", "demo", "download", "train", "embed"],
 )
 def test_a_command_without_flags_builds_the_default_config(argv, build, expected):
     assert build(parse(*argv)) == expected

@@ -292,3 +292,58 @@ assert main(["preview", {str(tmp_path / "store")!r}]) == 0
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "videos").rglob("*.mp4"))) == 12
+
+
+def test_candidate_frames_per_segment_are_stored_segment_by_segment(tmp_path):
+    from nightact.sampling import candidate_indices
+
+    src = tmp_path / "src"
+    write_barcode_video(src / "a" / "long.mp4", 40)
+    write_barcode_video(src / "a" / "middling.mp4", 6)
+    write_barcode_video(src / "b" / "short.mp4", 3)
+    settings = dict(frames=4, split=(1.0, 0.0, 0.0), height=64, width=96)
+    prepare(_config(src, tmp_path / "store", frames_per_segment=3, **settings))
+    info = read_store_info(tmp_path / "store")
+    assert info["frames"] == 4 and info["frames_per_segment"] == 3
+    train = open_split(tmp_path / "store", "train")
+    assert train.frames.shape[1:] == (12, 64, 96, 3) and train.segments == 4
+    barcodes = {
+        path: [read_barcode(frame) for frame in train.frames[row]]
+        for row, path in enumerate(train.paths)
+    }
+    assert barcodes["a/long.mp4"] == candidate_indices(40, 4, 3).ravel().tolist()
+    # 4 to 11 frames: not short, some candidates repeat.
+    assert barcodes["a/middling.mp4"] == candidate_indices(6, 4, 3).ravel().tolist()
+    # Fewer frames than segments: every frame once, the last repeated, each filling a segment.
+    assert barcodes["b/short.mp4"] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2]
+    statuses = {row["path"]: row["status"] for row in read_manifest(tmp_path / "store")}
+    assert statuses == {"a/long.mp4": "ok", "a/middling.mp4": "ok", "b/short.mp4": "short"}
+
+
+def test_one_frame_per_segment_is_the_store_as_before(tmp_path):
+    src = tmp_path / "src"
+    write_barcode_video(src / "a" / "long.mp4", 40)
+    write_barcode_video(src / "b" / "long.mp4", 23)
+    settings = dict(frames=5, split=(1.0, 0.0, 0.0), height=64, width=96)
+    prepare(_config(src, tmp_path / "store", **settings))
+    train = open_split(tmp_path / "store", "train")
+    assert train.frames_per_segment == 1 and train.frames.shape[1] == 5
+    for row, total in enumerate([40, 23]):
+        expected = [int(i * total / 5) for i in range(5)]
+        assert [read_barcode(frame) for frame in train.frames[row]] == expected
+    # Nothing new in store.json: a store made before K existed is the same store.
+    settings_saved = json.loads((tmp_path / "store" / "store.json").read_text())["settings"]
+    assert "frames_per_segment" not in settings_saved
+    again = prepare(_config(src, tmp_path / "store", frames_per_segment=1, **settings))
+    assert again.already_done
+
+
+def test_a_test_only_store_can_be_prepared(source, tmp_path):
+    summary = prepare(_config(source, tmp_path / "store", split=(0.0, 0.0, 1.0)))
+    assert summary.prepared == 18
+    assert len(open_split(tmp_path / "store", "train")) == 0
+    assert len(open_split(tmp_path / "store", "test")) == 18
+    with pytest.raises(ValueError, match="sum to 1"):
+        PrepareConfig(src="s", out="o", split=(0.0, 0.0, 0.5))
+    with pytest.raises(ValueError, match="frames_per_segment"):
+        PrepareConfig(src="s", out="o", frames_per_segment=0)

@@ -64,3 +64,9 @@ def test_tiny_demo_runs_end_to_end_and_resumes(tmp_path):
     again = run_demo(config)
     assert again.test_accuracy == result.test_accuracy
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+
+
+def test_demo_settings_name_augmentation_only_when_on():
+    # A demo folder made before the setting existed still matches a demo without it.
+    assert "augment" not in DemoConfig().content()
+    assert DemoConfig(augment=True).content()["augment"] is True

@@ -71,6 +71,9 @@ def test_a_short_run_learns_and_writes_its_run_folder(store, tmp_path):
         batch_size=8,
         learning_rate=3e-3,
         seed=1,
+        # The numbers below are those of plain training; augmentation needs more epochs
+        # (docs/augmentation.md), and is measured by benchmarks/augment.py.
+        augment=False,
         **TINY_MODEL,
     )
     result = train(config, verbose=0)
@@ -87,7 +90,7 @@ def test_a_short_run_learns_and_writes_its_run_folder(store, tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"] == "cnn_gru" and saved["data"] == str(store)
     assert (saved["frames"], saved["height"], saved["width"]) == (6, 24, 32)
-    assert saved["seed"] == 1 and saved["units"] == [32, 16]
+    assert saved["seed"] == 1 and saved["units"] == [32, 16] and saved["augment"] is False
     classes = json.loads((run / "classes.json").read_text())["class_names"]
     assert len(classes) == 12 and "walking with flashlight" in classes
     with open(run / "history.csv", newline="") as handle:
@@ -145,3 +148,19 @@ def test_resume_continues_from_the_last_finished_epoch(store, tmp_path, capsys):
     # Resuming a finished run does nothing and returns its result.
     again = train(TrainConfig(**{**vars(config), "resume": True}), verbose=0)
     assert again.epochs_completed == 3 and read_history(run) == history
+
+
+def test_augmentation_is_recorded_off_for_the_original_and_for_older_runs(tmp_path):
+    import dataclasses
+
+    from nightact.train import make_config
+
+    original = TrainConfig.from_preset("original", data="store", model="cnn_gru", out="run")
+    assert original.augment is False
+    assert TrainConfig(data="s", model="gru", out="r", augment=True).augment is True
+    # A run saved before the setting existed resumes without augmentation.
+    saved = dataclasses.asdict(TrainConfig(data="store", model="gru", out=str(tmp_path / "old")))
+    saved.pop("augment")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    assert make_config(resume=True, out=str(tmp_path / "old")).augment is False

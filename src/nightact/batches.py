@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 
+from nightact.sampling import random_candidates, select_frames
+
 
 class ClipBatches(keras.utils.PyDataset):
     """Batches of (uint8 clips, one-hot float32 labels) read from a memory-mapped split.
@@ -35,6 +37,13 @@ class ClipBatches(keras.utils.PyDataset):
     ``on_epoch_end``) keeps it right even though Keras starts reading the next epoch before the
     current one has ended, and lets a resumed run see exactly the batches an uninterrupted one
     would have.
+
+    A store with K candidate frames per segment holds N*K frames per row
+    (:mod:`nightact.sampling`); the batches hold N. Training with ``augment`` set shows each clip
+    a random candidate per segment and one random clip-consistent transform
+    (:mod:`nightact.augment`), both drawn from ``(seed, epoch, row)``. Everything else reads
+    ``candidate`` (0: the original's frames) untouched, mirrored when ``mirror`` is set (a
+    test-time view); ``augment`` is ignored without ``shuffle``, so validation never sees it.
 
     Data parallelism (:mod:`nightact.devices`): ``batch_size`` is the global batch. With
     ``process=(index, count)`` this process reads only its own contiguous ``1/count`` of each
@@ -55,6 +64,9 @@ class ClipBatches(keras.utils.PyDataset):
         start_epoch: int = 0,
         workers: int = 1,
         drop_remainder: bool = False,
+        augment=None,
+        candidate: int = 0,
+        mirror: bool = False,
         process: tuple[int, int] = (0, 1),
         pad_to: int = 1,
     ):
@@ -78,6 +90,15 @@ class ClipBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.start_epoch = start_epoch
+        self.segments = int(split.frames.shape[1]) // split.frames_per_segment
+        self.per_segment = split.frames_per_segment
+        if not 0 <= candidate < self.per_segment:
+            raise ValueError(
+                f"candidate must lie in [0, {self.per_segment}) for this store, got {candidate}"
+            )
+        self.augment = augment if shuffle else None
+        self.candidate = candidate
+        self.mirror = mirror
         if shuffle and drop_remainder and len(split) >= batch_size:
             # Every batch full: one shape, so a compiled step is traced and compiled only once.
             self.steps_per_epoch = len(split) // batch_size
@@ -147,6 +168,24 @@ class ClipBatches(keras.utils.PyDataset):
             rows = rows[mine]
             weights = None if weights is None else weights[mine]
         clips = read_rows(self.split.frames, rows)
+        if self.augment is not None:
+            from nightact.augment import augment_clips
+
+            epoch = self.epoch_of(index)
+            if self.per_segment > 1:
+                choices = np.stack(
+                    [
+                        random_candidates(self.segments, self.per_segment, self.seed, epoch, row)
+                        for row in rows.tolist()
+                    ]
+                )
+                clips = select_frames(clips, self.segments, self.per_segment, choices)
+            clips = augment_clips(clips, rows, self.augment, self.seed, epoch)
+        else:
+            choices = np.full(self.segments, self.candidate, dtype=np.int64)
+            clips = select_frames(clips, self.segments, self.per_segment, choices)
+            if self.mirror:
+                clips = np.ascontiguousarray(clips[:, :, :, ::-1])
         labels = self._one_hot[self.split.labels[rows]]
         if weights is None:
             return clips, labels

@@ -14,6 +14,7 @@ import os
 import sys
 
 from nightact import __version__
+from nightact.backbones import WeightsUnavailableError
 
 # Every flag that sets a config field defaults to None, meaning "not given": the config's own
 # dataclass default then applies, and the help text shows that default, read from the dataclass.
@@ -133,6 +134,15 @@ def _add_data_commands(subparsers) -> None:
     _option(prepare, "--split", PrepareConfig, "train,val,test fractions", type=_fractions)
     _option(prepare, "--seed", PrepareConfig, "seed of the stratified split", type=int)
     _option(prepare, "--workers", PrepareConfig, "processes", type=int, none="CPUs")
+    _option(
+        prepare,
+        "--frames-per-segment",
+        PrepareConfig,
+        "candidate frames stored per segment, for training with --augment; memory and disk "
+        "grow K times",
+        type=int,
+        metavar="K",
+    )
     _option(
         prepare,
         "--extensions",
@@ -445,6 +455,26 @@ def _add_training_commands(subparsers) -> None:
     _option(train, "--conv-kernel", TrainConfig, "CNN models' kernel size", type=int)
     _option(train, "--conv-stride", TrainConfig, "CNN models' stride", type=int)
     _option(train, "--unroll", TrainConfig, "unroll the recurrent layers", action="store_true")
+    _option(
+        train,
+        "--fine-tune",
+        TrainConfig,
+        "on an embedding store: after the head, unfreeze this many top backbone layers and "
+        "train end to end on the clip store",
+        type=int,
+    )
+    _option(train, "--fine-tune-epochs", TrainConfig, "epochs of --fine-tune", type=int)
+    _option(
+        train, "--fine-tune-learning-rate", TrainConfig, "Adam's rate in --fine-tune", type=float
+    )
+    _option(
+        train,
+        "--augment",
+        TrainConfig,
+        "random candidate frame per segment and one random flip, crop, gamma, contrast, gain "
+        "and noise per training clip (--no-augment: off; --preset original: off)",
+        action=argparse.BooleanOptionalAction,
+    )
     train.add_argument(
         "--no-xla",
         dest="xla",
@@ -472,9 +502,31 @@ def _add_training_commands(subparsers) -> None:
         action="store_true",
         help="accept --split val, whose scores are optimistic",
     )
-    evaluate.add_argument("--data", default=None, help="the store, if it moved since training")
+    evaluate.add_argument(
+        "--data",
+        default=None,
+        help="the test split of another store with the same class names (another camera); "
+        "results go to RUN/evaluation-STORENAME/",
+    )
     evaluate.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    evaluate.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        help="average the softmax over V views: candidate frames of the store, mirrored too "
+        "if the run trained flips (default 1)",
+    )
     evaluate.set_defaults(run=_run_evaluate)
+
+    robustness = subparsers.add_parser(
+        "robustness", help="test accuracy as the clips get darker and noisier (PNG + CSV)"
+    )
+    robustness.add_argument("run_folder", metavar="RUN", help="a training run folder")
+    robustness.add_argument(
+        "--data", default=None, help="another store with the same class names (default: the run's)"
+    )
+    robustness.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    robustness.set_defaults(run=_run_robustness)
 
     compare = subparsers.add_parser(
         "compare", help="compare runs: curves, confusion matrices, table (HTML + Markdown)"
@@ -497,6 +549,13 @@ def _add_training_commands(subparsers) -> None:
     _option(demo, "--epochs", DemoConfig, "per model", type=int)
     _option(demo, "--videos-per-class", DemoConfig, "synthetic videos per class", type=int)
     _option(demo, "--seed", DemoConfig, "seed of videos, split and training", type=int)
+    _option(
+        demo,
+        "--augment",
+        DemoConfig,
+        "train with clip-consistent augmentation (--no-augment: without)",
+        action=argparse.BooleanOptionalAction,
+    )
     _option(demo, "--workers", DemoConfig, "processes for synth and prepare", type=int, none="CPUs")
     demo.set_defaults(run=_run_demo)
 
@@ -562,9 +621,19 @@ def _run_evaluate(args) -> int:
         data=args.data,
         batch_size=args.batch_size,
         allow_validation=args.allow_validation,
+        views=args.views,
     )
     print(format_metrics(metrics))
     print(f"wrote {metrics['output']}")
+    return 0
+
+
+def _run_robustness(args) -> int:
+    from nightact.sweep import format_sweep, robustness
+
+    result = robustness(args.run_folder, data=args.data, batch_size=args.batch_size)
+    print(format_sweep(result["rows"]))
+    print(f"wrote {result['output']}")
     return 0
 
 
@@ -628,6 +697,13 @@ def _add_download_predict_commands(subparsers) -> None:
     predict.add_argument("--top-k", type=int, default=3, help="classes to show per video")
     predict.add_argument("--batch-size", type=int, default=8, help="clips per model call")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        help="average the softmax over V views: candidate frames, mirrored too if the run "
+        "trained flips (default 1)",
+    )
     predict.set_defaults(run=_run_predict)
 
 
@@ -657,7 +733,7 @@ def _run_predict(args) -> int:
     from nightact.inference import format_predictions, predict_videos
 
     predictions = predict_videos(
-        args.model, args.videos, top_k=args.top_k, batch_size=args.batch_size
+        args.model, args.videos, top_k=args.top_k, batch_size=args.batch_size, views=args.views
     )
     if args.json:
         print(json.dumps([prediction.to_dict() for prediction in predictions], indent=2))
@@ -667,6 +743,53 @@ def _run_predict(args) -> int:
 
 
 # --- end download and predict -------------------------------------------------------------------
+
+# --- embed ------------------------------------------------------------------------------------
+
+
+def _add_embed_command(subparsers) -> None:
+    from nightact.backbones import BACKBONE_NAMES
+    from nightact.embed import EmbedConfig
+
+    embed = subparsers.add_parser(
+        "embed",
+        help="run a frozen pretrained backbone over every frame of a store once, caching features",
+    )
+    embed.add_argument("store", help="a prepared clip store (nightact prepare)")
+    embed.add_argument(
+        "--backbone", required=True, choices=BACKBONE_NAMES, help="the frame encoder"
+    )
+    _option(
+        embed,
+        "--weights",
+        EmbedConfig,
+        "imagenet (downloaded once by Keras), none (random: for tests and timing only), or a "
+        "path to a .weights.h5 of the same network",
+    )
+    embed.add_argument("--out", required=True, help="the embedding store to write or resume")
+    _option(embed, "--batch-size", EmbedConfig, "frames per call of the backbone", type=int)
+    embed.add_argument(
+        "--overwrite", action="store_true", help="replace the embeddings already in OUT"
+    )
+    embed.set_defaults(run=_run_embed)
+
+
+def embed_config(args):
+    from nightact.embed import EmbedConfig
+
+    return _config(args, EmbedConfig)
+
+
+def _run_embed(args) -> int:
+    from nightact.embed import embed
+
+    summary = embed(embed_config(args), overwrite=args.overwrite)
+    print(summary.table())
+    print(f"next: nightact train --data {summary.out} --model gru")
+    return 0
+
+
+# --- end embed ------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -685,6 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMAND_GROUPS = [
     _add_data_commands,
+    _add_embed_command,
     _add_model_commands,
     _add_training_commands,
     _add_download_predict_commands,
@@ -711,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         FileExistsError,
         NotADirectoryError,
+        WeightsUnavailableError,
         FolderLockedError,
         DiskSpaceError,
         DiskFullError,

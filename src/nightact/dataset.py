@@ -94,6 +94,10 @@ class PrepareConfig:
     workers: int | None = None
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     short_clips: str = "repeat-last"
+    # Candidate frames stored per segment (nightact.sampling): training with augmentation picks
+    # one at random, everything else reads the first, the original's frame. Memory and disk
+    # grow K times. 1: one frame per segment, the store exactly as before this setting existed.
+    frames_per_segment: int = 1
     group_by: str = "none"  # none, near-duplicates or a regex with a capture group (groups.py)
     check_leakage: bool = True  # look for near-duplicates across splits at the end, and warn
 
@@ -110,9 +114,12 @@ class PrepareConfig:
             raise ValueError(f"height and width must be positive, got {self.height}x{self.width}")
         if len(self.split) != 3 or any(fraction < 0 for fraction in self.split):
             raise ValueError(f"split must be three non-negative fractions, got {self.split}")
-        if abs(sum(self.split) - 1.0) > 1e-6 or self.split[0] <= 0:
+        # A store may be test-only (--split 0,0,1): another camera to score a run on.
+        if abs(sum(self.split) - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {self.split}")
+        if self.frames_per_segment < 1:
             raise ValueError(
-                f"split fractions must sum to 1 with a non-zero train part, got {self.split}"
+                f"frames_per_segment must be at least 1, got {self.frames_per_segment}"
             )
         if self.short_clips not in SHORT_CLIP_POLICIES:
             raise ValueError(
@@ -136,6 +143,12 @@ class PrepareConfig:
             "seed": self.seed,
             "extensions": list(self.extensions),
             "short_clips": self.short_clips,
+            # Absent for K=1, so a store made before the setting existed still matches.
+            **(
+                {"frames_per_segment": self.frames_per_segment}
+                if self.frames_per_segment > 1
+                else {}
+            ),
             # Only when set, so that stores made before --group-by existed stay complete.
             **({"group_by": self.group_by} if self.group_by != "none" else {}),
         }
@@ -160,6 +173,13 @@ class Split:
     labels: np.ndarray  # int64 (n,)
     class_names: list[str]
     paths: list[str]  # source file of each row, relative to SRC
+    # K candidates per segment: a row holds frames * K pictures (see nightact.sampling).
+    frames_per_segment: int = 1
+
+    @property
+    def segments(self) -> int:
+        """N, the frames a model reads per clip."""
+        return int(self.frames.shape[1]) // self.frames_per_segment
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -411,7 +431,8 @@ def _prepare(
         _check_store_space(config, out, {name: len(splits[name]) for name in SPLIT_NAMES})
         partial.mkdir(parents=True, exist_ok=True)
         for name in SPLIT_NAMES:
-            shape = (len(splits[name]), config.frames, config.height, config.width, 3)
+            rows_frames = config.frames * config.frames_per_segment
+            shape = (len(splits[name]), rows_frames, config.height, config.width, 3)
             open_memmap(partial / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape).flush()
         # The plan is written after the arrays exist, so a plan on disk means they are usable.
         files.write_json_atomic(plan_file, plan)
@@ -516,6 +537,7 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
             height=config.height,
             width=config.width,
             short_clips=config.short_clips,
+            frames_per_segment=config.frames_per_segment,
         )
         for entry, split, row in todo
     ]
@@ -598,6 +620,7 @@ class ClipJob(NamedTuple):
     height: int
     width: int
     short_clips: str  # PrepareConfig.short_clips
+    frames_per_segment: int = 1
 
 
 def _prepare_one(job: ClipJob) -> dict:
@@ -608,7 +631,13 @@ def _prepare_one(job: ClipJob) -> dict:
     try:
         stat = source.stat()
         result.update(file_size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-        clip = read_clip(source, frames=frames, height=job.height, width=job.width)
+        clip = read_clip(
+            source,
+            frames=frames,
+            height=job.height,
+            width=job.width,
+            frames_per_segment=job.frames_per_segment,
+        )
         result.update(
             decoded_frames=clip.decoded_frames,
             header_frames=clip.header_frames,
@@ -787,6 +816,8 @@ def read_store_info(store: str | os.PathLike) -> dict:
     settings = info["settings"]
     return {
         "frames": settings["frames"],
+        # Stores made before K existed hold one frame per segment.
+        "frames_per_segment": int(settings.get("frames_per_segment", 1)),
         "height": settings["height"],
         "width": settings["width"],
         "class_names": info["class_names"],
@@ -823,6 +854,7 @@ def open_split(store: str | os.PathLike, split: str) -> Split:
         labels=labels,
         class_names=list(info["class_names"]),
         paths=[row["path"] for row in rows],
+        frames_per_segment=info["frames_per_segment"],
     )
 
 
@@ -838,7 +870,8 @@ def write_preview(
         raise ValueError(f"{store}: {split} has {len(data)} clips; index {index} is out of range")
     clip = np.asarray(data.frames[index])
     class_name = data.class_names[int(data.labels[index])]
-    columns = min(5, len(clip))
+    # One row per segment when the store keeps several candidates of each.
+    columns = data.frames_per_segment if data.frames_per_segment > 1 else min(5, len(clip))
     rows = -(-len(clip) // columns)
     aspect = clip.shape[1] / clip.shape[2]
     figure = Figure(figsize=(3 * columns, 3 * rows * aspect + 0.8), layout="constrained")
@@ -847,7 +880,12 @@ def write_preview(
         axis.set_axis_off()
         if number < len(clip):
             axis.imshow(clip[number])
-            axis.set_title(f"frame {number + 1}", fontsize=9)
+            per_segment = data.frames_per_segment
+            if per_segment == 1:
+                title = f"frame {number + 1}"
+            else:
+                title = f"segment {number // per_segment + 1}, candidate {number % per_segment}"
+            axis.set_title(title, fontsize=9)
     figure.suptitle(f"{class_name}  ({split} #{index}: {data.paths[index]})", fontsize=12)
     path = Path(out) if out else Path(store) / f"preview-{split}-{index}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,8 @@ class DemoConfig:
     conv_filters: int = 32
     conv_kernel: int = 4
     conv_stride: int = 4
+    # Clip-consistent augmentation in training (nightact train --augment); docs/augmentation.md.
+    augment: bool = False
     seed: int = 0
     workers: int | None = None  # processes for synth and prepare (default: CPUs)
 
@@ -79,6 +81,9 @@ class DemoConfig:
         for name in ("out", "workers", "models"):
             settings.pop(name)
         settings["units"] = list(self.units)
+        if not settings["augment"]:
+            # A demo folder from before the setting existed trained without it: still the same.
+            settings.pop("augment")
         settings["video_size"] = list(self.video_size) if self.video_size else None
         return settings
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from nightact import files, runs
+from nightact.sampling import view_plan
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def evaluate(
     data: str | os.PathLike | None = None,
     batch_size: int | None = None,
     allow_validation: bool = False,
+    views: int = 1,
 ) -> dict:
     """Evaluate the best checkpoint of a training run and write ``RUN/evaluation/``.
 
@@ -134,16 +136,22 @@ def evaluate(
         run: a run folder written by :func:`nightact.train.train`.
         split: "test" (default). "val" chose the checkpoint, so it is refused unless
             ``allow_validation`` is set; "train" only tells how well the model fits.
-        data: the prepared store, when it moved since training (default: the run's config).
+        data: another prepared store with the same class names (another camera or site, often
+            test-only: ``prepare --split 0,0,1``); its results go to ``RUN/evaluation-NAME/``,
+            NAME its folder name, beside the run's own. Default: the run's own store.
         batch_size: clips per forward pass (default: the run's training batch size).
         allow_validation: accept ``split="val"``; its scores are optimistic.
+        views: average the softmax over this many views of each clip: the store's candidate
+            frames per segment, and their mirror images when the run trained with flips
+            (:func:`nightact.sampling.view_plan`); 1 reads the original's frames only.
 
     Returns:
         The metrics dict of :func:`compute_metrics` plus ``run``, ``model``, ``split``, ``data``,
         ``parameters``, ``model_size_mb`` (the weights, in MB of 2**20 bytes, as Keras'
         ``summary()`` counts them), ``checkpoint_mb`` (``model.keras`` on disk, optimizer state
         included), ``inference_ms_per_clip`` and ``inference_batch_size``. Also saved as
-        ``metrics.json`` in the output folder (key ``output``).
+        ``metrics.json`` in the output folder (key ``output``), with ``views`` and
+        ``view_plan`` (candidate and mirrored, per view).
 
     Raises:
         ValueError: a damaged checkpoint (one line naming it), or a store that does not fit.
@@ -163,12 +171,26 @@ def evaluate(
             "these scores are optimistic, not a test result",
             run,
         )
-    runs.read_config(run)  # refuse a folder that is not a run before creating anything in it
-    with folder_lock(runs.evaluation_folder(run, split)):
-        return _evaluate(run, split, data, batch_size)
+    # Refuse a folder that is not a run before creating anything in it.
+    config = runs.read_config(run)
+    own_store = Path(config["data"])
+    if config.get("backbone"):
+        # A head trained on embeddings: model.keras is backbone + head, scored on the clips.
+        from nightact.embed import source_store
+
+        own_store = Path(source_store(own_store))
+    store = Path(data) if data is not None else own_store
+    other_store = data is not None and store.resolve() != own_store.resolve()
+    output = runs.evaluation_folder(
+        run, split, store=store.resolve().name if other_store else None, views=views
+    )
+    with folder_lock(output):
+        return _evaluate(run, split, store, output, batch_size, views)
 
 
-def _evaluate(run: Path, split: str, data, batch_size: int | None) -> dict:
+def _evaluate(
+    run: Path, split: str, store: Path, output: Path, batch_size: int | None, views: int
+) -> dict:
     from nightact.batches import ClipBatches
     from nightact.checkpoints import load_checkpoint
     from nightact.dataset import open_split
@@ -177,31 +199,35 @@ def _evaluate(run: Path, split: str, data, batch_size: int | None) -> dict:
     model_path = runs.model_path(run)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no checkpoint; has the run finished an epoch?")
-    store = Path(data) if data is not None else Path(config["data"])
     clips = open_split(store, split)
     if len(clips) == 0:
         raise ValueError(f"{store}: the {split} split is empty; nothing to evaluate")
     trained_classes = runs.read_classes(run)
     if trained_classes is not None and trained_classes != clips.class_names:
         raise ValueError(
-            f"{store}: its classes {clips.class_names} differ from those {run} was trained on "
-            f"({trained_classes})"
+            f"{store}: its class names differ from those {run} was trained on: "
+            + class_mismatch(trained_classes, clips.class_names)
         )
+    plan = view_plan(views, clips.frames_per_segment, mirror=bool(config.get("augment")))
 
     model = load_checkpoint(model_path)
     expected = tuple(model.input.shape[1:])
-    if expected != tuple(clips.frames.shape[1:]):
+    shape = (clips.segments, *clips.frames.shape[2:])
+    if expected != shape:
         raise ValueError(
-            f"{store}: clips of shape {tuple(clips.frames.shape[1:])} do not fit {model_path}, "
-            f"which reads {expected}"
+            f"{store}: clips of shape {shape} do not fit {model_path}, which reads {expected}"
         )
     batch_size = batch_size or int(config.get("batch_size", 32))
-    probabilities, milliseconds = predict_split(model, ClipBatches(clips, batch_size))
+    probabilities, milliseconds = 0.0, 0.0
+    for candidate, mirrored in plan:
+        batches = ClipBatches(clips, batch_size, candidate=candidate, mirror=mirrored)
+        view_probabilities, view_milliseconds = predict_split(model, batches)
+        probabilities = probabilities + view_probabilities / len(plan)
+        milliseconds += view_milliseconds
 
     result = compute_metrics(clips.labels, probabilities, clips.class_names)
     # Which clip each prediction is of, so that compare pairs models only on the same clips.
     result["predictions"]["paths"] = list(clips.paths)
-    output = runs.evaluation_folder(run, split)
     result = {
         "run": str(run),
         "model": config.get("model", model.name),
@@ -212,6 +238,8 @@ def _evaluate(run: Path, split: str, data, batch_size: int | None) -> dict:
         "checkpoint_mb": model_path.stat().st_size / 2**20,
         "inference_ms_per_clip": milliseconds,
         "inference_batch_size": batch_size,
+        "views": views,
+        "view_plan": [{"candidate": c, "mirrored": m} for c, m in plan],
         **result,
         "output": str(output),
     }
@@ -229,6 +257,20 @@ def _evaluate(run: Path, split: str, data, batch_size: int | None) -> dict:
         milliseconds,
     )
     return result
+
+
+def class_mismatch(expected: list[str], found: list[str]) -> str:
+    """What differs between two class name lists, in words."""
+    missing = [name for name in expected if name not in found]
+    extra = [name for name in found if name not in expected]
+    if not missing and not extra:
+        return f"the same names in another order ({found} instead of {expected})"
+    parts = []
+    if missing:
+        parts.append(f"missing {missing}")
+    if extra:
+        parts.append(f"not trained on {extra}")
+    return ", ".join(parts)
 
 
 def predict_split(model, batches) -> tuple[np.ndarray, float]:

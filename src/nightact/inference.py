@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from nightact import runs
 from nightact.dataset import DEFAULT_EXTENSIONS
+from nightact.sampling import select_frames, view_plan
 from nightact.videos import VideoError, read_clip
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ class Predictor:
     width: int
     allow_short: bool = True
     source: str = "<in memory>"
+    # Test-time views (predict_videos(views=...)): the run's store's candidates per segment,
+    # and whether the run trained flips, so mirrored views are in its distribution.
+    frames_per_segment: int = 1
+    mirror: bool = False
 
 
 def load_predictor(
@@ -124,7 +129,22 @@ def load_predictor(
     if allow_short is None:
         policy = _short_clip_policy(metadata_folder) if metadata_folder else None
         allow_short = policy != "skip"
-    return Predictor(model, class_names, int(frames), int(height), int(width), allow_short, source)
+    per_segment, mirror = 1, False
+    if metadata_folder is not None and runs.is_run(metadata_folder):
+        config = runs.read_config(metadata_folder)
+        per_segment = int(config.get("frames_per_segment") or 1)
+        mirror = bool(config.get("augment", False))
+    return Predictor(
+        model,
+        class_names,
+        int(frames),
+        int(height),
+        int(width),
+        allow_short,
+        source,
+        frames_per_segment=per_segment,
+        mirror=mirror,
+    )
 
 
 def _short_clip_policy(run: Path) -> str | None:
@@ -176,6 +196,7 @@ def predict_videos(
     allow_short: bool | None = None,
     extensions: Iterable[str] = DEFAULT_EXTENSIONS,
     progress: bool = True,
+    views: int = 1,
 ) -> list[Prediction]:
     """Predict the action in each video; one :class:`Prediction` per video, in input order.
 
@@ -188,6 +209,9 @@ def predict_videos(
         class_names, allow_short: override what :func:`load_predictor` would find.
         extensions: which files in a folder count as videos.
         progress: show a progress bar over the videos.
+        views: average the softmax over this many views of each video, as ``evaluate`` does:
+            the candidate frames per segment of the run's store, mirrored too when the run
+            trained flips (:func:`nightact.sampling.view_plan`).
 
     A video that cannot be used (missing, not a video, too short under the run's policy) gets a
     Prediction with ``error`` set; the others are still predicted.
@@ -199,6 +223,9 @@ def predict_videos(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     predictor = load_predictor(model, class_names, allow_short)
+    plan = view_plan(views, predictor.frames_per_segment, predictor.mirror)
+    # Candidates are decoded only when a view needs one beyond the first.
+    per_segment = predictor.frames_per_segment if views > 1 else 1
     items = expand_paths(paths, extensions)
     # No point padding a handful of videos up to a large batch.
     batch_size = max(1, min(batch_size, len(items)))
@@ -214,6 +241,7 @@ def predict_videos(
                     predictor.height,
                     predictor.width,
                     allow_short=predictor.allow_short,
+                    frames_per_segment=per_segment,
                 )
             except VideoError as video_error:
                 error = video_error.reason
@@ -231,20 +259,30 @@ def predict_videos(
             log.debug("%s: %s", path, error)
             predictions[index] = Prediction(str(path), error=error)
         if len(pending) == batch_size:
-            _predict_batch(predictor, pending, items, predictions, top_k, batch_size)
+            _predict_batch(predictor, pending, items, predictions, top_k, batch_size, plan)
     if pending:
-        _predict_batch(predictor, pending, items, predictions, top_k, batch_size)
+        _predict_batch(predictor, pending, items, predictions, top_k, batch_size, plan)
     return predictions
 
 
-def _predict_batch(predictor, pending, items, predictions, top_k: int, batch_size: int) -> None:
-    clips = np.stack([frames for _, frames in pending])
-    if len(clips) < batch_size:
+def _predict_batch(
+    predictor, pending, items, predictions, top_k: int, batch_size: int, plan=((0, False),)
+) -> None:
+    stored = np.stack([frames for _, frames in pending])
+    if len(stored) < batch_size:
         # Pad the last batch to the usual size so the model runs one compiled shape; the model
         # treats every clip independently, so the padding changes no other clip's output.
-        padding = np.zeros((batch_size - len(clips), *clips.shape[1:]), dtype=clips.dtype)
-        clips = np.concatenate([clips, padding])
-    probabilities = np.asarray(predictor.model.predict_on_batch(clips), dtype=np.float32)
+        padding = np.zeros((batch_size - len(stored), *stored.shape[1:]), dtype=stored.dtype)
+        stored = np.concatenate([stored, padding])
+    per_segment = stored.shape[1] // predictor.frames
+    probabilities = 0.0
+    for candidate, mirrored in plan:
+        choices = np.full(predictor.frames, candidate, dtype=np.int64)
+        clips = select_frames(stored, predictor.frames, per_segment, choices)
+        if mirrored:
+            clips = np.ascontiguousarray(clips[:, :, :, ::-1])
+        output = np.asarray(predictor.model.predict_on_batch(clips), dtype=np.float32)
+        probabilities = probabilities + output / len(plan)
     for row, (index, _) in enumerate(pending):
         vector = probabilities[row]
         best = np.argsort(-vector, kind="stable")[:top_k]

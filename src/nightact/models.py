@@ -93,6 +93,48 @@ def build_model(
     return keras.Model(pixels, probabilities, name=name)
 
 
+def build_head(
+    cell: str,
+    frames: int,
+    features: int,
+    num_classes: int,
+    units: tuple[int, ...] = (128, 64, 32),
+    dropout: float = 0.5,
+    unroll: bool = False,
+) -> keras.Model:
+    """The recurrent head alone, reading frame embeddings (batch, frames, features).
+
+    The same stack as the six models (:func:`recurrent_head`), for features computed once by a
+    frozen backbone (:mod:`nightact.embed`). Named after its cell.
+    """
+    if cell not in _RECURRENT_LAYERS:
+        raise ValueError(
+            f"a head on embeddings is one of {', '.join(_RECURRENT_LAYERS)}, got {cell!r}"
+        )
+    _check_shape(frames, 1, 1, num_classes, units, dropout)
+    embeddings = keras.Input(shape=(frames, features), name="embeddings")
+    probabilities = recurrent_head(embeddings, cell, units, dropout, num_classes, unroll)
+    return keras.Model(embeddings, probabilities, name=cell)
+
+
+def attach_backbone(backbone: keras.Model, head: keras.Model) -> keras.Model:
+    """One model from uint8 clips to probabilities: the backbone on every frame, then the head.
+
+    ``backbone`` is a frame encoder (:func:`nightact.backbones.build_backbone`), ``head`` a model
+    of :func:`build_head`; their layers (and weights) are shared, not copied. The features are
+    rounded to float16 on the way, as the embedding store keeps them, so the model gives what
+    the head gave on the stored embeddings. Only stock Keras layers: it loads with plain Keras.
+    """
+    frames = head.input.shape[1]
+    height, width = backbone.input.shape[1:3]
+    pixels = keras.Input(shape=(frames, height, width, 3), dtype="uint8", name="pixels")
+    features = layers.TimeDistributed(backbone, name="frame_features")(pixels)
+    x = layers.Activation("linear", dtype="float16", name="as_stored")(features)
+    for layer in head.layers[1:]:
+        x = layer(x)
+    return keras.Model(pixels, x, name=f"{backbone.name.removesuffix('_encoder')}_{head.name}")
+
+
 def frame_features_flat(frames):
     """Flatten every frame of (batch, frames, h, w, c) to one vector: (batch, frames, h*w*c).
 

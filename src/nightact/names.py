@@ -17,6 +17,23 @@ MODEL_LABELS = {
     "cnn_gru": "CNN + GRU",
 }
 
+
+def model_label(model: str, backbone: str | None = None) -> str:
+    """How reports spell a model: "GRU", "CNN + GRU", or "MobileNetV3Small + GRU" on a backbone."""
+    label = MODEL_LABELS.get(model, model)
+    if not backbone:
+        return label
+    from nightact.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return f"{spec.display_name if spec else backbone} + {label}"
+
+
+def model_key(model: str, backbone: str | None = None) -> str:
+    """The name that tells runs apart in tables: the model, prefixed by its backbone if any."""
+    return f"{backbone}+{model}" if backbone else model
+
+
 # Training losses: categorical cross-entropy, or the original's mean squared logarithmic error.
 LOSSES = ("crossentropy", "msle")
 

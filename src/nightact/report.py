@@ -10,6 +10,8 @@
       loss.png        training and validation loss per epoch, one line per model
       accuracy.png    training and validation accuracy per epoch
       confusion.png   one test-split confusion matrix per model
+      robustness.png  accuracy along the darkness and noise sweeps, one line per run, when
+                      any run has RUN/robustness/ (``nightact robustness RUN``)
 
 Several runs of the same model (different seeds) are drawn as their mean with a band of one
 standard deviation, their confusion matrices are summed, and the table shows mean +- std.
@@ -31,7 +33,7 @@ import numpy as np
 
 from nightact import files
 from nightact import runs as run_files
-from nightact.names import MODEL_LABELS, MODEL_NAMES
+from nightact.names import MODEL_NAMES, model_key, model_label
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,8 @@ def summarize(runs: list[dict]) -> list[dict]:
     """One table row per model: the runs' numbers, their mean and standard deviation."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        groups.setdefault(run["config"]["model"], []).append(run)
+        config = run["config"]
+        groups.setdefault(model_key(config["model"], config.get("backbone")), []).append(run)
     order = [name for name in MODEL_NAMES if name in groups]
     order += sorted(name for name in groups if name not in MODEL_NAMES)
     rows = []
@@ -112,7 +115,9 @@ def summarize(runs: list[dict]) -> list[dict]:
         rows.append(
             {
                 "model": name,
-                "label": MODEL_LABELS.get(name, name),
+                "label": model_label(
+                    members[0]["config"]["model"], members[0]["config"].get("backbone")
+                ),
                 "runs": [run["run"] for run in members],
                 "seeds": [run["config"].get("seed") for run in members],
                 "values": values,
@@ -167,14 +172,25 @@ def _compare(folders: list[Path], out: Path, evaluate_missing: bool) -> Path:
         "accuracy.png": curves_figure(loaded, rows, "accuracy", "accuracy"),
         "confusion.png": confusion_grid_figure(loaded, rows, class_names),
     }
+    sections = list(_SECTIONS)
+    sweeps = robustness_sweeps(folders)
+    if sweeps:
+        from nightact.sweep import sweep_figure
+
+        figures[ROBUSTNESS_FIGURE] = sweep_figure(sweeps, chance=1.0 / len(class_names))
+        sections.append((ROBUSTNESS_FIGURE, ROBUSTNESS_TITLE))
+    else:
+        # A report rewritten after its runs lost their sweeps must not show a stale picture.
+        (out / ROBUSTNESS_FIGURE).unlink(missing_ok=True)
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=100, bbox_inches="tight")
     context = _context(loaded)
     context["paired"] = paired_tests(loaded, rows)
     files.write_json_atomic(out / "report.json", {**context, "models": rows})
-    files.write_text_atomic(out / "report.md", render_markdown(rows, context))
-    images = {name: (out / name).read_bytes() for name in FIGURES}
-    report = files.write_text_atomic(out / "report.html", render_html(rows, context, images))
+    files.write_text_atomic(out / "report.md", render_markdown(rows, context, sections))
+    images = {name: (out / name).read_bytes() for name, _ in sections}
+    html_text = render_html(rows, context, images, sections)
+    report = files.write_text_atomic(out / "report.html", html_text)
     log.info("wrote %s (%d runs of %d models)", report, len(loaded), len(rows))
     return report
 
@@ -394,7 +410,19 @@ def table_cells(row: dict) -> list[str]:
     ]
 
 
-def render_markdown(rows: list[dict], context: dict) -> str:
+def robustness_sweeps(folders: list[Path]) -> dict[str, list[dict]]:
+    """The ``nightact robustness`` rows of each run that has them, labelled by run folder."""
+    from nightact.sweep import FOLDER, read_sweep
+
+    sweeps = {}
+    for run in folders:
+        rows = read_sweep(Path(run) / FOLDER)
+        if rows:
+            sweeps[Path(run).name] = rows
+    return sweeps
+
+
+def render_markdown(rows: list[dict], context: dict, sections=None) -> str:
     lines = ["# nightact: model comparison", "", *_context_lines(context), ""]
     lines += ["## Test-split results", ""]
     lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
@@ -402,7 +430,7 @@ def render_markdown(rows: list[dict], context: dict) -> str:
     for row in rows:
         lines.append("| " + " | ".join(table_cells(row)) + " |")
     lines += ["", _TABLE_NOTE, ""]
-    for name, title in _SECTIONS:
+    for name, title in sections or _SECTIONS:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     lines += ["## Which differences are real", ""]
     lines += [f"- {line}" for line in _paired_lines(context.get("paired", {}))]
@@ -414,7 +442,7 @@ def render_markdown(rows: list[dict], context: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_html(rows: list[dict], context: dict, images: dict[str, bytes]) -> str:
+def render_html(rows: list[dict], context: dict, images: dict[str, bytes], sections=None) -> str:
     """The report as one HTML document with the PNGs embedded as base64 data URIs."""
     escape = html.escape
     head = "".join(f"<th>{escape(column)}</th>" for column in TABLE_COLUMNS)
@@ -422,10 +450,10 @@ def render_html(rows: list[dict], context: dict, images: dict[str, bytes]) -> st
         "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in table_cells(row)) + "</tr>"
         for row in rows
     )
-    sections = []
-    for name, title in _SECTIONS:
+    blocks = []
+    for name, title in sections or _SECTIONS:
         data = base64.b64encode(images[name]).decode("ascii")
-        sections.append(
+        blocks.append(
             f'<h2>{escape(title)}</h2>\n<img src="data:image/png;base64,{data}" '
             f'alt="{escape(title)}">'
         )
@@ -467,7 +495,7 @@ code {{ font-size: 0.9em; }}
 </tbody>
 </table>
 <p class="note">{escape(_TABLE_NOTE)}</p>
-{chr(10).join(sections)}
+{chr(10).join(blocks)}
 <h2>Which differences are real</h2>
 <ul class="paired">
 {paired_items}
@@ -481,6 +509,8 @@ code {{ font-size: 0.9em; }}
 """
 
 
+ROBUSTNESS_FIGURE = "robustness.png"
+ROBUSTNESS_TITLE = "Robustness: test accuracy as the clips get darker and noisier"
 _SECTIONS = (
     ("loss.png", "Loss per epoch"),
     ("accuracy.png", "Accuracy per epoch"),

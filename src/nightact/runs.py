@@ -7,6 +7,8 @@ A training run (:func:`nightact.train.train`) and its evaluation
       config.json               the TrainConfig                       write_config / read_config
       classes.json              {"class_names": [...]}                write_classes / read_classes
       model.keras               the best checkpoint                   model_path
+      head.keras                on embeddings, once trained: the      head_path
+                                best head; model.keras is then backbone + head, reading clips
       history.csv               one row per finished epoch            write_history / read_history
       result.json               the RunResult; present = finished     write_result / read_result
       evaluation/metrics.json   test-split metrics                    metrics_path / read_metrics
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 CONFIG = "config.json"
 CLASSES = "classes.json"
 MODEL = "model.keras"
+HEAD = "head.keras"
 HISTORY = "history.csv"
 RESULT = "result.json"
 BACKUP = "backup"
@@ -94,6 +97,11 @@ def model_path(run: str | os.PathLike) -> Path:
     return Path(run) / MODEL
 
 
+def head_path(run: str | os.PathLike) -> Path:
+    """A run on embeddings: the checkpoint of the recurrent head alone (reads embeddings)."""
+    return Path(run) / HEAD
+
+
 # --- history.csv ----------------------------------------------------------------------------------
 
 
@@ -142,7 +150,7 @@ def history_path(run: str | os.PathLike) -> Path:
 def remove_run(run: str | os.PathLike) -> None:
     """Delete what a training run writes in RUN (for ``train --overwrite``), nothing else."""
     run = Path(run)
-    for name in (CONFIG, CLASSES, MODEL, HISTORY, RESULT):
+    for name in (CONFIG, CLASSES, MODEL, HEAD, HISTORY, RESULT):
         (run / name).unlink(missing_ok=True)
     for folder in (BACKUP, TENSORBOARD):
         shutil.rmtree(run / folder, ignore_errors=True)
@@ -168,9 +176,23 @@ def write_result(run: str | os.PathLike, result: dict) -> Path:
 # --- evaluation/ ----------------------------------------------------------------------------------
 
 
-def evaluation_folder(run: str | os.PathLike, split: str = "test") -> Path:
-    """RUN/evaluation for the test split, RUN/evaluation-SPLIT for the others."""
-    return Path(run) / ("evaluation" if split == "test" else f"evaluation-{split}")
+def evaluation_folder(
+    run: str | os.PathLike, split: str = "test", store: str | None = None, views: int = 1
+) -> Path:
+    """Where an evaluation goes: RUN/evaluation for the run's own test split with one view.
+
+    Anything else gets its own folder beside it, never over it: ``evaluation-SPLIT`` for
+    another split, ``evaluation-STORE`` for another store's test split (``store`` is its folder
+    name), ``...-3views`` for the softmax averaged over 3 views, combined in that order.
+    """
+    name = "evaluation"
+    if split != "test":
+        name += f"-{split}"
+    if store:
+        name += f"-{store}"
+    if views > 1:
+        name += f"-{views}views"
+    return Path(run) / name
 
 
 def metrics_path(run: str | os.PathLike, split: str = "test") -> Path:

@@ -18,6 +18,14 @@
 Every file is written atomically (a temporary name, fsync, rename), so a kill at any instant
 costs at most the epoch in progress; see docs/robustness.md.
 
+On an embedding store (``nightact embed``, :mod:`nightact.embed`) the model is a recurrent head
+(``simple_rnn``, ``lstm`` or ``gru``) over the cached frame features, and the run also holds::
+
+      head.keras      the head's best checkpoint (reads embeddings); while training, that
+                      checkpoint is model.keras, and it moves here when training ends
+      model.keras     when training ends: the backbone + that head in one model that reads
+                      clips, so evaluate, compare and predict work on videos end to end
+
 What differs from the original notebooks, and why:
 
 - One compiled training step (``model.fit``) instead of an eager ``GradientTape`` loop, and the
@@ -45,10 +53,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nightact import runs
+from nightact import files, runs
 from nightact.names import LOSSES, MODEL_NAMES
 
 log = logging.getLogger(__name__)
+
+# Whether `nightact train` augments by default: the measurement in docs/augmentation.md decides.
+AUGMENT_DEFAULT = True
 
 # The original project's training settings. Clips of 10 frames at 240x320 are an expectation
 # about the store (prepare it with `--frames 10 --size 240x320`), checked when training starts.
@@ -66,6 +77,8 @@ PRESETS = {
         "conv_filters": 256,
         "conv_kernel": 15,
         "conv_stride": 15,
+        # The original showed every clip the same frames, untouched.
+        "augment": False,
     },
 }
 
@@ -91,8 +104,15 @@ _SAME_ON_RESUME = (
     "loss",
     "mixed_precision",
     "seed",
+    "backbone",
+    "fine_tune",
+    "fine_tune_epochs",
+    "fine_tune_learning_rate",
+    "augment",
     *_MODEL_SETTINGS,
 )
+# The models that can be trained on an embedding store: the recurrent head alone.
+HEAD_MODELS = ("simple_rnn", "lstm", "gru")
 
 
 @dataclass
@@ -120,6 +140,10 @@ class TrainConfig:
     conv_kernel: int = 15
     conv_stride: int = 15
     unroll: bool = False
+    # Training clips get a random candidate frame per segment (stores with
+    # --frames-per-segment K > 1) and one random flip, crop, gamma, contrast, gain and noise per
+    # clip (nightact.augment); validation and test never do. See docs/augmentation.md.
+    augment: bool = AUGMENT_DEFAULT
     # Compile the training step with XLA where the model allows it. Keras leaves XLA off on
     # TensorFlow without a GPU; there it trains these models 2-4 times faster. (On a GPU the
     # cuDNN LSTM/GRU kernels win, and Keras keeps XLA off for models that use them.)
@@ -130,6 +154,17 @@ class TrainConfig:
     frames: int | None = None
     height: int | None = None
     width: int | None = None
+    # The frame encoder in front of the head, read from an embedding store (nightact embed);
+    # None on a clip store. A name here: the store must have been embedded with it.
+    backbone: str | None = None
+    # After the head trained on embeddings: unfreeze this many layers at the top of the backbone
+    # (batch normalisation stays frozen) and train backbone + head end to end on the clip store
+    # the embeddings came from. 0: off.
+    fine_tune: int = 0
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-5  # low: the pretrained features are to be kept, refined
+    # Candidate frames per segment in the store, read from it when training starts.
+    frames_per_segment: int | None = None
 
     def __post_init__(self) -> None:
         self.data = str(self.data)
@@ -155,6 +190,11 @@ class TrainConfig:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.devices is not None and self.devices < 1:
             raise ValueError(f"devices must be at least 1, got {self.devices}")
+        if self.fine_tune < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
+            raise ValueError(
+                "fine_tune must be >= 0, fine_tune_epochs >= 1 and fine_tune_learning_rate > 0, "
+                f"got {self.fine_tune}, {self.fine_tune_epochs}, {self.fine_tune_learning_rate}"
+            )
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
 
@@ -259,6 +299,10 @@ def train(
         finally:
             train_batches.close()
             val_batches.close()
+        if config.backbone:
+            save_video_model(config)
+            if config.fine_tune:
+                seconds += fine_tune(config, verbose)
         result = write_result(config, model, seconds)
         # Only now: a kill before result.json is on disk resumes from the last backup.
         remove_backups(config)
@@ -274,9 +318,38 @@ def check_store(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     Raises ValueError when the config expects another clip shape than the store holds.
     """
     from nightact.dataset import read_store_info
+    from nightact.embed import is_embedding_store, read_embedding_info
 
     config = dataclasses.replace(config)
     info = read_store_info(config.data)
+    if is_embedding_store(config.data):
+        backbone = read_embedding_info(config.data)["backbone"]
+        if config.model not in HEAD_MODELS:
+            raise ValueError(
+                f"{config.data}: an embedding store trains a recurrent head "
+                f"({', '.join(HEAD_MODELS)}), not {config.model}"
+            )
+        if config.backbone is not None and config.backbone != backbone:
+            raise ValueError(
+                f"{config.data}: embedded with {backbone}, but the config expects "
+                f"backbone={config.backbone}"
+            )
+        config.backbone = backbone
+        if config.augment:
+            # The frames were turned into fixed features once; there are no pixels left to
+            # flip, crop or darken.
+            log.info("%s: an embedding store; pixel augmentation is off", config.data)
+            config.augment = False
+    elif config.fine_tune:
+        raise ValueError(
+            f"{config.data}: --fine-tune continues a head trained on an embedding store "
+            "(nightact embed); this is a clip store"
+        )
+    elif config.backbone is not None:
+        raise ValueError(
+            f"{config.data}: a clip store; backbone={config.backbone} needs an embedding store "
+            "(nightact embed)"
+        )
     for name in ("frames", "height", "width"):
         expected = getattr(config, name)
         if expected is not None and expected != info[name]:
@@ -286,6 +359,7 @@ def check_store(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
                 + (f" (preset {config.preset})" if config.preset else "")
             )
         setattr(config, name, info[name])
+    config.frames_per_segment = info["frames_per_segment"]
     return config, list(info["class_names"])
 
 
@@ -303,7 +377,8 @@ def open_or_resume_run(config: TrainConfig) -> RunResult | None:
             f"{run} already holds a training run; pass --resume to continue it, "
             "or choose another --out"
         )
-    saved = TrainConfig(**{**runs.read_config(run), "resume": True})
+    # Runs from before augmentation existed trained without it.
+    saved = TrainConfig(**{"augment": False, **runs.read_config(run), "resume": True})
     runs.require_same_settings(
         saved.resume_settings(),
         config.resume_settings(),
@@ -333,6 +408,11 @@ def open_splits(config: TrainConfig):
 
     train_split = open_split(config.data, "train")
     val_split = open_split(config.data, "val")
+    if len(train_split) == 0:
+        raise ValueError(
+            f"{config.data}: the train split is empty (a test-only store?); train on a store "
+            "prepared with a non-zero train fraction"
+        )
     if len(val_split) == 0:
         raise ValueError(
             f"{config.data}: the validation split is empty; the checkpoint is chosen on it"
@@ -365,6 +445,7 @@ def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int =
     Under several devices (``setup``), each process reads its share of every batch, and on JAX
     the validation batches are padded to a multiple of the devices (see ClipBatches).
     """
+    from nightact.augment import AugmentConfig
     from nightact.batches import ClipBatches
 
     sharing = {}
@@ -380,6 +461,7 @@ def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int =
         start_epoch=start_epoch,
         workers=config.workers,
         drop_remainder=True,
+        augment=AugmentConfig() if config.augment else None,
         **sharing,
     )
     val_batches = ClipBatches(
@@ -413,11 +495,11 @@ def _build_and_compile(
 ):
     import keras
 
-    from nightact.models import build_model
-
     keras.utils.set_random_seed(config.seed)
     build = {name: getattr(config, name) for name in _MODEL_SETTINGS}
     build["num_classes"] = num_classes
+    if config.backbone:
+        build = _head_settings(config, num_classes)
     if config.mixed_precision:
         if not gpu_available():
             log.warning("mixed precision without a GPU: float16 on a CPU is slower, not faster")
@@ -425,11 +507,11 @@ def _build_and_compile(
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy("mixed_float16")
         try:
-            model = build_model(config.model, **build)
+            model = _build(config, build)
         finally:
             keras.config.set_dtype_policy(previous)
     else:
-        model = build_model(config.model, **build)
+        model = _build(config, build)
     if config.loss == "msle":
         loss = keras.losses.MeanSquaredLogarithmicError()
     else:
@@ -444,6 +526,148 @@ def _build_and_compile(
         jit_compile=_jit_compile(config, mirrored),
     )
     return model
+
+
+def _build(config: TrainConfig, settings: dict):
+    from nightact.models import build_head, build_model
+
+    if config.backbone:
+        return build_head(config.model, **settings)
+    return build_model(config.model, **settings)
+
+
+def _head_settings(config: TrainConfig, num_classes: int) -> dict:
+    """The arguments of build_head for a run on an embedding store."""
+    from nightact.embed import read_embedding_info
+
+    return {
+        "frames": config.frames,
+        "features": read_embedding_info(config.data)["features"],
+        "num_classes": num_classes,
+        "units": config.units,
+        "dropout": config.dropout,
+        "unroll": config.unroll,
+    }
+
+
+def save_video_model(config: TrainConfig) -> Path:
+    """Write RUN/model.keras: the embedding store's backbone + the best head, reading clips.
+
+    The backbone is rebuilt with the weights the store was embedded with (a weights file must
+    still hold the same bytes), so the saved model turns a clip into what the head was trained on.
+    """
+    import keras
+
+    from nightact.backbones import build_backbone, weights_record
+    from nightact.embed import read_embedding_info
+    from nightact.models import attach_backbone
+
+    run = Path(config.out)
+    info = read_embedding_info(config.data)
+    weights = info["weights"]
+    source = weights.get("path", weights["name"])
+    if weights["name"] == "file" and weights_record(source)["sha256"] != weights["sha256"]:
+        raise ValueError(
+            f"{source}: changed since {config.data} was embedded with it (SHA-256 differs)"
+        )
+    height, width, _ = info["input"]
+    backbone = build_backbone(info["backbone"], height, width, source)
+    checkpoint = keras.saving.load_model(runs.model_path(run), compile=False)
+    if len(checkpoint.input.shape) == 3:
+        # The head's best checkpoint, as training left it: keep it, byte for byte, as head.keras.
+        files.write_bytes_atomic(runs.head_path(run), runs.model_path(run).read_bytes())
+        head = checkpoint
+    else:
+        # Already backbone + head (a run killed after this step and resumed).
+        head = keras.saving.load_model(runs.head_path(run), compile=False)
+    model = attach_backbone(backbone, head)
+    # Keras insists on the .keras suffix, so the temporary file keeps it.
+    temporary = run / f"{runs.MODEL}.partial.keras"
+    model.save(temporary)
+    files.replace_atomic(temporary, runs.model_path(run))
+    log.info("saved %s + %s as %s", info["network"], config.model, runs.model_path(run))
+    return runs.model_path(run)
+
+
+def fine_tune(config: TrainConfig, verbose: int = 1) -> float:
+    """Train RUN/model.keras end to end with the top ``config.fine_tune`` backbone layers unfrozen.
+
+    Reads the clip store the embeddings came from. The epochs continue the run's history.csv;
+    model.keras is replaced only by an epoch that beats the best validation accuracy so far (the
+    head's included). Returns the wall time in seconds. Not resumable on its own: an interrupted
+    fine-tune leaves a working model.keras but no result.json, so a resume starts the run over.
+    """
+    import keras
+
+    from nightact import callbacks, checkpoints
+    from nightact.dataset import open_split
+    from nightact.embed import source_store
+
+    run = Path(config.out)
+    model = keras.saving.load_model(runs.model_path(run), compile=False)
+    unfrozen = unfreeze_top(model, config.fine_tune)
+    log.info("fine-tuning %d backbone layers: %s ...", len(unfrozen), ", ".join(unfrozen[:3]))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.fine_tune_learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=_jit_compile(config),
+    )
+    store = source_store(config.data)
+    train_batches, val_batches = make_batches(
+        config, open_split(store, "train"), open_split(store, "val")
+    )
+    history = runs.read_history(run)
+    best = max(row["val_accuracy"] for row in history)
+    total = len(history) + config.fine_tune_epochs
+    started = time.perf_counter()
+    try:
+        model.fit(
+            train_batches,
+            steps_per_epoch=len(train_batches),
+            validation_data=val_batches,
+            initial_epoch=len(history),
+            epochs=total,
+            callbacks=[
+                callbacks.EpochTimer(),
+                checkpoints.HistoryLogger(run, history),
+                checkpoints.AtomicModelCheckpoint(
+                    str(runs.model_path(run)),
+                    monitor="val_accuracy",
+                    mode="max",
+                    save_best_only=True,
+                    initial_value_threshold=best,
+                ),
+                keras.callbacks.ProgbarLogger(),
+                callbacks.EpochSummary(f"{config.model} fine-tune", total, best),
+            ],
+            verbose=verbose,
+            shuffle=False,
+        )
+    finally:
+        train_batches.close()
+        val_batches.close()
+    return time.perf_counter() - started
+
+
+def unfreeze_top(model, count: int) -> list[str]:
+    """Make the top ``count`` layers of the backbone inside ``model`` trainable; return names.
+
+    ``model`` is backbone + head (:func:`nightact.models.attach_backbone`). Batch normalisation
+    layers stay frozen (in Keras 3 a frozen one also keeps using its stored statistics), as
+    Keras' transfer-learning guide advises for small datasets.
+    """
+    import keras
+
+    from nightact.backbones import network_of
+
+    network = network_of(model.get_layer("frame_features").layer)
+    network.trainable = True
+    top = network.layers[-count:] if count else []
+    for layer in network.layers:
+        batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = layer in top and not batch_norm
+    return [layer.name for layer in top if layer.trainable]
 
 
 def _jit_compile(config: TrainConfig, mirrored: bool = False):
@@ -621,7 +845,9 @@ def make_config(preset: str | None = None, resume: bool = False, **settings) -> 
         if not out:
             raise ValueError("--resume needs --out, the run folder to continue")
         if runs.is_run(out):
-            return TrainConfig(**{**runs.read_config(out), **settings, "resume": True})
+            # Runs from before augmentation existed trained without it.
+            saved = {"augment": False, **runs.read_config(out)}
+            return TrainConfig(**{**saved, **settings, "resume": True})
     if "data" not in settings or "model" not in settings:
         raise ValueError("--data and --model are required (except to --resume a run)")
     settings.setdefault("out", default_run_folder(settings["model"]))

@@ -191,8 +191,15 @@ def read_clip(
     height: int = 240,
     width: int = 320,
     allow_short: bool = True,
+    frames_per_segment: int = 1,
 ) -> Clip:
     """Decode N evenly spaced, upright, letterboxed RGB frames of a video.
+
+    With ``frames_per_segment`` K > 1, N*K frames: the K candidates of each of N segments,
+    ``int(j * total / (N*K))`` for j in 0..N*K-1, which puts the original's ``int(i * total / N)``
+    first in segment i (see :mod:`nightact.sampling`). A clip is short only with fewer than N
+    decodable frames; with N to N*K-1 some candidates repeat. A short clip's N frames (every
+    decodable one, then the last repeated) each fill all K candidates of their segment.
 
     Raises :class:`VideoError` naming the file and the reason when it cannot be used: missing,
     empty, not a video, no decodable frame, or (with ``allow_short=False``) fewer than N
@@ -213,6 +220,7 @@ def read_clip(
     if total == 0:
         raise VideoError(path, "no video frames in the file")
 
+    segments, frames = frames, frames * frames_per_segment
     wanted = sample_indices(total, frames)
     seeked = None
     if total > frames:
@@ -235,15 +243,16 @@ def read_clip(
             kept, decoded, rotation = _decode_indices(
                 path, set(wanted), height, width, pixel_aspect
             )
-    short = decoded < frames
+    short = decoded < segments
     if short:
         if not allow_short:
             raise VideoError(
-                path, f"only {decoded} decodable frames, fewer than the {frames} requested"
+                path, f"only {decoded} decodable frames, fewer than the {segments} requested"
             )
         # Every decodable frame once, then the last one repeated: the clip keeps its real
         # frame-to-frame motion and freezes at the end, rather than stuttering throughout.
-        wanted = list(range(decoded)) + [decoded - 1] * (frames - decoded)
+        wanted = list(range(decoded)) + [decoded - 1] * (segments - decoded)
+        wanted = [index for index in wanted for _ in range(frames_per_segment)]
         if not set(wanted) <= kept.keys():
             kept, decoded, rotation = _decode_indices(
                 path, set(wanted), height, width, pixel_aspect
