@@ -668,6 +668,7 @@ def _run_demo(args) -> int:
 
 def _add_download_predict_commands(subparsers) -> None:
     from nightact.download import DownloadConfig
+    from nightact.inference import ENGINES
 
     download = subparsers.add_parser(
         "download",
@@ -688,9 +689,11 @@ def _add_download_predict_commands(subparsers) -> None:
     download.set_defaults(run=_run_download)
 
     predict = subparsers.add_parser(
-        "predict", help="predict the action in videos with a trained run or a .keras model"
+        "predict", help="predict the action in videos with a trained run, a .keras or .onnx model"
     )
-    predict.add_argument("model", help="a training run folder (RUN/model.keras) or a .keras file")
+    predict.add_argument(
+        "model", help="a training run folder (RUN/model.keras), a .keras or an .onnx file"
+    )
     predict.add_argument(
         "videos", nargs="+", help="video files, or folders to predict every video in"
     )
@@ -703,6 +706,13 @@ def _add_download_predict_commands(subparsers) -> None:
         default=1,
         help="average the softmax over V views: candidate frames, mirrored too if the run "
         "trained flips (default 1)",
+    )
+    predict.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="keras, or onnx: ONNX Runtime on an exported .onnx file, without TensorFlow or "
+        "Keras (default: onnx for an .onnx file, else keras)",
     )
     predict.set_defaults(run=_run_predict)
 
@@ -733,7 +743,12 @@ def _run_predict(args) -> int:
     from nightact.inference import format_predictions, predict_videos
 
     predictions = predict_videos(
-        args.model, args.videos, top_k=args.top_k, batch_size=args.batch_size, views=args.views
+        args.model,
+        args.videos,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        views=args.views,
+        engine=args.engine,
     )
     if args.json:
         print(json.dumps([prediction.to_dict() for prediction in predictions], indent=2))
@@ -792,6 +807,131 @@ def _run_embed(args) -> int:
 # --- end embed ------------------------------------------------------------------------------------
 
 
+# --- timeline and export ------------------------------------------------------------------------
+
+
+def _add_timeline_export_commands(subparsers) -> None:
+    from nightact.export import FORMATS, ExportConfig
+    from nightact.inference import ENGINES
+    from nightact.timeline import TimelineConfig
+
+    timeline = subparsers.add_parser(
+        "timeline",
+        help="slide a window over a long video, a folder or a live stream: which action when",
+    )
+    timeline.add_argument("model", help="a training run folder, a .keras or an .onnx file")
+    timeline.add_argument(
+        "source", help="a video file, a folder of videos, a URL (rtsp://, http://) or /dev/videoN"
+    )
+    timeline.add_argument("--out", required=True, help="folder for timeline.csv/.json/.png")
+    _option(
+        timeline,
+        "--window",
+        TimelineConfig,
+        "window length in seconds",
+        type=float,
+        none="the median training clip, else 2 s",
+    )
+    _option(
+        timeline, "--stride", TimelineConfig, "seconds between windows", type=float, none="half"
+    )
+    _option(timeline, "--smooth", TimelineConfig, "average over the last N windows", type=int)
+    _option(
+        timeline,
+        "--min-prob",
+        TimelineConfig,
+        "below this averaged probability a window is 'uncertain'",
+        type=float,
+    )
+    _option(timeline, "--top-k", TimelineConfig, "classes per row of timeline.csv", type=int)
+    _option(
+        timeline,
+        "--annotate",
+        TimelineConfig,
+        "also write annotated.mp4 with the label drawn on every frame",
+        action="store_true",
+    )
+    _option(
+        timeline,
+        "--engine",
+        TimelineConfig,
+        "keras, or onnx (ONNX Runtime, no TensorFlow)",
+        choices=ENGINES,
+        none="onnx for an .onnx file, else keras",
+    )
+    _option(timeline, "--batch-size", TimelineConfig, "windows per model call", type=int)
+    _option(
+        timeline,
+        "--live",
+        TimelineConfig,
+        "treat SOURCE as live (URLs, devices and pipes are live anyway)",
+        action="store_true",
+    )
+    _option(
+        timeline,
+        "--reconnects",
+        TimelineConfig,
+        "live: attempts to reopen a stream that stopped, in a row",
+        type=int,
+    )
+    timeline.set_defaults(run=_run_timeline)
+
+    export = subparsers.add_parser(
+        "export",
+        help="export a run to ONNX, SavedModel or LiteRT, checked against Keras before it is kept",
+    )
+    export.add_argument("model", help="a training run folder or a .keras file")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, help="the .onnx/.tflite file or SavedModel folder")
+    _option(
+        export,
+        "--tolerance",
+        ExportConfig,
+        "largest probability difference from Keras accepted",
+        type=float,
+    )
+    _option(export, "--overwrite", ExportConfig, "replace an existing OUT", action="store_true")
+    export.set_defaults(run=_run_export)
+
+
+def _run_timeline(args) -> int:
+    from nightact.timeline import TimelineConfig, run_timeline
+    from nightact.videos import VideoError
+
+    try:
+        results = run_timeline(_config(args, TimelineConfig))
+    except VideoError as error:
+        print(f"nightact timeline: error: {error}", file=sys.stderr)
+        return 1
+    for result in results:
+        problem = f"; error: {result.error}" if result.error else ""
+        print(
+            f"{result.out}: {result.windows} windows ({result.skipped} skipped, "
+            f"{result.dropped} dropped), {result.media_seconds:.1f} s of video at "
+            f"{result.realtime_factor:.1f}x real time; {result.stopped}{problem}"
+        )
+    return 0 if any(result.windows for result in results) else 1
+
+
+def _run_export(args) -> int:
+    from nightact.export import ExportConfig, ExportError, export
+
+    try:
+        result = export(_config(args, ExportConfig))
+    except ExportError as error:
+        print(f"nightact export: error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"{result.path}: {result.format} export matches Keras within "
+        f"{result.max_difference:.1e} on {result.clips} clips (top-1 agreement "
+        f"{100 * result.top1_agreement:.0f} %)"
+    )
+    return 0
+
+
+# --- end timeline and export --------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nightact",
@@ -812,6 +952,7 @@ _COMMAND_GROUPS = [
     _add_model_commands,
     _add_training_commands,
     _add_download_predict_commands,
+    _add_timeline_export_commands,
 ]
 
 

@@ -6,6 +6,10 @@ with the frame count and size read off the model's input, so a clip is decoded, 
 letterboxed and resized exactly as the training clips were. The model itself scales the uint8
 pixels, so nothing else stands between the decoded frames and the model.
 
+An ``.onnx`` file exported by ``nightact export`` runs on the ONNX engine
+(:mod:`nightact.onnx_engine`: ONNX Runtime and PyAV, no TensorFlow or Keras imported), with its
+class names and clip settings read from the file's metadata.
+
 (The module is named ``inference`` rather than ``predict`` so that ``import nightact.predict``
 can never replace the function ``nightact.predict`` with a module of the same name.)
 """
@@ -27,6 +31,9 @@ from nightact.sampling import select_frames, view_plan
 from nightact.videos import VideoError, read_clip
 
 log = logging.getLogger(__name__)
+
+# What runs a model: Keras (a run folder or a .keras file) or ONNX Runtime (an .onnx file).
+ENGINES = ("keras", "onnx")
 
 
 @dataclass
@@ -76,18 +83,47 @@ class Predictor:
     mirror: bool = False
 
 
+def engine_of(model, engine: str | None = None) -> str:
+    """The engine that runs ``model``: ``onnx`` for an ``.onnx`` file, ``keras`` otherwise.
+
+    A given ``engine`` must fit the model: ONNX Runtime runs only ``.onnx`` files, Keras
+    everything else.
+    """
+    is_onnx = isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx")
+    if engine is None:
+        return "onnx" if is_onnx else "keras"
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "onnx" and not is_onnx:
+        raise ValueError(f"{model}: engine 'onnx' needs an .onnx file (see `nightact export`)")
+    if engine == "keras" and is_onnx:
+        raise ValueError(f"{model}: an .onnx file runs with engine 'onnx'")
+    return engine
+
+
 def load_predictor(
     model,
     class_names: list[str] | None = None,
     allow_short: bool | None = None,
+    engine: str | None = None,
 ) -> Predictor:
-    """Load a run folder (RUN/model.keras), a ``.keras`` file, or wrap a loaded keras.Model.
+    """Load a run folder (RUN/model.keras), a ``.keras`` or ``.onnx`` file, or wrap a model.
 
-    Class names come from ``class_names``, else ``classes.json`` beside the model file, else
-    ``class_0, class_1, ...``. Clips too short for the model's frame count are refused when the
-    run's data was prepared with ``short_clips="skip"`` (and ``allow_short`` is not given), and
-    padded by repeating the last frame otherwise, as ``prepare`` does.
+    Class names come from ``class_names``, else ``classes.json`` beside the model file (the
+    metadata of an ``.onnx`` file), else ``class_0, class_1, ...``. Clips too short for the
+    model's frame count are refused when the run's data was prepared with ``short_clips="skip"``
+    (and ``allow_short`` is not given), and padded by repeating the last frame otherwise, as
+    ``prepare`` does. ``engine`` (see :func:`engine_of`) defaults to what the model needs.
     """
+    if isinstance(model, Predictor):
+        return model
+    if engine_of(model, engine) == "onnx":
+        from nightact.onnx_engine import load_onnx_predictor
+
+        predictor = load_onnx_predictor(model, allow_short)
+        if class_names is not None:
+            predictor.class_names = _checked_names(class_names, predictor.model, model)
+        return predictor
     source = "<in memory>"
     metadata_folder = None
     if isinstance(model, (str, os.PathLike)):
@@ -121,11 +157,7 @@ def load_predictor(
         class_names = runs.read_classes(metadata_folder)
     if class_names is None:
         class_names = [f"class_{index}" for index in range(num_classes)]
-    class_names = list(class_names)
-    if len(class_names) != num_classes:
-        raise ValueError(
-            f"{source}: the model has {num_classes} outputs but {len(class_names)} class names"
-        )
+    class_names = _checked_names(class_names, model, source)
     if allow_short is None:
         policy = _short_clip_policy(metadata_folder) if metadata_folder else None
         allow_short = policy != "skip"
@@ -145,6 +177,16 @@ def load_predictor(
         frames_per_segment=per_segment,
         mirror=mirror,
     )
+
+
+def _checked_names(class_names, model, source) -> list[str]:
+    class_names = list(class_names)
+    num_classes = int(model.output_shape[-1])
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"{source}: the model has {num_classes} outputs but {len(class_names)} class names"
+        )
+    return class_names
 
 
 def _short_clip_policy(run: Path) -> str | None:
@@ -197,12 +239,13 @@ def predict_videos(
     extensions: Iterable[str] = DEFAULT_EXTENSIONS,
     progress: bool = True,
     views: int = 1,
+    engine: str | None = None,
 ) -> list[Prediction]:
     """Predict the action in each video; one :class:`Prediction` per video, in input order.
 
     Args:
-        model: a training run folder, a ``.keras`` file, or a loaded keras.Model (then pass
-            ``class_names``); see :func:`load_predictor`.
+        model: a training run folder, a ``.keras`` or ``.onnx`` file, or a loaded keras.Model
+            (then pass ``class_names``); see :func:`load_predictor`.
         paths: video files and folders (every video inside a folder is predicted).
         top_k: how many of the most likely classes each prediction lists.
         batch_size: clips per model call.
@@ -212,6 +255,7 @@ def predict_videos(
         views: average the softmax over this many views of each video, as ``evaluate`` does:
             the candidate frames per segment of the run's store, mirrored too when the run
             trained flips (:func:`nightact.sampling.view_plan`).
+        engine: ``keras`` or ``onnx`` (see :func:`engine_of`); by default what the model needs.
 
     A video that cannot be used (missing, not a video, too short under the run's policy) gets a
     Prediction with ``error`` set; the others are still predicted.
@@ -222,7 +266,7 @@ def predict_videos(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    predictor = load_predictor(model, class_names, allow_short)
+    predictor = load_predictor(model, class_names, allow_short, engine)
     plan = view_plan(views, predictor.frames_per_segment, predictor.mirror)
     # Candidates are decoded only when a view needs one beyond the first.
     per_segment = predictor.frames_per_segment if views > 1 else 1
