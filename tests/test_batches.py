@@ -83,3 +83,55 @@ def test_ordered_batches_and_read_ahead_threads_agree():
         shuffled.close()
     finally:
         threaded.close()
+
+
+def test_processes_read_their_shares_of_each_global_batch():
+    split = fake_split(16)
+    whole = ClipBatches(split, batch_size=8, shuffle=True, seed=3, drop_remainder=True)
+    shares = [
+        ClipBatches(split, batch_size=8, shuffle=True, seed=3, drop_remainder=True, process=(i, 2))
+        for i in range(2)
+    ]
+    for index in range(4):  # two epochs
+        # JAX joins the processes' shares in process order: that must be the global batch.
+        assert rows_of(shares[0][index]) + rows_of(shares[1][index]) == rows_of(whole[index])
+        assert len(shares[1][index][0]) == 4
+    with pytest.raises(ValueError, match="process 0 of 3"):
+        ClipBatches(split, batch_size=8, process=(0, 3))
+
+
+def test_padded_batches_weigh_their_real_clips_only():
+    split = fake_split(11)
+    batches = ClipBatches(split, batch_size=4, pad_to=4)
+    clips, labels, weights = batches[0]
+    assert rows_of((clips,)) == [0, 1, 2, 3] and weights.tolist() == [1, 1, 1, 1]
+    clips, labels, weights = batches[2]  # rows 8, 9, 10 and a copy of 10
+    assert rows_of((clips,)) == [8, 9, 10, 10]
+    assert weights.tolist() == [1, 1, 1, 0]
+    # Keras' metrics are weighted means over every clip: the copy does not count.
+    correct = np.array([1.0, 0.0, 1.0, 1.0])
+    assert np.sum(weights * correct) / np.sum(weights) == pytest.approx(2 / 3)
+    # Shared by 2 processes, the padding lands in the last one's share.
+    last = ClipBatches(split, batch_size=4, pad_to=4, process=(1, 2))[2]
+    assert rows_of(last) == [10, 10] and last[2].tolist() == [1, 0]
+
+
+def test_rows_read_from_a_mapped_store_equal_indexing(tmp_path):
+    from nightact.batches import read_rows
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(9, 2, 5, 7, 3), dtype=np.uint8)
+    np.save(tmp_path / "train.npy", frames)
+    mapped = np.load(tmp_path / "train.npy", mmap_mode="r")
+    rows = np.array([0, 3, 4, 8])
+    read = read_rows(mapped, rows)
+    assert type(read) is np.ndarray and read.flags.c_contiguous
+    np.testing.assert_array_equal(read, frames[rows])
+    # A slice of the map (its offset is its parent's) and a plain array take the indexing path.
+    np.testing.assert_array_equal(read_rows(mapped[2:], np.array([0, 6])), frames[[2, 8]])
+    np.testing.assert_array_equal(read_rows(frames, rows), frames[rows])
+    # A file cut short is an error, not a batch of zeros.
+    with open(tmp_path / "train.npy", "r+b") as handle:
+        handle.truncate(mapped.offset + 5 * frames[0].nbytes)
+    with pytest.raises(OSError, match="ends before row 8"):
+        read_rows(mapped, rows)

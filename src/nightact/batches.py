@@ -9,6 +9,8 @@ a run does not import the training loop.
 from __future__ import annotations
 
 import math
+import mmap
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,6 +44,15 @@ class ClipBatches(keras.utils.PyDataset):
     (:mod:`nightact.augment`), both drawn from ``(seed, epoch, row)``. Everything else reads
     ``candidate`` (0: the original's frames) untouched, mirrored when ``mirror`` is set (a
     test-time view); ``augment`` is ignored without ``shuffle``, so validation never sees it.
+
+    Data parallelism (:mod:`nightact.devices`): ``batch_size`` is the global batch. With
+    ``process=(index, count)`` this process reads only its own contiguous ``1/count`` of each
+    batch's rows (JAX assembles the global batch from the processes' shares, in process order).
+    With ``pad_to=N`` every finite batch is padded to a multiple of N rows by repeating its last
+    clip, because JAX splits a batch evenly over N devices; batches then come with sample
+    weights, 1 for the real clips and 0 for the copies, so that the accuracy (a weighted mean
+    over all clips) counts the real clips alone. The loss of a padded batch is still divided by
+    its padded size, so an epoch's ``val_loss`` comes out low by (copies / clips).
     """
 
     def __init__(
@@ -56,6 +67,8 @@ class ClipBatches(keras.utils.PyDataset):
         augment=None,
         candidate: int = 0,
         mirror: bool = False,
+        process: tuple[int, int] = (0, 1),
+        pad_to: int = 1,
     ):
         # Keras' own worker threads are not used: its enqueuer drops the batches it has read
         # ahead at every epoch's end, which would break the index -> epoch mapping above.
@@ -64,6 +77,14 @@ class ClipBatches(keras.utils.PyDataset):
             raise ValueError(f"the {split.name} split has no clips")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        process_index, processes = process
+        if not 0 <= process_index < processes or batch_size % processes or batch_size % pad_to:
+            raise ValueError(
+                f"batch_size {batch_size} cannot be shared as process {process_index} of "
+                f"{processes} over multiples of {pad_to} devices"
+            )
+        self.process = (process_index, processes)
+        self.pad_to = pad_to
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -133,7 +154,20 @@ class ClipBatches(keras.utils.PyDataset):
 
     def _read(self, index: int):
         rows = self.rows(index)
-        clips = np.ascontiguousarray(self.split.frames[rows])
+        weights = None
+        if self.pad_to > 1:
+            real = len(rows)
+            padded = -(-real // self.pad_to) * self.pad_to
+            rows = np.concatenate([rows, np.full(padded - real, rows[-1])])
+            weights = np.zeros(padded, dtype=np.float32)
+            weights[:real] = 1.0
+        process_index, processes = self.process
+        if processes > 1:
+            share = len(rows) // processes
+            mine = slice(process_index * share, (process_index + 1) * share)
+            rows = rows[mine]
+            weights = None if weights is None else weights[mine]
+        clips = read_rows(self.split.frames, rows)
         if self.augment is not None:
             from nightact.augment import augment_clips
 
@@ -153,7 +187,9 @@ class ClipBatches(keras.utils.PyDataset):
             if self.mirror:
                 clips = np.ascontiguousarray(clips[:, :, :, ::-1])
         labels = self._one_hot[self.split.labels[rows]]
-        return clips, labels
+        if weights is None:
+            return clips, labels
+        return clips, labels, weights
 
     def _order(self, epoch: int) -> np.ndarray:
         with self._lock:
@@ -166,3 +202,35 @@ class ClipBatches(keras.utils.PyDataset):
                 }
                 self._orders[epoch] = order
             return order
+
+
+def read_rows(frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``frames[rows]`` as a new array; from a memory-mapped .npy, one ``preadv`` per row.
+
+    Indexing a memory map reads the rows through page faults, and every page it touches counts in
+    the training process's resident memory for as long as the kernel keeps it; reading each row
+    (2.3 MB at 10 x 240x320) with one system call into the batch's buffer does neither, and
+    releases the GIL while it waits, so read-ahead threads overlap. benchmarks/loader.py times
+    both ("memmap" against "clipbatches").
+    """
+    # Only a whole mapped file (as np.load(mmap_mode="r") gives it) has its first row at
+    # ``offset``; a slice of one keeps its parent's offset, so it is indexed as any array.
+    whole = isinstance(frames, np.memmap) and isinstance(frames.base, mmap.mmap)
+    if not whole or frames.filename is None or not frames.flags.c_contiguous or len(rows) == 0:
+        return np.ascontiguousarray(frames[rows])
+    filename, start = frames.filename, frames.offset
+    out = np.empty((len(rows), *frames.shape[1:]), dtype=frames.dtype)
+    row_bytes = out[0].nbytes
+    descriptor = os.open(filename, os.O_RDONLY)
+    try:
+        for position, row in enumerate(rows):
+            view = memoryview(out[position]).cast("B")
+            done = 0
+            while done < row_bytes:
+                read = os.preadv(descriptor, [view[done:]], start + int(row) * row_bytes + done)
+                if read == 0:
+                    raise OSError(f"{filename}: ends before row {row}")
+                done += read
+    finally:
+        os.close(descriptor)
+    return out

@@ -48,6 +48,7 @@ def _comma_separated(kind, what: str, example: str):
 
 _layer_widths = _comma_separated(int, "integers", "128,64,32")
 _fractions = _comma_separated(float, "fractions", "0.7,0.15,0.15")
+_numbers = _comma_separated(int, "integers", "0,1,2")
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -440,6 +441,14 @@ def _add_training_commands(subparsers) -> None:
         help="discard the run already in --out first (its checkpoint, history and backups)",
     )
     _option(train, "--workers", TrainConfig, "threads reading batches ahead", type=int)
+    _option(
+        train,
+        "--devices",
+        TrainConfig,
+        "devices sharing each batch; on a CPU, N > 1 splits it into N logical devices",
+        type=int,
+        none="every GPU, or 1 CPU",
+    )
     _option(train, "--units", TrainConfig, "recurrent layer widths", type=_layer_widths)
     _option(train, "--dropout", TrainConfig, "dropout after each recurrent layer", type=float)
     _option(train, "--conv-filters", TrainConfig, "CNN models' filters", type=int)
@@ -550,6 +559,28 @@ def _add_training_commands(subparsers) -> None:
     _option(demo, "--workers", DemoConfig, "processes for synth and prepare", type=int, none="CPUs")
     demo.set_defaults(run=_run_demo)
 
+    from nightact.study import StudyConfig
+
+    study = subparsers.add_parser(
+        "study", help="a grid of runs (models x seeds), resumable, ending in compare's report"
+    )
+    study.add_argument("--data", required=True, help="a prepared store")
+    study.add_argument("--out", required=True, help="the study folder (runs/, logs/, report/)")
+    _option(study, "--models", StudyConfig, "comma-separated models", type=_words)
+    _option(study, "--seeds", StudyConfig, "comma-separated seeds", type=_numbers)
+    study.add_argument("--preset", choices=list(PRESETS), default=None, help="a train preset")
+    _option(study, "--epochs", StudyConfig, "per run", type=int, none="train's")
+    _option(study, "--batch-size", StudyConfig, "global batch", type=int, none="train's")
+    _option(study, "--devices", StudyConfig, "per run", type=int, none="every GPU, or 1 CPU")
+    _option(study, "--parallel", StudyConfig, "runs at the same time", type=int)
+    study.add_argument(
+        "--gpus",
+        type=_numbers,
+        default=None,
+        help="GPU ids shared out to the parallel runs, --devices each (default: no pinning)",
+    )
+    study.set_defaults(run=_run_study)
+
 
 def train_config(args):
     """The TrainConfig the `train` flags ask for (a resumed run's saved one, with them)."""
@@ -610,6 +641,14 @@ def _run_compare(args) -> int:
     from nightact.report import compare
 
     report = compare(args.runs, args.out, evaluate_missing=True)
+    print(f"wrote {report} (open it in a browser) and {report.with_suffix('.md')}")
+    return 0
+
+
+def _run_study(args) -> int:
+    from nightact.study import StudyConfig, study
+
+    report = study(_config(args, StudyConfig))
     print(f"wrote {report} (open it in a browser) and {report.with_suffix('.md')}")
     return 0
 

@@ -38,6 +38,9 @@ What differs from the original notebooks, and why:
   :func:`nightact.evaluate.evaluate`.
 - The seed sets Keras', NumPy's and Python's generators and the per-epoch shuffle, so a run can be
   repeated; the whole config is saved beside the run.
+- ``devices`` spreads each batch over several GPUs (or logical CPU devices) with Keras' own data
+  parallelism (:mod:`nightact.devices`); the batch size stays the global one, so N devices train
+  like one up to float rounding.
 """
 
 from __future__ import annotations
@@ -128,6 +131,9 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs on val_accuracy; None: off
     resume: bool = False  # continue an interrupted run in `out`
     workers: int = 1  # threads reading batches ahead of the model (1: none besides Keras')
+    # Devices sharing each batch (data parallel). None: every accelerator, 1 on a CPU; the saved
+    # config holds the number used. On a CPU, N > 1 splits it into N logical devices.
+    devices: int | None = None
     units: tuple[int, ...] = (128, 64, 32)
     dropout: float = 0.5
     conv_filters: int = 256
@@ -182,6 +188,8 @@ class TrainConfig:
             )
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(f"devices must be at least 1, got {self.devices}")
         if self.fine_tune < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
             raise ValueError(
                 "fine_tune must be >= 0, fine_tune_epochs >= 1 and fine_tune_learning_rate > 0, "
@@ -271,12 +279,18 @@ def train(
             remove_backups(config)  # left by a kill between result.json and their removal
             return finished
         train_split, val_split = open_splits(config)
-        model = build_and_compile(config, len(class_names))
-        # Before anything is written: a refused run leaves no run behind.
-        check_free_space(config, model)
-        start_run(config, class_names)
-        start_epoch, history = restore_state(config, model)
-        train_batches, val_batches = make_batches(config, train_split, val_split, start_epoch)
+        config, setup = use_devices(config)
+        # Under MirroredStrategy every variable must be made in its scope, the optimizer's too,
+        # which the free-space check and a resume build.
+        with setup.scope():
+            model = build_and_compile(config, len(class_names), setup)
+            # Before anything is written: a refused run leaves no run behind.
+            check_free_space(config, model)
+            start_run(config, class_names)
+            start_epoch, history = restore_state(config, model)
+        train_batches, val_batches = make_batches(
+            config, train_split, val_split, start_epoch, setup
+        )
         try:
             run_callbacks = make_callbacks(config, history, callbacks)
             seconds = fit(
@@ -406,10 +420,38 @@ def open_splits(config: TrainConfig):
     return train_split, val_split
 
 
-def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int = 0):
-    """The shuffled training stream, from ``start_epoch`` on, and the ordered validation batches."""
+def use_devices(config: TrainConfig):
+    """Set up the config's devices; return a copy of the config recording how many, and the setup.
+
+    Must come before the backend's first operation. A process started with Keras' multi-process
+    variables set (``KERAS_DISTRIBUTION_JOB_ADDRESSES`` ...) joins its JAX cluster first.
+    """
+    from nightact import devices
+
+    if os.environ.get(devices.ADDRESS_VARIABLE):
+        devices.initialize_processes()
+    setup = devices.setup_devices(config.devices)
+    if config.batch_size % setup.count:
+        raise ValueError(
+            f"batch_size {config.batch_size} does not divide evenly over {setup.count} devices; "
+            f"choose a multiple of {setup.count}"
+        )
+    return dataclasses.replace(config, devices=setup.count), setup
+
+
+def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int = 0, setup=None):
+    """The shuffled training stream, from ``start_epoch`` on, and the ordered validation batches.
+
+    Under several devices (``setup``), each process reads its share of every batch, and on JAX
+    the validation batches are padded to a multiple of the devices (see ClipBatches).
+    """
     from nightact.augment import AugmentConfig
     from nightact.batches import ClipBatches
+
+    sharing = {}
+    if setup is not None:
+        sharing["process"] = (setup.process_id, setup.processes)
+    pad_to = setup.count if setup is not None and setup.backend == "jax" else 1
 
     train_batches = ClipBatches(
         train_split,
@@ -420,8 +462,11 @@ def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int =
         workers=config.workers,
         drop_remainder=True,
         augment=AugmentConfig() if config.augment else None,
+        **sharing,
     )
-    val_batches = ClipBatches(val_split, config.batch_size, workers=config.workers)
+    val_batches = ClipBatches(
+        val_split, config.batch_size, workers=config.workers, pad_to=pad_to, **sharing
+    )
     return train_batches, val_batches
 
 
@@ -433,8 +478,21 @@ def start_run(config: TrainConfig, class_names: list[str]) -> None:
     runs.write_classes(run, class_names)
 
 
-def build_and_compile(config: TrainConfig, num_classes: int):
-    """The seeded, compiled keras.Model the config describes."""
+def build_and_compile(config: TrainConfig, num_classes: int, setup=None):
+    """The seeded, compiled keras.Model the config describes, in ``setup``'s distribution scope."""
+    import contextlib
+
+    with setup.scope() if setup is not None else contextlib.nullcontext():
+        mirrored = setup is not None and setup.strategy is not None
+        # Padded validation batches (JAX, several devices) carry sample weights, which Keras
+        # applies to `weighted_metrics` only.
+        padded = setup is not None and setup.backend == "jax" and setup.count > 1
+        return _build_and_compile(config, num_classes, mirrored, padded)
+
+
+def _build_and_compile(
+    config: TrainConfig, num_classes: int, mirrored: bool = False, weighted: bool = False
+):
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -459,11 +517,13 @@ def build_and_compile(config: TrainConfig, num_classes: int):
     else:
         loss = keras.losses.CategoricalCrossentropy()
     # Under mixed_float16, compile wraps Adam in a LossScaleOptimizer by itself.
+    accuracy = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
         loss=loss,
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        jit_compile=_jit_compile(config),
+        metrics=None if weighted else accuracy,
+        weighted_metrics=accuracy if weighted else None,
+        jit_compile=_jit_compile(config, mirrored),
     )
     return model
 
@@ -610,11 +670,15 @@ def unfreeze_top(model, count: int) -> list[str]:
     return [layer.name for layer in top if layer.trainable]
 
 
-def _jit_compile(config: TrainConfig):
-    """Keras' jit_compile value for the config: XLA also on TensorFlow without a GPU."""
+def _jit_compile(config: TrainConfig, mirrored: bool = False):
+    """Keras' jit_compile value for the config: XLA also on TensorFlow without a GPU.
+
+    Never under TensorFlow's MirroredStrategy: XLA cannot compile a step whose replicas' variables
+    live on other devices ("Trying to access resource ... located in device CPU:1").
+    """
     import keras
 
-    if not config.xla:
+    if not config.xla or mirrored:
         return False
     if keras.config.backend() == "tensorflow" and not gpu_available():
         return True
