@@ -631,13 +631,7 @@ def fine_tune(config: TrainConfig, verbose: int = 1) -> float:
             callbacks=[
                 callbacks.EpochTimer(),
                 checkpoints.HistoryLogger(run, history),
-                checkpoints.AtomicModelCheckpoint(
-                    str(runs.model_path(run)),
-                    monitor="val_accuracy",
-                    mode="max",
-                    save_best_only=True,
-                    initial_value_threshold=best,
-                ),
+                best_checkpoint(run, best),
                 keras.callbacks.ProgbarLogger(),
                 callbacks.EpochSummary(f"{config.model} fine-tune", total, best),
             ],
@@ -730,6 +724,23 @@ def remove_backups(config: TrainConfig) -> None:
     remove(Path(config.out) / runs.BACKUP)
 
 
+def best_checkpoint(run: Path, best: float | None):
+    """The callback that keeps RUN/model.keras the epoch with the best validation accuracy.
+
+    ``best``: the best value before this fit (after a resume, or before fine-tuning), which a
+    new checkpoint must beat.
+    """
+    from nightact import checkpoints
+
+    return checkpoints.AtomicModelCheckpoint(
+        str(runs.model_path(run)),
+        monitor="val_accuracy",
+        mode="max",
+        save_best_only=True,
+        initial_value_threshold=best,
+    )
+
+
 def make_callbacks(config: TrainConfig, history: list[dict], extra=None) -> list:
     """The run's callbacks, in the order they must run, then ``extra``."""
     import keras
@@ -748,14 +759,7 @@ def make_callbacks(config: TrainConfig, history: list[dict], extra=None) -> list
         # and the backup, which commits the epoch, links the checkpoint saved just before it.
         callbacks.EpochTimer(),
         checkpoints.HistoryLogger(run, history),
-        checkpoints.AtomicModelCheckpoint(
-            str(runs.model_path(run)),
-            monitor="val_accuracy",
-            mode="max",
-            save_best_only=True,
-            # After a resume, beat the best epoch from before the interruption.
-            initial_value_threshold=best,
-        ),
+        best_checkpoint(run, best),
         checkpoints.EpochBackup(run / runs.BACKUP, runs.model_path(run), history),
         *callbacks.tensorboard(run / runs.TENSORBOARD),
         *(
