@@ -23,9 +23,7 @@ its share of the class's clips.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import multiprocessing
 import os
 import re
 from collections.abc import Sequence
@@ -35,8 +33,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nightact.dataset import SPLIT_NAMES, Entry, split_counts
-from nightact.leakage import LeakageConfig, clip_signature, find_near_duplicates
+from nightact.leakage import (
+    LeakageConfig,
+    clip_signature,
+    connected_components,
+    find_near_duplicates,
+)
 from nightact.videos import VideoError, read_clip
+from nightact.workers import map_unordered
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +90,11 @@ def regex_groups(paths: Sequence[str], pattern: str) -> dict[str, str]:
 
 def groups_from_pairs(paths: Sequence[str], pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     """Group of each path: the smallest path of its connected component under ``pairs``."""
-    parent = {path: path for path in paths}
-
-    def root(path: str) -> str:
-        while parent[path] != path:
-            parent[path] = parent[parent[path]]
-            path = parent[path]
-        return path
-
-    for a, b in pairs:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {path: root(path) for path in paths}
+    ordered = sorted(paths)
+    index = {path: position for position, path in enumerate(ordered)}
+    # Component ids are the smallest member's index, and the paths are sorted: its path.
+    component = connected_components(len(ordered), [(index[a], index[b]) for a, b in pairs])
+    return {path: ordered[component[index[path]]] for path in paths}
 
 
 def _prepass_one(job: tuple) -> tuple[str, np.ndarray | None, str]:
@@ -129,19 +125,16 @@ def near_duplicate_groups(
     """
     config = config or LeakageConfig(store=str(src))
     jobs = [(str(src), entry.path, frames) for entry in entries]
-    workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
-    results = []
-    with tqdm(total=len(jobs), desc="near-duplicates", unit="video") as progress:
-        if workers <= 1:
-            for job in jobs:
-                results.append(_prepass_one(job))
-                progress.update()
-        else:
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-                for result in pool.map(_prepass_one, jobs, chunksize=4):
-                    results.append(result)
-                    progress.update()
+    results = list(
+        tqdm(
+            map_unordered(_prepass_one, jobs, workers),
+            total=len(jobs),
+            desc="near-duplicates",
+            unit="video",
+        )
+    )
+    # Finishing order varies with the workers; the comparison should not.
+    results.sort(key=lambda result: result[0])
     clips, signatures = [], []
     for path, pixels, error in results:
         if pixels is None:
