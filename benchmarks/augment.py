@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+# `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
+QUICK_ARGS = ["--videos", "2", "--shifted-videos", "1", "--seeds", "1", "--epochs", "1"]
 SEGMENTS, PER_SEGMENT, HEIGHT, WIDTH = 8, 3, 48, 64
 ARMS = ("plain", "augment")
 
@@ -252,7 +254,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="keep the data here (default: a temp folder)")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "augment.json")
+    parser.add_argument(
+        "--json", "--out", dest="out", type=Path, default=HERE / "results" / "augment.json"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 

@@ -34,6 +34,19 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
+QUICK_ARGS = [
+    "--videos-per-class",
+    "1",
+    "--frames",
+    "2",
+    "--size",
+    "48x64",
+    "--epochs",
+    "1",
+    "--repeats",
+    "1",
+]
 
 
 def make_store(work: Path, videos_per_class: int, frames: int, height: int, width: int) -> Path:

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+# `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
+QUICK_ARGS = ["--models", "gru", "--shapes", "demo", "--calls", "1"]
 MODELS = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")
 NUM_CLASSES = 12
 # name -> (frames, height, width, build settings)

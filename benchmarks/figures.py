@@ -47,8 +47,9 @@ sys.path.insert(0, str(HERE))
 
 from machine import describe_machine, format_machine  # noqa: E402
 
-# Files under benchmarks/ that are helpers, not benchmarks.
-NOT_BENCHMARKS = {"figures.py", "machine.py"}
+# Files under benchmarks/ that are not steps here: helpers, and gpu.py, which benchmarks/gpu.sh
+# runs on a GPU machine in one call (--gpu below adds the GPU-shaped runs of train and backends).
+NOT_BENCHMARKS = {"figures.py", "machine.py", "gpu.py"}
 PYTHON = sys.executable
 CLI = [PYTHON, "-m", "nightact.cli"]
 

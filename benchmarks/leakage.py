@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
+QUICK_ARGS = ["--per-class", "1", "--frames", "4", "--size", "48x64", "--source-size", "48x64"]
 
 
 def main() -> None:
@@ -41,7 +43,9 @@ def main() -> None:
     parser.add_argument("--source-size", default="240x320", help="originals' HEIGHTxWIDTH")
     parser.add_argument("--workers", type=int, default=None, help="prepare/pre-pass processes")
     parser.add_argument("--work", default=None, help="folder for the corpus (default: a temp)")
-    parser.add_argument("--out", default=str(HERE / "results" / "leakage.json"))
+    parser.add_argument(
+        "--json", "--out", dest="out", default=str(HERE / "results" / "leakage.json")
+    )
     args = parser.parse_args()
 
     from nightact import copies, leakage

@@ -9,7 +9,7 @@ process, for a model of the given size, into a folder on the disk under test.
     python benchmarks/saves.py                         # cnn_gru, the default widths, 10 x 120x160
     python benchmarks/saves.py --repeats 3 --out /mnt/disk
 
-Prints a table and writes benchmarks/results/saves.json.
+Prints a table and writes benchmarks/results/saves.json (or --json).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
+QUICK_ARGS = ["--frames", "3", "--size", "24x32", "--repeats", "1"]
 
 
 def main() -> None:
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--size", default="120x160", help="HEIGHTxWIDTH")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None, help="folder on the disk to test (default: /tmp)")
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "saves.json")
     args = parser.parse_args()
 
     import keras
@@ -84,9 +87,8 @@ def main() -> None:
         f"{result['stock_seconds_median']:>8.3f} {result['safe_seconds_median']:>8.3f} "
         f"{result['ratio']:>6.2f}"
     )
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    (results / "saves.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

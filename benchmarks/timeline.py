@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+# `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
+QUICK_ARGS = ["--minutes", "0.25"]
 FPS = 25.0
 HEIGHT, WIDTH = 480, 640
 DEMO = {"units": (64, 32, 16), "dropout": 0.1, "conv_filters": 32, "conv_kernel": 4,

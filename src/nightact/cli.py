@@ -440,7 +440,14 @@ def _add_training_commands(subparsers) -> None:
         action="store_true",
         help="discard the run already in --out first (its checkpoint, history and backups)",
     )
-    _option(train, "--workers", TrainConfig, "threads reading batches ahead", type=int)
+    _option(
+        train,
+        "--workers",
+        TrainConfig,
+        "threads reading clips: each batch's rows split between them, the rest read ahead",
+        type=int,
+        none="one per CPU, at most 4",
+    )
     _option(
         train,
         "--devices",

@@ -113,6 +113,9 @@ _SAME_ON_RESUME = (
 )
 # The models that can be trained on an embedding store: the recurrent head alone.
 HEAD_MODELS = ("simple_rnn", "lstm", "gru")
+# Reading threads when none are asked for: enough to feed a GPU at the full shape (about 1,200
+# clips per CPU-second each, benchmarks/loader.py), few enough to leave a CPU its compute.
+MAX_DEFAULT_WORKERS = 4
 
 
 @dataclass
@@ -130,10 +133,15 @@ class TrainConfig:
     seed: int = 0
     early_stopping: int | None = None  # patience in epochs on val_accuracy; None: off
     resume: bool = False  # continue an interrupted run in `out`
-    workers: int = 1  # threads reading batches ahead of the model (1: none besides Keras')
+    # Threads reading clips: each batch's rows split between them, W - 1 batches read ahead.
+    # None: one per CPU, at most 4 (filled in, so the saved config holds the number used).
+    workers: int | None = None
     # Devices sharing each batch (data parallel). None: every accelerator, 1 on a CPU; the saved
     # config holds the number used. On a CPU, N > 1 splits it into N logical devices.
     devices: int | None = None
+    # The Keras backend that trained it (nightact.backend chooses it), filled in when training
+    # starts; a resume under another backend records the one it continued on.
+    backend: str | None = None
     units: tuple[int, ...] = (128, 64, 32)
     dropout: float = 0.5
     conv_filters: int = 256
@@ -186,6 +194,8 @@ class TrainConfig:
             raise ValueError(
                 f"early_stopping patience must be at least 1, got {self.early_stopping}"
             )
+        if self.workers is None:
+            self.workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.devices is not None and self.devices < 1:
@@ -421,7 +431,7 @@ def open_splits(config: TrainConfig):
 
 
 def use_devices(config: TrainConfig):
-    """Set up the config's devices; return a copy of the config recording how many, and the setup.
+    """Set up the config's devices; return a copy of the config recording them and the backend.
 
     Must come before the backend's first operation. A process started with Keras' multi-process
     variables set (``KERAS_DISTRIBUTION_JOB_ADDRESSES`` ...) joins its JAX cluster first.
@@ -436,7 +446,7 @@ def use_devices(config: TrainConfig):
             f"batch_size {config.batch_size} does not divide evenly over {setup.count} devices; "
             f"choose a multiple of {setup.count}"
         )
-    return dataclasses.replace(config, devices=setup.count), setup
+    return dataclasses.replace(config, devices=setup.count, backend=setup.backend), setup
 
 
 def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int = 0, setup=None):

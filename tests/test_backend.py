@@ -1,0 +1,102 @@
+"""nightact.backend: the Keras backend chosen before Keras is imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nightact import backend
+
+
+@pytest.fixture
+def no_keras_yet(monkeypatch):
+    """This process as if Keras had not been imported, and no KERAS_BACKEND set."""
+    monkeypatch.delitem(sys.modules, "keras", raising=False)
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(backend, "NVIDIA_GPUS", tmp_path / "no-driver")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi either
+
+
+def fake_nvidia_smi(folder: Path, output: str, code: int = 0) -> None:
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\necho '{output}'\nexit {code}\n")
+    script.chmod(0o755)
+
+
+def test_keras_backend_variable_always_wins(no_keras_yet, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    monkeypatch.setattr(backend, "nvidia_gpu_present", lambda: pytest.fail("GPU asked"))
+    assert backend.choose_backend() == "torch"
+    assert backend.choose_backend({"KERAS_BACKEND": "tensorflow"}) == "tensorflow"
+
+
+def test_cpu_machine_gets_jax_when_installed_else_tensorflow(no_keras_yet, no_gpu, monkeypatch):
+    pytest.importorskip("jax")
+    assert backend.choose_backend() == "jax"
+    real_find_spec = backend.importlib.util.find_spec
+    monkeypatch.setattr(
+        backend.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "jax" else real_find_spec(name, *args),
+    )
+    assert backend.choose_backend() == "tensorflow"
+
+
+def test_nvidia_gpu_gets_tensorflow(no_keras_yet, no_gpu, tmp_path, monkeypatch):
+    pytest.importorskip("jax")
+    gpus = tmp_path / "gpus"
+    (gpus / "0000:01:00.0").mkdir(parents=True)
+    monkeypatch.setattr(backend, "NVIDIA_GPUS", gpus)
+    assert backend.nvidia_gpu_present()
+    assert backend.choose_backend() == "tensorflow"
+
+
+def test_nvidia_smi_is_asked_when_proc_says_nothing(no_gpu, tmp_path):
+    assert not backend.nvidia_gpu_present()
+    fake_nvidia_smi(tmp_path, "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1234)")
+    assert backend.nvidia_gpu_present()
+    # A driver without devices lists nothing and fails.
+    fake_nvidia_smi(tmp_path, "No devices were found", code=6)
+    assert not backend.nvidia_gpu_present()
+
+
+def test_keras_imported_first_keeps_its_backend(monkeypatch):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    import keras
+
+    assert backend.choose_backend() == keras.config.backend()
+    assert backend.use_default_backend() == keras.config.backend()
+    assert "KERAS_BACKEND" not in os.environ
+
+
+def run_fresh(code: str, **environment) -> str:
+    """stdout of ``code`` in a fresh interpreter whose environment lacks KERAS_BACKEND."""
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    env.update(environment)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_importing_nightact_sets_the_backend_keras_then_uses(tmp_path):
+    pytest.importorskip("jax")
+    code = "import nightact, os; print(os.environ['KERAS_BACKEND'])"
+    expected = "tensorflow" if backend.nvidia_gpu_present() else "jax"
+    assert run_fresh(code) == expected
+    assert run_fresh(code, KERAS_BACKEND="tensorflow") == "tensorflow"
+    # Keras imported before nightact: its backend stays, and so does the environment.
+    code = (
+        "import keras, nightact, os; print(keras.config.backend(), 'KERAS_BACKEND' in os.environ)"
+    )
+    # (A Keras home of its own: a keras.json elsewhere could name another default.)
+    assert run_fresh(code, KERAS_HOME=str(tmp_path)) == "tensorflow False"
