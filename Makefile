@@ -25,10 +25,13 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# The default suite (slow tests excluded), then the model and cell tests again under JAX.
+# The default suite (slow tests excluded) on the default backend (JAX on a CPU, see
+# docs/backends.md), then the model, cell, training and export tests under TensorFlow, the GPU
+# default and the exporter.
+TENSORFLOW_TESTS := tests/test_models.py tests/test_cells.py tests/test_train.py tests/test_export.py
 test: lint
 	$(BIN)/python -m pytest
-	KERAS_BACKEND=jax $(BIN)/python -m pytest tests/test_models.py tests/test_cells.py
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest $(TENSORFLOW_TESTS)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/prepare.py

@@ -9,6 +9,10 @@ import av
 import numpy as np
 import pytest
 
+# First, before any test module imports Keras: nightact picks the backend the suite runs under
+# (the user's default: JAX on a CPU; KERAS_BACKEND, as make test's TensorFlow leg sets it, wins).
+import nightact  # noqa: F401
+
 # Real footage nobody on the project made; present in the team's checkout, absent in a user's.
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,32 @@ def test_importing_nightact_sets_the_backend_keras_then_uses(tmp_path):
     )
     # (A Keras home of its own: a keras.json elsewhere could name another default.)
     assert run_fresh(code, KERAS_HOME=str(tmp_path)) == "tensorflow False"
+
+
+def test_export_command_chooses_tensorflow_and_the_api_elsewhere_says_why(tmp_path):
+    """The default backend is JAX on a CPU; exporting needs TensorFlow's converters."""
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    from trained_run import export_onnx, tiny_run
+
+    run = tiny_run(tmp_path)
+    out = export_onnx(run, tmp_path / "model.onnx")  # asserts the command succeeded
+    assert out.stat().st_size > 1000
+    metadata = json.loads(
+        run_fresh(
+            "import json, sys; from nightact.onnx_engine import read_onnx_metadata; "
+            f"print(json.dumps(read_onnx_metadata({str(out)!r})))"
+        )
+    )
+    assert metadata["class_names"] and metadata["format"] == "onnx"
+    # Called from a process whose Keras runs JAX, the API refuses in one line that says what to do.
+    code = (
+        "from nightact.export import ExportError, export_model\n"
+        "try:\n"
+        f"    export_model({str(run)!r}, 'onnx', {str(tmp_path / 'api.onnx')!r})\n"
+        "except ExportError as error:\n"
+        "    print(error)\n"
+    )
+    message = run_fresh(code, KERAS_BACKEND="jax")
+    assert "TensorFlow backend" in message and "nightact export" in message
+    assert not (tmp_path / "api.onnx").exists()

@@ -26,7 +26,7 @@ BACKBONE = "mobilenet_v3_small"
 SIZE = 32
 # Background light of each class's videos: a difference that even random convolutions keep once
 # their batch normalisation has seen the data (see ``weights_file``).
-CLASS_LEVELS = {"dark": 0, "dim": 40, "lit": 80}
+CLASS_LEVELS = {"dark": 0, "dim": 60, "lit": 120}
 
 
 def write_night_video(path, level, rng, frames: int = 8) -> None:
@@ -151,7 +151,7 @@ def trained(embedded, tmp_path_factory):
         data=out,
         model="gru",
         out=run,
-        epochs=25,
+        epochs=40,
         batch_size=6,
         learning_rate=3e-3,
         units=(32,),

@@ -14,6 +14,14 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
+from nightact.backend import choose_backend  # noqa: E402
+
+# Exports run under TensorFlow (nightact.export says why); make test runs this file again in its
+# TensorFlow leg. tests/test_backend.py checks the export command from the default backend.
+pytestmark = pytest.mark.skipif(
+    choose_backend() != "tensorflow", reason="exports run in-process under TensorFlow only"
+)
+
 from nightact.export import (  # noqa: E402
     FORMATS,
     SAVED_MODEL_METADATA,

@@ -82,11 +82,9 @@ def live_video(tmp_path_factory):
 def onnx_model(run, tmp_path_factory) -> Path:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
-    from nightact.export import export_model
+    from trained_run import export_onnx
 
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export_model(run, "onnx", path)
-    return path
+    return export_onnx(run, tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 
 def agreement(rows: list[dict], truth: list, step: float = 0.05) -> float:

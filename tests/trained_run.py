@@ -128,3 +128,27 @@ def tiny_run(base: Path) -> Path:
     model.save(run / "model.keras")
     runs.write_classes(run, CLASSES)
     return run
+
+
+def export_onnx(run: Path, path: Path) -> Path:
+    """``nightact export RUN --format onnx``, in its own process: it works under either backend.
+
+    The command chooses TensorFlow, whose converter writes the ONNX file, however the calling
+    process's Keras runs (the suite's default is JAX on a CPU).
+    """
+    import os
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run(
+        [sys.executable, "-m", "nightact.cli", "export", str(run), "--format", "onnx"]
+        + ["--out", str(path)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return path

@@ -9,7 +9,8 @@ The rule follows what ``python benchmarks/backends.py`` measured for these six m
    Keras writes that file on its first import, so it cannot be told apart from Keras' default.)
 2. Keras already imported by the caller: its backend is fixed; nothing is changed.
 3. An NVIDIA GPU present: TensorFlow, which runs LSTM and GRU on the fused cuDNN kernels.
-4. Otherwise JAX if it is installed (``pip install 'nightact[jax]'``), else TensorFlow.
+4. Otherwise JAX if it is installed (a dependency of nightact; a trimmed install may lack it),
+   else TensorFlow.
 
 Nothing here imports Keras or a backend, so the data commands stay fast; the GPU check reads
 ``/proc`` and runs ``nvidia-smi -L`` only where the answer could change the choice.
@@ -51,9 +52,22 @@ def choose_backend(environ=None) -> str:
         return environ["KERAS_BACKEND"]
     if "keras" in sys.modules:
         return sys.modules["keras"].config.backend()
-    if importlib.util.find_spec("jax") is None:
+    if not _installed("jax"):
         return "tensorflow"
     return "tensorflow" if nvidia_gpu_present() else "jax"
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, asked without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # an import hook that refuses it, a broken package
+        return False
+
+
+# The backend this module wrote into KERAS_BACKEND (None: it wrote nothing), so that a later
+# request can tell nightact's own choice, which it may revise, from the user's, which it may not.
+_chosen: str | None = None
 
 
 def use_default_backend() -> str:
@@ -62,7 +76,21 @@ def use_default_backend() -> str:
     The variable is set in this process's environment, so the worker processes nightact
     starts (prepare's pool, study's runs) inherit the same backend.
     """
+    global _chosen
     backend = choose_backend()
-    if "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = backend
+    if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND"):
+        os.environ["KERAS_BACKEND"] = _chosen = backend
     return backend
+
+
+def prefer_backend(backend: str) -> str:
+    """Use ``backend`` for a command that needs it, unless the user chose one or Keras runs.
+
+    ``nightact export`` asks for TensorFlow, whose converters write all three export formats.
+    Returns the backend Keras will use.
+    """
+    global _chosen
+    current = os.environ.get("KERAS_BACKEND")
+    if "keras" not in sys.modules and (not current or current == _chosen):
+        os.environ["KERAS_BACKEND"] = _chosen = backend
+    return choose_backend()

@@ -921,6 +921,9 @@ def _run_timeline(args) -> int:
 
 
 def _run_export(args) -> int:
+    from nightact.backend import prefer_backend
+
+    prefer_backend("tensorflow")  # before Keras is imported: its converters do the exports
     from nightact.export import ExportConfig, ExportError, export
 
     try:

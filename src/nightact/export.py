@@ -164,9 +164,21 @@ def export_model(
             why: conversion failed, the runtime cannot run it, or the numbers differ).
         FileExistsError: ``out`` exists and ``overwrite`` is false.
     """
+    import keras
+
     from nightact.inference import load_predictor
 
     source = str(model) if isinstance(model, (str, os.PathLike)) else "<in memory>"
+    if keras.config.backend() != "tensorflow":
+        # Keras exports from JAX through other converters (jax2onnx, a large extra dependency)
+        # than the tf2onnx and TFLite paths checked here; a .keras file loads in either backend.
+        raise ExportError(
+            format,
+            source,
+            f"exporting runs under the TensorFlow backend and this process runs Keras on "
+            f"{keras.config.backend()}; use `nightact export`, which chooses TensorFlow, or set "
+            "KERAS_BACKEND=tensorflow before Keras is imported",
+        )
     config = ExportConfig(source, format, out, tolerance, test_clips, random_clips, seed, overwrite)
     out = Path(out)
     if out.exists() and not overwrite:
