@@ -7,13 +7,13 @@ over the same synthetic store, with 1, 2, 4 and 8 reading threads each:
 - ``memmap``: ``ClipBatches`` reading each batch by indexing the memory map (page faults, one
   page at a time), as it read before ``nightact.batches.read_rows``; ``readers`` threads read
   whole batches ahead.
-- ``whole``: one ``os.preadv`` per row into the batch's buffer (``nightact.batches.read_rows``),
-  ``readers`` threads each reading a whole batch ahead, as ``ClipBatches`` read until
-  2026-11-26 (earlier JSON calls this ``clipbatches``).
-- ``clipbatches``: nightact's own ``ClipBatches`` as ``nightact train --workers N`` reads
-  today: the same reads, but each batch's sorted rows cut into ``readers`` contiguous runs read
-  side by side, and ``readers - 1`` batches read ahead (earlier JSON's ``pread`` timed this
-  design in a reader of its own).
+- ``clipbatches``: nightact's own ``ClipBatches`` as ``nightact train --workers N`` reads: one
+  ``os.preadv`` per row into the batch's buffer, ``readers`` threads reading whole batches ahead.
+- ``split``: the same reads, but every batch's rows split between ``readers`` threads (two
+  batches ahead): each batch spread over all threads. (JSON before 2026-11-26 calls it
+  ``pread``.) On 2 cores its lead over ``clipbatches`` came and went between runs
+  (docs/scaling.md), so ``ClipBatches`` keeps reading whole batches until a many-core machine
+  (``benchmarks/gpu.sh`` runs this script) shows a steady gain.
 
 Cold runs drop the store from the page cache first (``posix_fadvise(DONTNEED)`` on the file; with
 ``--drop-caches``, the whole machine's cache via /proc/sys/vm/drop_caches, as root).
@@ -153,21 +153,74 @@ def time_clipbatches(
     return clips, time.perf_counter() - started
 
 
-def time_whole(folder: Path, batch_size: int, readers: int) -> tuple[int, float]:
-    """Whole batches read ahead by ``readers`` threads, each batch by one thread."""
-    from nightact.batches import read_rows
+class SplitBatches:
+    """Batches read with one ``preadv`` per row, each batch's rows split over ``readers`` threads.
 
-    frames = np.load(folder / "train.npy", mmap_mode="r")
-    batches = batch_rows(len(frames), batch_size)
+    Reads ahead ``depth`` batches, so the disk always has work queued.
+    """
+
+    def __init__(self, path: Path, batches: list[np.ndarray], readers: int, depth: int = 2):
+        header = np.load(path, mmap_mode="r")
+        self.shape, self.offset = header.shape[1:], header.offset
+        self.row_bytes = int(np.prod(self.shape))
+        del header
+        self.batches = batches
+        self.descriptor = os.open(path, os.O_RDONLY)
+        self.readers = readers
+        self.depth = depth
+
+    def _read_rows(self, out: np.ndarray, rows: np.ndarray, first: int) -> None:
+        for position, row in enumerate(rows):
+            view = memoryview(out[first + position]).cast("B")
+            done = 0
+            while done < self.row_bytes:
+                done += os.preadv(
+                    self.descriptor, [view[done:]], self.offset + int(row) * self.row_bytes + done
+                )
+
+    def _read_batch(self, index: int) -> np.ndarray:
+        rows = self.batches[index]
+        out = np.empty((len(rows), *self.shape), dtype=np.uint8)
+        shares = np.array_split(np.arange(len(rows)), self.readers)
+        # The batch's rows, in ascending order, cut into one contiguous run per reader.
+        futures = [
+            self.reader_pool.submit(self._read_rows, out, rows[share], int(share[0]))
+            for share in shares
+            if len(share)
+        ]
+        for future in futures:
+            future.result()
+        return out
+
+    def __iter__(self):
+        self.reader_pool = ThreadPoolExecutor(self.readers)
+        batch_pool = ThreadPoolExecutor(self.depth)
+        try:
+            pending = {}
+            for index in range(len(self.batches)):
+                for ahead in range(index, min(index + self.depth, len(self.batches))):
+                    if ahead not in pending:
+                        pending[ahead] = batch_pool.submit(self._read_batch, ahead)
+                yield pending.pop(index).result()
+        finally:
+            batch_pool.shutdown(cancel_futures=True)
+            self.reader_pool.shutdown()
+
+    def close(self) -> None:
+        os.close(self.descriptor)
+
+
+def time_split(folder: Path, batch_size: int, readers: int) -> tuple[int, float]:
+    path = folder / "train.npy"
+    clips = len(np.load(path, mmap_mode="r"))
+    reader = SplitBatches(path, batch_rows(clips, batch_size), readers)
     started = time.perf_counter()
     count = 0
-    with ThreadPoolExecutor(readers) as pool:
-        pending = {}
-        for index in range(len(batches)):
-            for ahead in range(index, min(index + readers, len(batches))):
-                if ahead not in pending:
-                    pending[ahead] = pool.submit(read_rows, frames, batches[ahead])
-            count += len(pending.pop(index).result())
+    try:
+        for frames in reader:
+            count += len(frames)
+    finally:
+        reader.close()
     return count, time.perf_counter() - started
 
 
@@ -175,7 +228,7 @@ def time_memmap(folder: Path, batch_size: int, readers: int) -> tuple[int, float
     return time_clipbatches(folder, batch_size, readers, indexing=True)
 
 
-METHODS = {"memmap": time_memmap, "whole": time_whole, "clipbatches": time_clipbatches}
+METHODS = {"memmap": time_memmap, "clipbatches": time_clipbatches, "split": time_split}
 
 
 def measure(args, folder: Path, results: list[dict], saved) -> None:

@@ -85,7 +85,7 @@ def test_ordered_batches_and_read_ahead_threads_agree():
         threaded.close()
 
 
-def test_threads_splitting_each_batch_of_a_mapped_store_give_the_same_batches(tmp_path):
+def test_read_ahead_threads_over_a_mapped_store_give_the_same_batches(tmp_path):
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, size=(21, 2, 4, 6, 3), dtype=np.uint8)
     np.save(tmp_path / "train.npy", frames)
@@ -145,15 +145,6 @@ def test_rows_read_from_a_mapped_store_equal_indexing(tmp_path):
     read = read_rows(mapped, rows)
     assert type(read) is np.ndarray and read.flags.c_contiguous
     np.testing.assert_array_equal(read, frames[rows])
-    # Cut into runs read by threads side by side: the same rows in the same places, also with
-    # more runs than rows and with rows out of order.
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(3) as pool:
-        for runs in (2, 3, 7):
-            np.testing.assert_array_equal(read_rows(mapped, rows, pool, runs), frames[rows])
-        shuffled = np.array([8, 1, 5, 0, 2, 7, 3])
-        np.testing.assert_array_equal(read_rows(mapped, shuffled, pool, 3), frames[shuffled])
     # A slice of the map (its offset is its parent's) and a plain array take the indexing path.
     np.testing.assert_array_equal(read_rows(mapped[2:], np.array([0, 6])), frames[[2, 8]])
     np.testing.assert_array_equal(read_rows(frames, rows), frames[rows])
@@ -162,5 +153,3 @@ def test_rows_read_from_a_mapped_store_equal_indexing(tmp_path):
         handle.truncate(mapped.offset + 5 * frames[0].nbytes)
     with pytest.raises(OSError, match="ends before row 8"):
         read_rows(mapped, rows)
-    with ThreadPoolExecutor(2) as pool, pytest.raises(OSError, match="ends before row 8"):
-        read_rows(mapped, rows, pool, 2)

@@ -29,6 +29,13 @@ def test_config_checks_its_values():
         TrainConfig(data="s", model="gru", out="r", loss="mse")
     with pytest.raises(ValueError, match="preset"):
         TrainConfig.from_preset("newest", data="s", model="gru", out="r")
+    with pytest.raises(ValueError, match="workers"):
+        TrainConfig(data="s", model="gru", out="r", workers=0)
+    # Reading threads default to one per CPU, at most 4, and the number is what gets saved.
+    import os
+
+    assert TrainConfig(data="s", model="gru", out="r").workers == min(4, os.cpu_count())
+    assert TrainConfig(data="s", model="gru", out="r", workers=7).workers == 7
 
 
 def test_original_preset(store, tmp_path):

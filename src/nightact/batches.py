@@ -24,10 +24,7 @@ class ClipBatches(keras.utils.PyDataset):
     """Batches of (uint8 clips, one-hot float32 labels) read from a memory-mapped split.
 
     Each batch reads its rows from the store in ascending order (sequential reads on disk), so
-    memory holds one batch, plus the few being read ahead. With ``workers`` W above 1, each
-    batch's sorted rows are cut into W contiguous runs read side by side by W threads (so one
-    batch, or one device's share of it, arrives W times sooner from a disk or page cache that
-    can serve W readers), and W - 1 further batches are read ahead.
+    memory holds one batch, plus the few being read ahead.
 
     With ``shuffle=False`` it is an ordinary finite dataset of ``len(self)`` batches in row order
     (validation, test, prediction).
@@ -112,10 +109,6 @@ class ClipBatches(keras.utils.PyDataset):
         self._orders: dict[int, np.ndarray] = {}
         self._read_ahead = workers - 1
         self._pool = ThreadPoolExecutor(self._read_ahead) if self._read_ahead > 0 else None
-        # A pool apart from the batch pool: a batch thread waits on its row runs, and waiting on
-        # tasks queued behind itself in one shared pool could deadlock.
-        self.workers = workers
-        self._row_pool = ThreadPoolExecutor(workers) if workers > 1 else None
         self._pending: dict = {}
 
     def __len__(self) -> int:
@@ -158,9 +151,6 @@ class ClipBatches(keras.utils.PyDataset):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        if self._row_pool is not None:
-            self._row_pool.shutdown(wait=True, cancel_futures=True)
-            self._row_pool = None
 
     def _read(self, index: int):
         rows = self.rows(index)
@@ -177,7 +167,7 @@ class ClipBatches(keras.utils.PyDataset):
             mine = slice(process_index * share, (process_index + 1) * share)
             rows = rows[mine]
             weights = None if weights is None else weights[mine]
-        clips = read_rows(self.split.frames, rows, self._row_pool, runs=self.workers)
+        clips = read_rows(self.split.frames, rows)
         if self.augment is not None:
             from nightact.augment import augment_clips
 
@@ -214,50 +204,33 @@ class ClipBatches(keras.utils.PyDataset):
             return order
 
 
-def read_rows(
-    frames: np.ndarray, rows: np.ndarray, pool: ThreadPoolExecutor | None = None, runs: int = 1
-) -> np.ndarray:
+def read_rows(frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``frames[rows]`` as a new array; from a memory-mapped .npy, one ``preadv`` per row.
 
     Indexing a memory map reads the rows through page faults, and every page it touches counts in
     the training process's resident memory for as long as the kernel keeps it; reading each row
     (2.3 MB at 10 x 240x320) with one system call into the batch's buffer does neither, and
-    releases the GIL while it waits. With ``runs`` above 1, the rows (in the order given) are cut
-    into that many contiguous runs, read side by side by ``pool``'s threads.
-    benchmarks/loader.py times the three ("memmap", "whole", "clipbatches").
+    releases the GIL while it waits, so read-ahead threads overlap. benchmarks/loader.py times
+    both ("memmap" against "clipbatches").
     """
     # Only a whole mapped file (as np.load(mmap_mode="r") gives it) has its first row at
     # ``offset``; a slice of one keeps its parent's offset, so it is indexed as any array.
     whole = isinstance(frames, np.memmap) and isinstance(frames.base, mmap.mmap)
     if not whole or frames.filename is None or not frames.flags.c_contiguous or len(rows) == 0:
         return np.ascontiguousarray(frames[rows])
+    filename, start = frames.filename, frames.offset
     out = np.empty((len(rows), *frames.shape[1:]), dtype=frames.dtype)
-    descriptor = os.open(frames.filename, os.O_RDONLY)
+    row_bytes = out[0].nbytes
+    descriptor = os.open(filename, os.O_RDONLY)
     try:
-        runs = 1 if pool is None else min(runs, len(rows))
-        bounds = np.linspace(0, len(rows), runs + 1).astype(int)
-        if runs == 1:
-            _read_run(descriptor, frames, rows, out, 0)
-        else:
-            futures = [
-                pool.submit(_read_run, descriptor, frames, rows[first:last], out, first)
-                for first, last in zip(bounds[:-1], bounds[1:], strict=True)
-            ]
-            for future in futures:
-                future.result()
+        for position, row in enumerate(rows):
+            view = memoryview(out[position]).cast("B")
+            done = 0
+            while done < row_bytes:
+                read = os.preadv(descriptor, [view[done:]], start + int(row) * row_bytes + done)
+                if read == 0:
+                    raise OSError(f"{filename}: ends before row {row}")
+                done += read
     finally:
         os.close(descriptor)
     return out
-
-
-def _read_run(descriptor: int, frames: np.memmap, rows: np.ndarray, out: np.ndarray, first: int):
-    """Read ``rows`` of the mapped file into ``out[first:]``, one ``preadv`` per row."""
-    row_bytes = out[0].nbytes
-    for position, row in enumerate(rows.tolist(), start=first):
-        view = memoryview(out[position]).cast("B")
-        done = 0
-        while done < row_bytes:
-            read = os.preadv(descriptor, [view[done:]], frames.offset + row * row_bytes + done)
-            if read == 0:
-                raise OSError(f"{frames.filename}: ends before row {row}")
-            done += read

@@ -444,7 +444,7 @@ def _add_training_commands(subparsers) -> None:
         train,
         "--workers",
         TrainConfig,
-        "threads reading clips: each batch's rows split between them, the rest read ahead",
+        "threads reading batches ahead of the model",
         type=int,
         none="one per CPU, at most 4",
     )

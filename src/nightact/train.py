@@ -113,8 +113,8 @@ _SAME_ON_RESUME = (
 )
 # The models that can be trained on an embedding store: the recurrent head alone.
 HEAD_MODELS = ("simple_rnn", "lstm", "gru")
-# Reading threads when none are asked for: enough to feed a GPU at the full shape (about 1,200
-# clips per CPU-second each, benchmarks/loader.py), few enough to leave a CPU its compute.
+# Reading threads when none are asked for: one thread reads 1,300-1,800 clips per CPU-second at
+# the full shape (benchmarks/loader.py), so a few keep a GPU fed and leave a CPU its compute.
 MAX_DEFAULT_WORKERS = 4
 
 
@@ -133,7 +133,7 @@ class TrainConfig:
     seed: int = 0
     early_stopping: int | None = None  # patience in epochs on val_accuracy; None: off
     resume: bool = False  # continue an interrupted run in `out`
-    # Threads reading clips: each batch's rows split between them, W - 1 batches read ahead.
+    # Threads reading whole batches ahead of the model (1: each batch read between two steps).
     # None: one per CPU, at most 4 (filled in, so the saved config holds the number used).
     workers: int | None = None
     # Devices sharing each batch (data parallel). None: every accelerator, 1 on a CPU; the saved
