@@ -418,8 +418,12 @@ def test_a_live_source_slower_than_real_time_drops_windows_and_says_so(
     assert result.wall_seconds < 6.0 + 4.0
 
 
-def test_ctrl_c_stops_a_live_timeline_with_its_files_written(onnx_model, live_video, tmp_path):
-    video, _ = live_video
+def test_ctrl_c_stops_a_live_timeline_with_its_files_written(onnx_model, tmp_path):
+    # FFmpeg probes the first ~5 s of a stream before it returns a frame, so a 5-7 s stream
+    # left the Ctrl-C only the last second or two to land in: a stream four times as long
+    # leaves it most of the stream, however slowly the machine starts the process.
+    video = tmp_path / "camera.ts"
+    write_long_video(video, [("walking with flashlight", 4), ("Run", 4), ("stand", 4)], 300)
     out = tmp_path / "out"
     script = textwrap.dedent(
         f"""
@@ -430,7 +434,7 @@ def test_ctrl_c_stops_a_live_timeline_with_its_files_written(onnx_model, live_vi
         print("STOPPED", result.stopped, result.windows)
         """
     )
-    with _StreamServer(video, times=1, seconds=30.0) as server:
+    with _StreamServer(video, times=1, seconds=60.0) as server:
         process = subprocess.Popen(
             [sys.executable, "-c", script, server.url],
             stdout=subprocess.PIPE,
@@ -451,7 +455,7 @@ def test_ctrl_c_stops_a_live_timeline_with_its_files_written(onnx_model, live_vi
     document = read_json(out)
     assert document["result"]["stopped"] == "interrupted"
     assert len(document["windows"]) >= 1
-    assert document["windows"][-1]["end"] < 6.0  # stopped before the stream's end
+    assert document["windows"][-1]["end"] < 15.0  # stopped well before the stream's end
     assert len(csv_path.read_text().splitlines()) == len(document["windows"]) + 1
     assert (out / "timeline.png").is_file()
 
