@@ -427,7 +427,11 @@ def test_ctrl_c_stops_a_live_timeline_with_its_files_written(onnx_model, tmp_pat
     out = tmp_path / "out"
     script = textwrap.dedent(
         f"""
-        import logging, sys
+        import logging, signal, sys
+        # Ctrl-C as a terminal delivers it: a process started in the background by a
+        # non-interactive shell (CI, `make test &`) inherits SIGINT ignored, and Python then
+        # installs no KeyboardInterrupt handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         logging.basicConfig(level=logging.INFO)
         from nightact.timeline import timeline
         [result] = timeline({str(onnx_model)!r}, sys.argv[1], {str(out)!r}, reconnects=0)

@@ -98,6 +98,9 @@ def test_a_short_run_learns_and_writes_its_run_folder(store, tmp_path):
     assert saved["model"] == "cnn_gru" and saved["data"] == str(store)
     assert (saved["frames"], saved["height"], saved["width"]) == (6, 24, 32)
     assert saved["seed"] == 1 and saved["units"] == [32, 16] and saved["augment"] is False
+    import keras
+
+    assert saved["backend"] == keras.config.backend() and saved["workers"] >= 1
     classes = json.loads((run / "classes.json").read_text())["class_names"]
     assert len(classes) == 12 and "walking with flashlight" in classes
     with open(run / "history.csv", newline="") as handle:
