@@ -44,7 +44,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 # `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
-QUICK_ARGS = ["--videos", "2", "--shifted-videos", "1", "--seeds", "1", "--epochs", "1"]
+QUICK_ARGS = ["--videos", "6", "--shifted-videos", "2", "--seeds", "1", "--epochs", "1"]
 SEGMENTS, PER_SEGMENT, HEIGHT, WIDTH = 8, 3, 48, 64
 ARMS = ("plain", "augment")
 

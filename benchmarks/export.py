@@ -153,6 +153,11 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main() -> int:
+    from nightact.backend import prefer_backend
+
+    # Before Keras is imported: exports run under TensorFlow (nightact.export), so Keras' side
+    # of the comparison does too.
+    prefer_backend("tensorflow")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))

@@ -200,9 +200,12 @@ def main() -> int:
     run = make_run(cache / "cnn_gru-demo-run")
     onnx_path = cache / "cnn_gru-demo.onnx"
     if "onnx" in args.engines and not onnx_path.is_file():
-        from nightact.export import export_model
-
-        export_model(run, "onnx", onnx_path)
+        # The command, in its own process: it exports under TensorFlow, whatever this one runs.
+        subprocess.run(
+            [sys.executable, "-m", "nightact.cli", "export", str(run), "--format", "onnx"]
+            + ["--out", str(onnx_path)],
+            check=True,
+        )
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="nightact-timeline-bench-") as folder:

@@ -18,6 +18,7 @@ def no_keras_yet(monkeypatch):
     """This process as if Keras had not been imported, and no KERAS_BACKEND set."""
     monkeypatch.delitem(sys.modules, "keras", raising=False)
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.delenv(backend.CHOICE_MARKER, raising=False)
 
 
 @pytest.fixture
@@ -69,6 +70,29 @@ def test_nvidia_smi_is_asked_when_proc_says_nothing(no_gpu, tmp_path):
     assert not backend.nvidia_gpu_present()
 
 
+def test_export_may_revise_nightacts_choice_but_never_the_users(no_keras_yet, no_gpu):
+    pytest.importorskip("jax")
+    assert backend.use_default_backend() == "jax"
+    assert os.environ[backend.CHOICE_MARKER] == "jax"
+    assert backend.prefer_backend("tensorflow") == "tensorflow"
+    assert os.environ["KERAS_BACKEND"] == "tensorflow"
+    # The user's own choice (a value nightact did not write) stays.
+    os.environ["KERAS_BACKEND"] = "jax"
+    assert backend.prefer_backend("tensorflow") == "jax"
+
+
+def test_a_child_process_can_revise_the_choice_it_inherited():
+    """`nightact export` run from a process that imported nightact (KERAS_BACKEND=jax inherited)."""
+    pytest.importorskip("jax")
+    code = (
+        "import nightact, os; from nightact.backend import prefer_backend; "
+        "print(prefer_backend('tensorflow'))"
+    )
+    inherited = {"KERAS_BACKEND": "jax", backend.CHOICE_MARKER: "jax"}
+    assert run_fresh(code, **inherited) == "tensorflow"
+    assert run_fresh(code, KERAS_BACKEND="jax") == "jax"  # the user's, not nightact's
+
+
 def test_keras_imported_first_keeps_its_backend(monkeypatch):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     assert backend.choose_backend() == keras.config.backend()
@@ -78,7 +102,11 @@ def test_keras_imported_first_keeps_its_backend(monkeypatch):
 
 def run_fresh(code: str, **environment) -> str:
     """stdout of ``code`` in a fresh interpreter whose environment lacks KERAS_BACKEND."""
-    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("KERAS_BACKEND", backend.CHOICE_MARKER)
+    }
     env.update(environment)
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300

@@ -65,9 +65,14 @@ def _installed(module: str) -> bool:
         return False
 
 
-# The backend this module wrote into KERAS_BACKEND (None: it wrote nothing), so that a later
-# request can tell nightact's own choice, which it may revise, from the user's, which it may not.
-_chosen: str | None = None
+# Set beside KERAS_BACKEND whenever nightact wrote it, and inherited with it by child processes,
+# so that a later request can tell nightact's own choice, which it may revise, from the user's,
+# which it may not.
+CHOICE_MARKER = "NIGHTACT_CHOSE_KERAS_BACKEND"
+
+
+def _set(backend: str) -> None:
+    os.environ["KERAS_BACKEND"] = os.environ[CHOICE_MARKER] = backend
 
 
 def use_default_backend() -> str:
@@ -76,10 +81,9 @@ def use_default_backend() -> str:
     The variable is set in this process's environment, so the worker processes nightact
     starts (prepare's pool, study's runs) inherit the same backend.
     """
-    global _chosen
     backend = choose_backend()
     if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND"):
-        os.environ["KERAS_BACKEND"] = _chosen = backend
+        _set(backend)
     return backend
 
 
@@ -89,8 +93,7 @@ def prefer_backend(backend: str) -> str:
     ``nightact export`` asks for TensorFlow, whose converters write all three export formats.
     Returns the backend Keras will use.
     """
-    global _chosen
     current = os.environ.get("KERAS_BACKEND")
-    if "keras" not in sys.modules and (not current or current == _chosen):
-        os.environ["KERAS_BACKEND"] = _chosen = backend
+    if "keras" not in sys.modules and current in (None, "", os.environ.get(CHOICE_MARKER)):
+        _set(backend)
     return choose_backend()
