@@ -37,10 +37,10 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/train.py
 
-# Re-run everything the README's figures come from (about an hour on 2 cores; see
+# Re-run everything the README's figures come from (over an hour on 2 cores, not yet timed end to end; see
 # benchmarks/figures.py): each table printed with the machine it ran on, the JSON written to
 # benchmarks/measured/ with the date. `make figures FIGURES_FLAGS=--quick` checks the chain in
-# minutes; FIGURES_FLAGS=--gpu adds the GPU-shaped runs.
+# about 9 minutes; FIGURES_FLAGS=--gpu adds the GPU-shaped runs.
 FIGURES_FLAGS ?=
 figures: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/figures.py $(FIGURES_FLAGS)

@@ -22,7 +22,7 @@ step's table is printed under it. Everything lands in OUT (default benchmarks/me
       demo/                   the demo's videos, store, runs and report
       <step>.log              each step's progress output
 
-    python benchmarks/figures.py                  # everything (about an hour on 2 cores)
+    python benchmarks/figures.py                  # everything (over an hour on 2 cores)
     python benchmarks/figures.py --quick          # every step with tiny settings, into
                                                   # benchmarks/results/figures-quick/
     python benchmarks/figures.py --only demo models
