@@ -6,7 +6,7 @@ segment, in two arms that differ only in what the training reader does:
 
 - plain: candidate 0 of every segment (the original's frames), untouched: today's training;
 - augment: a random candidate per segment, then one random flip, crop/zoom, gamma, contrast,
-  gain and noise per clip (nightact.augment's defaults).
+  gain and noise per clip (nightact.data.augment's defaults).
 
 Both keep the checkpoint that is best on the validation split (candidate 0, untouched). Each arm
 runs with ``--seeds`` seeds; each model is scored on
@@ -14,18 +14,18 @@ runs with ``--seeds`` seeds; each model is scored on
 - its own test split (same camera as training), and
 - a shifted corpus rendered from synthetic videos of another seed, which no model saw, through
   another camera: darker, mirrored, zoomed, noisier, 16:9 at half the frame rate
-  (nightact.darkness.ShiftConfig's defaults),
+  (support.shifted.ShiftConfig's defaults),
 
 with 1 view (candidate 0) and with 3 views (softmax averaged over candidates 0, 1, 2; the middle
 one mirrored for the augment arm, which trained flips). Plus the darkness and noise sweeps of
-nightact.darkness on the own test split, 1 view.
+nightact.scoring.darkness on the own test split, 1 view.
 
     python benchmarks/augment.py                     # 24 videos per class, 3 seeds, 30 epochs
     python benchmarks/augment.py --videos 8 --seeds 1 --epochs 3     # a smoke run
 
 Prints a table (mean +- std over seeds) and writes benchmarks/results/augment.json. The store is
 made with ``prepare --frames 24`` on clips of at least 24 frames: exactly the K=3 layout
-(``int(j * total / 24)`` is candidate j % 3 of segment j // 3, see nightact.sampling).
+(``int(j * total / 24)`` is candidate j % 3 of segment j // 3, see nightact.data.sampling).
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ ARMS = ("plain", "augment")
 
 def make_data(folder: Path, videos: int, shifted_videos: int, workers: int) -> dict:
     """The K=3 training store, and the shifted corpus decoded into candidate-layout clips."""
-    from nightact.darkness import ShiftConfig, write_shifted_corpus
-    from nightact.dataset import PrepareConfig, open_split, prepare, read_manifest
-    from nightact.synthetic import CLASS_NAMES, SynthConfig, write_synthetic_dataset
-    from nightact.videos import read_clip
+    from nightact.core.store import open_split, read_manifest
+    from nightact.core.videos import read_clip
+    from nightact.data.prepare import PrepareConfig, prepare
+    from nightact.sources.synthetic import CLASS_NAMES, SynthConfig, write_synthetic_dataset
+    from support.shifted import ShiftConfig, write_shifted_corpus
 
     write_synthetic_dataset(
         SynthConfig(
@@ -102,8 +103,8 @@ def make_data(folder: Path, videos: int, shifted_videos: int, workers: int) -> d
 def batches_class():
     import keras
 
-    from nightact.augment import AugmentConfig, augment_clips
-    from nightact.sampling import random_candidates, select_frames
+    from nightact.data.augment import AugmentConfig, augment_clips
+    from nightact.data.sampling import random_candidates, select_frames
 
     class Batches(keras.utils.PyDataset):
         """(clips, one-hot labels) of K-candidate rows, reshuffled per epoch from the seed."""
@@ -154,7 +155,7 @@ def batches_class():
 def train_one(data: dict, arm: str, seed: int, epochs: int, folder: Path) -> dict:
     import keras
 
-    from nightact.models import build_model
+    from nightact.nets.models import build_model
 
     keras.utils.set_random_seed(seed)
     classes = len(data["train"].class_names)
@@ -213,9 +214,9 @@ def train_one(data: dict, arm: str, seed: int, epochs: int, folder: Path) -> dic
 
 def score(model, frames: np.ndarray, labels: np.ndarray, views, degradation=None) -> float:
     """Accuracy of the softmax averaged over ``views`` [(candidate, mirrored), ...]."""
-    from nightact.augment import mirror_clips
-    from nightact.darkness import degrade
-    from nightact.sampling import select_frames
+    from nightact.data.augment import mirror_clips
+    from nightact.data.sampling import select_frames
+    from nightact.scoring.darkness import degrade
 
     total = 0.0
     for candidate, mirrored in views:
@@ -260,8 +261,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from nightact.darkness import SWEEPS
-    from nightact.sampling import view_plan
+    from nightact.data.sampling import view_plan
+    from nightact.scoring.darkness import SWEEPS
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as temporary:

@@ -2,7 +2,7 @@
 
 Each backend (TensorFlow, JAX, torch) runs in its own worker process, started with KERAS_BACKEND
 set before Keras is imported. A worker builds and compiles a model as ``nightact train`` does
-(``nightact.train.build_and_compile``: Adam, categorical cross-entropy, XLA on TensorFlow's CPU,
+(``nightact.training.train.build_and_compile``: Adam, categorical cross-entropy, XLA on TensorFlow's CPU,
 jit on JAX, Keras' default on torch, which runs eagerly) and warms it up (tracing, compilation)
 the first time it is asked for it. Then the parent asks the workers in turn, one at a time and in
 a rotating order, to time one model:
@@ -78,8 +78,8 @@ def worker(args) -> None:
     import keras
     import numpy as np
 
-    from nightact.models import MODEL_NAMES
-    from nightact.train import TrainConfig, build_and_compile, gpu_available
+    from nightact.nets.models import MODEL_NAMES
+    from nightact.training.train import TrainConfig, build_and_compile, gpu_available
 
     def send(message: dict) -> None:
         protocol.write(json.dumps(message) + "\n")

@@ -50,8 +50,8 @@ QUICK_ARGS = [
 
 
 def make_store(work: Path, videos_per_class: int, frames: int, height: int, width: int) -> Path:
-    from nightact.dataset import PrepareConfig, prepare
-    from nightact.synthetic import SynthConfig, write_synthetic_dataset
+    from nightact.data.prepare import PrepareConfig, prepare
+    from nightact.sources.synthetic import SynthConfig, write_synthetic_dataset
 
     write_synthetic_dataset(
         SynthConfig(
@@ -78,7 +78,7 @@ def epoch_timer(seconds: list):
 
 def time_epochs(model, split, batch_size: int, epochs: int) -> list[float]:
     """Seconds of each timed epoch of ``model.fit`` on ``split``, after one warm-up epoch."""
-    from nightact.batches import ClipBatches
+    from nightact.data.batches import ClipBatches
 
     batches = ClipBatches(split, batch_size, shuffle=True, seed=0, drop_remainder=True)
     seconds: list[float] = []
@@ -95,7 +95,7 @@ def time_epochs(model, split, batch_size: int, epochs: int) -> list[float]:
 
 def build_compiled(data: Path, model: str, batch_size: int):
     """The model as ``nightact train --data DATA --model MODEL`` builds and compiles it."""
-    from nightact.train import TrainConfig, build_and_compile, check_store
+    from nightact.training.train import TrainConfig, build_and_compile, check_store
 
     config = TrainConfig(data=str(data), model=model, out="benchmark", batch_size=batch_size)
     config, class_names = check_store(config)
@@ -105,8 +105,8 @@ def build_compiled(data: Path, model: str, batch_size: int):
 def run(args) -> dict:
     import keras
 
-    from nightact.dataset import open_split, read_store_info
-    from nightact.embed import EmbedConfig, embed, open_embedding_split
+    from nightact.core.store import open_embedding_split, open_split, read_store_info
+    from nightact.data.embed import EmbedConfig, embed
 
     work = Path(args.work)
     height, width = (int(side) for side in args.size.split("x"))

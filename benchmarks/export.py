@@ -1,7 +1,7 @@
 """Benchmark inference of the six models in Keras against their ONNX export in ONNX Runtime.
 
 For each model and clip shape, the model is built with seeded random weights, exported with
-``nightact.export.export_model`` (which also checks that ONNX Runtime matches Keras within 1e-4),
+``nightact.serve.export.export_model`` (which also checks that ONNX Runtime matches Keras within 1e-4),
 and both are timed on this CPU, side by side in one process:
 
 - latency: milliseconds per clip at batch 1 (median of ``--calls`` calls after warm-up);
@@ -75,8 +75,8 @@ def measure(name: str, shape: str, calls: int, folder: Path) -> dict:
     import keras
     import onnxruntime
 
-    from nightact.export import export_model
-    from nightact.models import build_model
+    from nightact.nets.models import build_model
+    from nightact.serve.export import export_model
 
     frames, height, width, settings = SHAPES[shape]
     keras.utils.set_random_seed(0)
@@ -153,9 +153,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    from nightact.backend import prefer_backend
+    from nightact.core.backend import prefer_backend
 
-    # Before Keras is imported: exports run under TensorFlow (nightact.export), so Keras' side
+    # Before Keras is imported: exports run under TensorFlow (nightact.serve.export), so Keras' side
     # of the comparison does too.
     prefer_backend("tensorflow")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -99,8 +99,8 @@ def model_worker(args) -> dict:
     """Time ``args.model`` with ``model.fit`` on ``args.devices`` devices."""
     import keras
 
-    from nightact.devices import setup_devices
-    from nightact.models import build_model
+    from nightact.nets.models import build_model
+    from nightact.training.devices import setup_devices
 
     setup = setup_devices(args.devices)
     clips = np.load(Path(args.data) / "clips.npy", mmap_mode="r")
@@ -128,7 +128,7 @@ def model_worker(args) -> dict:
             optimizer=keras.optimizers.Adam(learning_rate=1e-4),
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-            # XLA cannot compile a MirroredStrategy step (see nightact.train._jit_compile).
+            # XLA cannot compile a MirroredStrategy step (see nightact.training.train._jit_compile).
             jit_compile=False if setup.strategy is not None else "auto",
         )
     batches = _clip_batches(clips, labels, args.batch_size)
@@ -175,9 +175,9 @@ def model_worker(args) -> dict:
 def _clip_batches(clips, labels, batch_size):
     """nightact's own training reader over the clips, endless and shuffled as in training."""
     try:
-        from nightact.batches import ClipBatches
+        from nightact.data.batches import ClipBatches
     except ImportError:  # before the data pipeline moved out of train.py
-        from nightact.train import ClipBatches
+        from nightact.training.train import ClipBatches
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
     from loader import StoreSplit

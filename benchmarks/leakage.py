@@ -1,6 +1,6 @@
 """Benchmark the near-duplicate detector: seconds per 100 clips, recall and precision.
 
-Writes a corpus of known copies (:mod:`nightact.copies`: every transform, and a same-scene retake
+Writes a corpus of known copies (:mod:`support.copies`: every transform, and a same-scene retake
 of each original as a hard negative), prepares it like a real dataset (``nightact prepare``
 defaults: 10 frames at 240x320), then times, side by side on the same machine:
 
@@ -48,9 +48,11 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from nightact import copies, leakage
-    from nightact.dataset import PrepareConfig, index_videos, prepare
-    from nightact.groups import near_duplicate_groups
+    from nightact.data import leakage
+    from nightact.data.groups import near_duplicate_groups
+    from nightact.data.prepare import PrepareConfig, prepare
+    from nightact.data.splits import index_videos
+    from support import copies
 
     height, width = (int(side) for side in args.size.split("x"))
     source = tuple(int(side) for side in args.source_size.split("x"))

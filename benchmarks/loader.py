@@ -1,11 +1,11 @@
 """How fast the clip store can be read: clips/s and GB/s, warm (page cache) and cold (disk).
 
 A store's split is one uint8 ``.npy`` file of shape (clips, frames, height, width, 3) (see
-``nightact.dataset``); a training batch is a sorted random set of its rows. Three readers run
+``nightact.data.prepare``); a training batch is a sorted random set of its rows. Three readers run
 over the same synthetic store, with 1, 2, 4 and 8 reading threads each:
 
 - ``memmap``: ``ClipBatches`` reading each batch by indexing the memory map (page faults, one
-  page at a time), as it read before ``nightact.batches.read_rows``; ``readers`` threads read
+  page at a time), as it read before ``nightact.data.batches.read_rows``; ``readers`` threads read
   whole batches ahead.
 - ``clipbatches``: nightact's own ``ClipBatches`` as ``nightact train --workers N`` reads: one
   ``os.preadv`` per row into the batch's buffer, ``readers`` threads reading whole batches ahead.
@@ -71,7 +71,7 @@ def write_store(folder: Path, clips: int, shape: tuple[int, int, int]) -> Path:
 
 @dataclass
 class StoreSplit:
-    """nightact.dataset.Split's fields, for hosts where nightact.dataset cannot be imported."""
+    """nightact.core.store.Split's fields, for hosts where nightact.data.prepare cannot be imported."""
 
     name: str
     frames: np.ndarray
@@ -84,9 +84,9 @@ class StoreSplit:
 
 
 def open_split(folder: Path):
-    """The synthetic split as nightact.dataset.open_split would give it."""
+    """The synthetic split as nightact.core.store.open_split would give it."""
     try:
-        from nightact.dataset import Split
+        from nightact.core.store import Split
     except ImportError:  # PyAV missing (a GPU host with only the training stack)
         Split = StoreSplit
 
@@ -98,9 +98,9 @@ def open_split(folder: Path):
 
 def clip_batches_class():
     try:
-        from nightact.batches import ClipBatches
+        from nightact.data.batches import ClipBatches
     except ImportError:  # before the data pipeline moved out of train.py
-        from nightact.train import ClipBatches
+        from nightact.training.train import ClipBatches
     return ClipBatches
 
 
@@ -139,7 +139,7 @@ def time_clipbatches(
     split = open_split(folder)
     if indexing:
         # A view of the map is read by indexing it, as ClipBatches read every store before it
-        # learnt to read rows with preadv (nightact.batches.read_rows).
+        # learnt to read rows with preadv (nightact.data.batches.read_rows).
         split.frames = split.frames[:]
     batches = ClipBatches(split, batch_size, shuffle=True, workers=readers, drop_remainder=True)
     started = time.perf_counter()

@@ -112,7 +112,7 @@ def measure(command: list[str]) -> dict:
 
 
 def make_corpora(work: Path, per_class: int, scale: int) -> tuple[Path, Path]:
-    from nightact.synthetic import SynthConfig, write_synthetic_dataset
+    from nightact.sources.synthetic import SynthConfig, write_synthetic_dataset
 
     small = work / "corpus-n"
     write_synthetic_dataset(

@@ -3,7 +3,7 @@
 Per epoch a run saves its best checkpoint (when better) and a backup. Keras' stock callbacks write
 ``model.keras`` and ``backup/latest.weights.h5`` in place; nightact's write each to a temporary
 name, fsync, rename, hash the backup's files and link the best checkpoint into the backup
-(:mod:`nightact.checkpoints`). This times both ways of saving one epoch, side by side in one
+(:mod:`nightact.training.checkpoints`). This times both ways of saving one epoch, side by side in one
 process, for a model of the given size, into a folder on the disk under test.
 
     python benchmarks/saves.py                         # cnn_gru, the default widths, 10 x 120x160
@@ -41,8 +41,8 @@ def main() -> None:
 
     import keras
 
-    from nightact import checkpoints
-    from nightact.models import build_model
+    from nightact.nets.models import build_model
+    from nightact.training import checkpoints
 
     height, width = (int(side) for side in args.size.split("x"))
     model = build_model(args.model, frames=args.frames, height=height, width=width, num_classes=12)

@@ -1,6 +1,6 @@
 """Benchmark `nightact timeline`: real-time factor on a long 640x480 night video.
 
-The video is made once from synthetic night clips of random classes (``nightact.synthetic``,
+The video is made once from synthetic night clips of random classes (``nightact.sources.synthetic``,
 rendered at 640x480, joined at 25 fps, H.264 ``veryfast``, CRF 23): one minute of them, repeated
 to the length wanted by copying packets, kept in ``--cache``. The
 model is the demo's CNN GRU (8 x 48x64, widths 64/32/16, 32 filters of 4x4 stride 4) with seeded
@@ -54,7 +54,7 @@ def make_video(path: Path, minutes: float, unique_minutes: float = 1.0, seed: in
     """
     import av
 
-    from nightact.synthetic import CLASS_NAMES, SynthConfig, synthetic_frames
+    from nightact.sources.synthetic import CLASS_NAMES, SynthConfig, synthetic_frames
 
     rng = np.random.default_rng(seed)
     config = SynthConfig("unused", seed=seed, min_seconds=2, max_seconds=8, size=(HEIGHT, WIDTH))
@@ -111,8 +111,8 @@ def make_video(path: Path, minutes: float, unique_minutes: float = 1.0, seed: in
 def make_run(folder: Path) -> Path:
     import keras
 
-    from nightact.models import build_model
-    from nightact.synthetic import CLASS_NAMES
+    from nightact.nets.models import build_model
+    from nightact.sources.synthetic import CLASS_NAMES
 
     keras.utils.set_random_seed(0)
     model = build_model("cnn_gru", 8, 48, 64, len(CLASS_NAMES), **DEMO)
@@ -138,7 +138,7 @@ def worker(args) -> dict:
         media = count / FPS
         row = {"what": "decode only", "frames": count, "wall_seconds": wall}
     else:
-        from nightact.timeline import TimelineConfig, load_engine, run_timeline
+        from nightact.serve.timeline import TimelineConfig, load_engine, run_timeline
 
         config = TimelineConfig(args.model, args.video, args.out, engine=args.what)
         predictor = load_engine(config.model, config.engine)

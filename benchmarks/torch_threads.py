@@ -50,7 +50,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from nightact.train import TrainConfig, build_and_compile
+    from nightact.training.train import TrainConfig, build_and_compile
 
     machine = describe_machine()
     print(format_machine(machine), file=sys.stderr)

@@ -1,7 +1,7 @@
 """Benchmark `nightact train`'s training path against the original project's training loop.
 
-Both styles train the same model (nightact.models.build_model, same seed) on the same clips, read
-by the same memory-mapped batch reader (nightact.batches.ClipBatches), with the same batch size:
+Both styles train the same model (nightact.nets.models.build_model, same seed) on the same clips, read
+by the same memory-mapped batch reader (nightact.data.batches.ClipBatches), with the same batch size:
 
 - nightact: ``model.fit`` with the compiled training step, categorical cross-entropy, and the
   accuracy taken from the training forward pass, as ``nightact train`` runs it.
@@ -71,7 +71,7 @@ def make_clips(folder: Path, count: int, frames: int, height: int, width: int, s
 
 
 def open_clips(folder: Path):
-    from nightact.dataset import Split
+    from nightact.core.store import Split
 
     clips = np.load(folder / "clips.npy", mmap_mode="r")
     labels = np.load(folder / "labels.npy")
@@ -84,8 +84,8 @@ def worker(args) -> dict:
     import keras
     import tensorflow as tf
 
-    from nightact.batches import ClipBatches
-    from nightact.train import TrainConfig, build_and_compile
+    from nightact.data.batches import ClipBatches
+    from nightact.training.train import TrainConfig, build_and_compile
 
     split = open_clips(Path(args.data))
     frames, height, width = split.frames.shape[1:4]

@@ -88,8 +88,8 @@ def make_synthetic_store(
     workers: int = 1,
 ) -> Path:
     """Synthetic videos at 48x64 under FOLDER/videos, prepared into the store FOLDER/store."""
-    from nightact.dataset import PrepareConfig, prepare
-    from nightact.synthetic import SynthConfig, write_synthetic_dataset
+    from nightact.data.prepare import PrepareConfig, prepare
+    from nightact.sources.synthetic import SynthConfig, write_synthetic_dataset
 
     write_synthetic_dataset(
         SynthConfig(
@@ -134,7 +134,7 @@ def write_run_folder(
     history: list[dict] | None = None,
     metrics: dict | None = None,
 ) -> Path:
-    """A run folder written by hand in the format nightact.runs documents (no training).
+    """A run folder written by hand in the format nightact.core.runs documents (no training).
 
     ``RUN/config.json`` always; ``classes.json``, ``history.csv`` and ``evaluation/metrics.json``
     when given. The callers add ``model.keras`` where they need one.
@@ -174,7 +174,7 @@ def finished_run(tmp_path_factory, synthetic_store) -> Path:
 
     Tests may add evaluations to it; they must not retrain it.
     """
-    from nightact.train import TrainConfig, train
+    from nightact.training.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("finished") / "run"
     config = TrainConfig(

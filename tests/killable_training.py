@@ -1,7 +1,7 @@
 """A tiny training run to be killed: ``python killable_training.py RUN [options]``.
 
 Trains a small dense classifier on synthetic data that it can learn (the label is the argmax of a
-fixed linear map of the input), with the run-folder callbacks of :mod:`nightact.checkpoints`,
+fixed linear map of the input), with the run-folder callbacks of :mod:`nightact.training.checkpoints`,
 under the folder lock, resuming from whatever ``RUN`` holds. Exits 0 once all epochs are done.
 
 ``--kill-at-fsync K`` makes the process SIGKILL itself right after the K-th file it writes is
@@ -29,8 +29,8 @@ if __name__ == "__main__":
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nightact import checkpoints  # noqa: E402
-from nightact.locks import folder_lock  # noqa: E402
+from nightact.core.locks import folder_lock  # noqa: E402
+from nightact.training import checkpoints  # noqa: E402
 
 FEATURES, CLASSES = 16, 4
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from nightact.augment import (
+from nightact.data.augment import (
     AugmentConfig,
     augment_clips,
     draw_parameters,
@@ -151,7 +151,7 @@ def test_tensorflow_and_jax_give_the_same_transform(tmp_path, clips):
     script = textwrap.dedent(
         f"""
         import numpy as np, keras
-        from nightact.augment import AugmentConfig, draw_parameters, transform
+        from nightact.data.augment import AugmentConfig, draw_parameters, transform
         assert keras.config.backend() == {other!r}
         parameters = draw_parameters(AugmentConfig(noise=(0.0, 0.0)), 8, 2, [0, 1, 2])
         clips = np.load({str(tmp_path / "clips.npy")!r})
@@ -166,7 +166,7 @@ def test_tensorflow_and_jax_give_the_same_transform(tmp_path, clips):
 
 
 def _split(frames_per_segment: int):
-    from nightact.dataset import Split
+    from nightact.core.store import Split
 
     generator = np.random.default_rng(1)
     frames = generator.integers(0, 256, size=(10, 3 * frames_per_segment, 8, 12, 3), dtype=np.uint8)
@@ -175,7 +175,7 @@ def _split(frames_per_segment: int):
 
 
 def test_the_reader_augments_training_batches_only():
-    from nightact.batches import ClipBatches
+    from nightact.data.batches import ClipBatches
 
     split = _split(frames_per_segment=2)
     config = AugmentConfig()

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from nightact.backbones import (
+from nightact.nets.backbones import (
     BACKBONE_NAMES,
     BACKBONES,
     WeightsUnavailableError,

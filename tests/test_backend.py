@@ -1,4 +1,4 @@
-"""nightact.backend: the Keras backend chosen before Keras is imported."""
+"""nightact.core.backend: the Keras backend chosen before Keras is imported."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import keras  # imported here, under the backend conftest's `import nightact` chose
 import pytest
 
-from nightact import backend
+from nightact.core import backend
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_a_child_process_can_revise_the_choice_it_inherited():
     """`nightact export` run from a process that imported nightact (KERAS_BACKEND=jax inherited)."""
     pytest.importorskip("jax")
     code = (
-        "import nightact, os; from nightact.backend import prefer_backend; "
+        "import nightact, os; from nightact.core.backend import prefer_backend; "
         "print(prefer_backend('tensorflow'))"
     )
     inherited = {"KERAS_BACKEND": "jax", backend.CHOICE_MARKER: "jax"}
@@ -138,7 +138,7 @@ def test_export_api_under_another_backend_says_what_to_do(tmp_path):
     pytest.importorskip("tf2onnx")
     if keras.config.backend() == "tensorflow":
         pytest.skip("this suite runs on TensorFlow, where exporting in-process works")
-    from nightact.export import ExportError, export_model
+    from nightact.serve.export import ExportError, export_model
     from trained_run import tiny_run
 
     run = tiny_run(tmp_path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nightact.batches import ClipBatches
-from nightact.dataset import Split
+from nightact.core.store import Split
+from nightact.data.batches import ClipBatches
 
 
 def fake_split(count: int = 10, classes: int = 3) -> Split:
@@ -135,7 +135,7 @@ def test_padded_batches_weigh_their_real_clips_only():
 
 
 def test_rows_read_from_a_mapped_store_equal_indexing(tmp_path):
-    from nightact.batches import read_rows
+    from nightact.data.batches import read_rows
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(9, 2, 5, 7, 3), dtype=np.uint8)

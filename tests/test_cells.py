@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from nightact import cells
 from nightact.cli import main
+from nightact.nets import explain as cells
 
 TOLERANCE = 1e-5
 

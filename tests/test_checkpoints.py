@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import killable_training
-from nightact import files, runs
-from nightact.checkpoints import (
+from nightact.core import files, runs
+from nightact.training.checkpoints import (
     AtomicModelCheckpoint,
     EpochBackup,
     HistoryLogger,
@@ -166,7 +166,7 @@ def test_a_damaged_newest_backup_is_reported_in_one_line_and_the_previous_one_us
     history = runs.read_history(run)
     damage(run / "backup" / "epoch-000003" / "weights.weights.h5")
 
-    caplog.set_level(logging.WARNING, logger="nightact.checkpoints")
+    caplog.set_level(logging.WARNING, logger="nightact.training.checkpoints")
     model = killable_training.build_model()
     point = restore_training(run, model)
     assert point.epoch == 2 and point.source.endswith("epoch-000002")
@@ -198,7 +198,7 @@ def test_a_damaged_checkpoint_is_reported_and_put_back_from_the_backup(tmp_path,
     problem = check_model_file(run / "model.keras")
     assert problem.startswith(f"{run / 'model.keras'}: damaged checkpoint (")
 
-    caplog.set_level(logging.WARNING, logger="nightact.checkpoints")
+    caplog.set_level(logging.WARNING, logger="nightact.training.checkpoints")
     point = restore_training(run, killable_training.build_model())
     assert point.epoch == 2
     lines = [record.getMessage() for record in caplog.records]
@@ -213,7 +213,7 @@ def test_without_backups_the_best_checkpoint_and_its_history_are_the_fallback(tm
     for slot in complete_backups(run / "backup"):
         damage(slot / "state.json")
 
-    caplog.set_level(logging.WARNING, logger="nightact.checkpoints")
+    caplog.set_level(logging.WARNING, logger="nightact.training.checkpoints")
     model = killable_training.build_model()
     point = restore_training(run, model)
     best = int(np.argmax([row["val_accuracy"] for row in history]))

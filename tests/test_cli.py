@@ -8,13 +8,13 @@ import inspect
 import pytest
 
 from nightact import cli
-from nightact.dataset import PrepareConfig
+from nightact.core.names import NUM_CLASSES
+from nightact.data.embed import EmbedConfig
+from nightact.data.prepare import PrepareConfig
 from nightact.demo import DemoConfig
-from nightact.download import DownloadConfig
-from nightact.embed import EmbedConfig
-from nightact.names import NUM_CLASSES
-from nightact.synthetic import SynthConfig
-from nightact.train import TrainConfig
+from nightact.sources.download import DownloadConfig
+from nightact.sources.synthetic import SynthConfig
+from nightact.training.train import TrainConfig
 
 
 def parse(*argv: str):
@@ -46,7 +46,7 @@ def test_a_command_without_flags_builds_the_default_config(argv, build, expected
 
 
 def test_models_defaults_are_the_store_and_training_defaults_and_the_builders():
-    from nightact.models import build_model
+    from nightact.nets.models import build_model
 
     settings = cli.models_settings(parse("models"))
     store, train = PrepareConfig("s", "o"), TrainConfig("s", "gru", "o")

@@ -1,4 +1,4 @@
-"""nightact.darkness: the darkness and noise sweep and the shifted corpus."""
+"""nightact.scoring.darkness: the darkness and noise sweep and the shifted corpus."""
 
 from __future__ import annotations
 
@@ -7,17 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from nightact.darkness import (
-    DARKNESS_LEVELS,
-    NOISE_LEVELS,
-    Degradation,
-    ShiftConfig,
-    degrade,
-    shift_frame,
-    write_shifted_corpus,
-    zoom_centre,
-)
-from nightact.synthetic import CLASS_NAMES, SynthConfig, synthetic_frames
+from nightact.scoring.darkness import DARKNESS_LEVELS, NOISE_LEVELS, Degradation, degrade
+from nightact.sources.synthetic import CLASS_NAMES, SynthConfig, synthetic_frames
+from support.shifted import ShiftConfig, shift_frame, write_shifted_corpus, zoom_centre
 
 
 @pytest.fixture
@@ -75,7 +67,7 @@ def test_shift_frame_mirrors_and_darkens():
 
 
 def test_shifted_corpus_is_another_camera(tmp_path):
-    from nightact.videos import count_frames, read_clip
+    from nightact.core.videos import count_frames, read_clip
 
     config = ShiftConfig(
         tmp_path / "shifted", videos_per_class=1, min_seconds=0.8, max_seconds=0.9, size=(36, 64)

@@ -17,19 +17,10 @@ import pytest
 
 from conftest import read_barcode, write_barcode_video
 from nightact.cli import main
-from nightact.dataset import (
-    MANIFEST_COLUMNS,
-    PrepareConfig,
-    assign_splits,
-    index_videos,
-    open_split,
-    prepare,
-    read_manifest,
-    read_store_info,
-    split_counts,
-    write_preview,
-)
-from nightact.videos import read_clip, write_video
+from nightact.core.store import MANIFEST_COLUMNS, open_split, read_manifest, read_store_info
+from nightact.core.videos import read_clip, write_video
+from nightact.data.prepare import PrepareConfig, prepare, write_preview
+from nightact.data.splits import assign_splits, index_videos, split_counts
 
 CLASSES = ("Throwing objects", "boxing", "walking on stairs")
 
@@ -233,7 +224,7 @@ def test_interrupted_run_resumes_without_redoing_finished_clips(source, tmp_path
 
 
 def test_a_source_file_changed_since_it_was_journaled_is_prepared_again(tmp_path, monkeypatch):
-    import nightact.dataset as dataset
+    import nightact.data.prepare as dataset
 
     src = tmp_path / "src"
     _make_source(src, per_class=3)
@@ -295,7 +286,7 @@ assert main(["preview", {str(tmp_path / "store")!r}]) == 0
 
 
 def test_candidate_frames_per_segment_are_stored_segment_by_segment(tmp_path):
-    from nightact.sampling import candidate_indices
+    from nightact.data.sampling import candidate_indices
 
     src = tmp_path / "src"
     write_barcode_video(src / "a" / "long.mp4", 40)

@@ -37,8 +37,8 @@ def train_and_save(arguments: list[str]) -> None:
 
     import keras
 
-    from nightact.devices import initialize_processes, setup_devices
-    from nightact.models import build_model
+    from nightact.nets.models import build_model
+    from nightact.training.devices import initialize_processes, setup_devices
 
     if args.coordinator:
         initialize_processes(args.coordinator, args.processes, args.process_id)
@@ -104,7 +104,7 @@ def interrupt_then_resume(arguments: list[str]) -> None:
     import keras
 
     from nightact.cli import main
-    from nightact.train import TrainConfig, train
+    from nightact.training.train import TrainConfig, train
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -230,8 +230,8 @@ def test_train_on_devices_checkpoints_and_resumes(tmp_path, synthetic_store, bac
         pytest.importorskip("jax")
     import keras
 
-    from nightact.dataset import open_split
-    from nightact.runs import read_history
+    from nightact.core.runs import read_history
+    from nightact.core.store import open_split
 
     run = tmp_path / "run"
     command, environment = _command(backend, run)
@@ -256,14 +256,14 @@ def test_train_on_devices_checkpoints_and_resumes(tmp_path, synthetic_store, bac
 
 
 def test_device_count_must_be_positive():
-    from nightact.devices import setup_devices
+    from nightact.training.devices import setup_devices
 
     with pytest.raises(ValueError, match="at least 1"):
         setup_devices(0)
 
 
 def test_batch_must_divide_over_devices():
-    from nightact.devices import DeviceSetup
+    from nightact.training.devices import DeviceSetup
 
     setup = DeviceSetup("jax", "cpu", ["cpu:0", "cpu:1"], processes=2, process_id=1)
     assert setup.process_batch_size(8) == 4

@@ -18,9 +18,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from nightact import cli, download
-from nightact.download import DownloadConfig, DownloadError, download_dataset
-from nightact.videos import read_clip, write_video
+from nightact import cli
+from nightact.core.videos import read_clip, write_video
+from nightact.sources import download
+from nightact.sources.download import DownloadConfig, DownloadError, download_dataset
 
 CLASSES = {"Drink": 2, "walking on stairs": 1}
 

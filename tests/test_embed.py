@@ -11,16 +11,17 @@ import keras
 import numpy as np
 import pytest
 
-from nightact.backbones import build_backbone, build_network, network_of
-from nightact.batches import ClipBatches
 from nightact.cli import main
-from nightact.dataset import PrepareConfig, open_split, prepare
-from nightact.embed import EmbedConfig, embed, is_embedding_store, open_embedding_split
-from nightact.evaluate import evaluate
-from nightact.inference import predict_videos as predict
-from nightact.report import load_run, summarize
-from nightact.train import TrainConfig, read_history, train, unfreeze_top
-from nightact.videos import write_video
+from nightact.core.store import is_embedding_store, open_embedding_split, open_split
+from nightact.core.videos import write_video
+from nightact.data.batches import ClipBatches
+from nightact.data.embed import EmbedConfig, embed
+from nightact.data.prepare import PrepareConfig, prepare
+from nightact.nets.backbones import build_backbone, build_network, network_of
+from nightact.scoring.compare import load_run, summarize
+from nightact.scoring.evaluate import evaluate
+from nightact.serve.predict import predict_videos as predict
+from nightact.training.train import TrainConfig, read_history, train, unfreeze_top
 
 BACKBONE = "mobilenet_v3_small"
 SIZE = 32
@@ -144,7 +145,7 @@ def test_embedding_store_holds_the_backbones_features_row_for_row(store, weights
 
 @pytest.fixture(scope="module")
 def trained(embedded, tmp_path_factory):
-    """A GRU head trained by ``nightact.train`` on the embeddings."""
+    """A GRU head trained by ``nightact.training.train`` on the embeddings."""
     out = embedded[0]
     run = tmp_path_factory.mktemp("runs") / "gru"
     config = TrainConfig(

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from nightact import statistics
 from nightact.cli import main
-from nightact.evaluate import compute_metrics, confusion_figure, evaluate, format_metrics
+from nightact.scoring import stats as statistics
+from nightact.scoring.evaluate import compute_metrics, confusion_figure, evaluate, format_metrics
 
 # Eight clips, four classes; class "d" is predicted once but never true.
 #   true   a a a b b c c c
@@ -61,7 +61,7 @@ def test_metrics_match_hand_worked_values():
 
 def test_metrics_carry_bootstrap_intervals_and_the_predictions():
     metrics = compute_metrics(LABELS, PROBABILITIES, NAMES)
-    # The intervals are those of nightact.statistics on the same predictions, seeded.
+    # The intervals are those of nightact.scoring.stats on the same predictions, seeded.
     predicted = np.asarray(PROBABILITIES).argmax(axis=1)
     expected = statistics.metric_intervals(LABELS, predicted, len(NAMES))
     assert metrics["accuracy_ci"] == expected["accuracy_ci"]
@@ -83,7 +83,7 @@ def test_metrics_reject_mismatched_inputs():
 
 
 def test_confusion_figure_keeps_long_class_names_whole(tmp_path):
-    from nightact.synthetic import CLASS_NAMES
+    from nightact.sources.synthetic import CLASS_NAMES
 
     rng = np.random.default_rng(0)
     confusion = rng.integers(0, 5, size=(12, 12)) + np.diag(np.full(12, 10))
@@ -124,7 +124,7 @@ def tiny_run(finished_run):
 def test_evaluate_agrees_with_an_independent_computation(tiny_run):
     import keras
 
-    from nightact.dataset import open_split
+    from nightact.core.store import open_split
 
     result = evaluate(tiny_run)
 

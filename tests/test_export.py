@@ -1,4 +1,4 @@
-"""Tests of nightact.export and the light ONNX engine: each export is run beside Keras."""
+"""Tests of nightact.serve.export and the light ONNX engine: each export is run beside Keras."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from nightact.backend import choose_backend  # noqa: E402
+from nightact.core.backend import choose_backend  # noqa: E402
 
-# Exports run under TensorFlow (nightact.export says why); make test runs this file again in its
+# Exports run under TensorFlow (nightact.serve.export says why); make test runs this file again in its
 # TensorFlow leg. tests/test_backend.py checks the export command from the default backend.
 pytestmark = pytest.mark.skipif(
     choose_backend() != "tensorflow", reason="exports run in-process under TensorFlow only"
 )
 
-from nightact.export import (  # noqa: E402
+from nightact.core.videos import read_clip  # noqa: E402
+from nightact.serve.export import (  # noqa: E402
     FORMATS,
     SAVED_MODEL_METADATA,
     ExportError,
@@ -31,7 +32,6 @@ from nightact.export import (  # noqa: E402
     portable_copy,
     read_metadata,
 )
-from nightact.videos import read_clip  # noqa: E402
 from trained_run import CLASSES, FRAMES, HEIGHT, WIDTH, tiny_run, trained_run  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -62,7 +62,7 @@ def small_model(name: str, seed: int = 1):
     """An untrained model of each family at a tiny shape, with spread-out probabilities."""
     import keras
 
-    from nightact.models import build_model
+    from nightact.nets.models import build_model
 
     keras.utils.set_random_seed(seed)
     model = build_model(
@@ -75,7 +75,7 @@ def small_model(name: str, seed: int = 1):
 
 
 def exported_probabilities(format: str, path: Path, clips: np.ndarray) -> np.ndarray:
-    """Run an export in its own runtime, independently of nightact.export's runners."""
+    """Run an export in its own runtime, independently of nightact.serve.export's runners."""
     if format == "onnx":
         import onnxruntime
 
@@ -193,7 +193,7 @@ def test_an_existing_export_is_kept_unless_overwrite(tmp_path):
 @pytest.mark.slow
 def test_keras_default_litert_export_needs_flex_ops_and_is_refused(tmp_path):
     """The trap: Keras' own LiteRT export of an RNN loop needs TF ops the interpreter lacks."""
-    from nightact.export import _run_litert
+    from nightact.serve.export import _run_litert
 
     model = small_model("gru")
     model(np.zeros((1, 4, 24, 32, 3), np.uint8))
@@ -228,7 +228,7 @@ def test_a_gru_node_without_linear_before_reset_is_refused():
     import onnx
     from onnx import helper
 
-    from nightact.export import _check_onnx_gru
+    from nightact.serve.export import _check_onnx_gru
 
     node = helper.make_node("GRU", ["x", "w", "r"], ["y"], hidden_size=8, linear_before_reset=0)
     graph = helper.make_graph([node], "g", [], [])
@@ -294,8 +294,11 @@ def test_onnx_prediction_runs_without_tensorflow_keras_or_jax(run, video, tmp_pa
 
 
 def test_videos_module_imports_no_backend():
-    script = BLOCKER + "import nightact.videos, nightact.inference, nightact.onnx_engine\n"
-    script += "import nightact.timeline\n"
+    script = (
+        BLOCKER
+        + "import nightact.core.videos, nightact.serve.predict, nightact.serve.onnx_engine\n"
+    )
+    script += "import nightact.serve.timeline\n"
     completed = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
@@ -307,7 +310,7 @@ def test_videos_module_imports_no_backend():
 
 
 def _median_train_seconds(run: Path) -> float:
-    from nightact.dataset import read_manifest
+    from nightact.core.store import read_manifest
 
     config = json.loads((run / "config.json").read_text())
     durations = [

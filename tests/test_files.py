@@ -1,4 +1,4 @@
-"""Atomic writes, hashing and the free-space check of nightact.files."""
+"""Atomic writes, hashing and the free-space check of nightact.core.files."""
 
 import hashlib
 import json
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nightact import files
+from nightact.core import files
 
 
 def test_write_json_atomic_leaves_only_the_final_file(tmp_path):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nightact.dataset import SPLIT_NAMES, Entry
-from nightact.groups import (
+from nightact.core.store import SPLIT_NAMES
+from nightact.data.groups import (
     assign_grouped_splits,
     groups_from_pairs,
     parse_group_by,
     regex_groups,
 )
+from nightact.data.splits import Entry
 
 UCF_PATTERN = r"v_(.*_g\d+)_c\d+"
 

@@ -12,20 +12,20 @@ import pytest
 
 from conftest import write_run_folder
 from nightact import cli
-from nightact.dataset import PrepareConfig, prepare
-from nightact.inference import Prediction, format_predictions, load_predictor, predict_videos
-from nightact.synthetic import CLASS_NAMES
-from nightact.videos import read_clip, write_video
+from nightact.core.videos import read_clip, write_video
+from nightact.data.prepare import PrepareConfig, prepare
+from nightact.serve.predict import Prediction, format_predictions, load_predictor, predict_videos
+from nightact.sources.synthetic import CLASS_NAMES
 
 FRAMES, HEIGHT, WIDTH = 4, 24, 32
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A run folder as nightact.train writes it: model.keras, classes.json, config.json."""
+    """A run folder as nightact.training.train writes it: model.keras, classes.json, config.json."""
     import keras
 
-    from nightact.models import build_model
+    from nightact.nets.models import build_model
 
     keras.utils.set_random_seed(7)
     model = build_model(
@@ -210,11 +210,11 @@ def test_bare_keras_file_and_loaded_model(run, loaded_model, videos, tmp_path):
 def test_package_level_predict_survives_importing_the_module(run, videos):
     # The call imports the implementing submodule, which binds it on the package: that must
     # never replace the function, so a second call works too.
-    import nightact.inference
+    import nightact.serve.predict
 
     first = nightact.predict(run, [videos / "wide.mp4"], progress=False)
     second = nightact.predict(run, [videos / "wide.mp4"], progress=False)
-    assert isinstance(nightact.inference.predict_videos, types.FunctionType)
+    assert isinstance(nightact.serve.predict.predict_videos, types.FunctionType)
     assert isinstance(nightact.predict, types.FunctionType)
     assert_valid(first[0], 3)
     np.testing.assert_array_equal(first[0].probabilities, second[0].probabilities)

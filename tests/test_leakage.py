@@ -9,10 +9,13 @@ import logging
 import numpy as np
 import pytest
 
-from nightact import copies, leakage
 from nightact.cli import main
-from nightact.dataset import PrepareConfig, index_videos, prepare, read_manifest
-from nightact.groups import assign_grouped_splits, assign_groups
+from nightact.core.store import read_manifest
+from nightact.data import leakage
+from nightact.data.groups import assign_grouped_splits, assign_groups
+from nightact.data.prepare import PrepareConfig, prepare
+from nightact.data.splits import index_videos
+from support import copies
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from nightact.locks import FolderLockedError, folder_lock, lock_holder
+from nightact.core.locks import FolderLockedError, folder_lock, lock_holder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Takes the lock, says so, then holds it until killed.
 HOLDER = """
 import sys, time
-from nightact.locks import folder_lock
+from nightact.core.locks import folder_lock
 with folder_lock(sys.argv[1], command="holder for the test"):
     print("locked", flush=True)
     time.sleep(120)
@@ -28,7 +28,7 @@ with folder_lock(sys.argv[1], command="holder for the test"):
 # Tries the lock once and prints the outcome.
 TRIER = """
 import sys
-from nightact.locks import FolderLockedError, folder_lock
+from nightact.core.locks import FolderLockedError, folder_lock
 try:
     with folder_lock(sys.argv[1]):
         print("got it")

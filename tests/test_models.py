@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-from nightact import models
 from nightact.cli import main
+from nightact.nets import models
 
 # A tiny clip shape and narrow layers keep every test fast; the counting formula is the same at
 # any shape. One shared configuration also matters under JAX, which compiles every weight

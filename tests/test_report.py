@@ -21,9 +21,9 @@ import pytest
 
 from conftest import write_run_folder
 from nightact.cli import main
-from nightact.names import MODEL_LABELS, MODEL_NAMES
-from nightact.report import compare, find_runs
-from nightact.synthetic import CLASS_NAMES
+from nightact.core.names import MODEL_LABELS, MODEL_NAMES
+from nightact.scoring.compare import compare, find_runs
+from nightact.sources.synthetic import CLASS_NAMES
 
 
 def write_fake_run(

@@ -17,11 +17,11 @@ import keras
 import pytest
 
 from conftest import make_synthetic_store
-from nightact import files, runs
-from nightact.checkpoints import check_model_file, checkpoint_bytes
 from nightact.cli import main
-from nightact.dataset import PrepareConfig, prepare
-from nightact.train import TrainConfig, train
+from nightact.core import files, runs
+from nightact.data.prepare import PrepareConfig, prepare
+from nightact.training.checkpoints import check_model_file, checkpoint_bytes
+from nightact.training.train import TrainConfig, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # XLA off: compiling costs more than these few steps gain from it.
@@ -29,7 +29,7 @@ TINY = dict(model="gru", batch_size=8, units=(8,), learning_rate=3e-3, xla=False
 
 HOLDER = """
 import sys, time
-from nightact.locks import folder_lock
+from nightact.core.locks import folder_lock
 with folder_lock(sys.argv[1], command="nightact train --out elsewhere"):
     print("locked", flush=True)
     time.sleep(120)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import write_run_folder
-from nightact import runs
+from nightact.core import runs
 
 
 def test_history_round_trips_with_integer_epochs(tmp_path):

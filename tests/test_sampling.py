@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nightact.sampling import (
+from nightact.core.videos import sample_indices
+from nightact.data.sampling import (
     candidate_indices,
     first_candidates,
     positions,
@@ -13,7 +14,6 @@ from nightact.sampling import (
     select_frames,
     view_plan,
 )
-from nightact.videos import sample_indices
 
 
 @pytest.mark.parametrize("segments", [1, 8, 10])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from nightact import statistics
+from nightact.scoring import stats as statistics
 
 
 def test_macro_f1_matches_scikit_learn_with_absent_classes():

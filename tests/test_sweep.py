@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def augmented_run(tmp_path_factory):
     """Stores (K=2 with all splits; test-only; other class names) and a 1-epoch run."""
-    from nightact.dataset import PrepareConfig, prepare
-    from nightact.train import TrainConfig, train
+    from nightact.data.prepare import PrepareConfig, prepare
+    from nightact.training.train import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("augmented")
     store = make_synthetic_store(
@@ -84,7 +84,7 @@ def test_the_config_records_augmentation_and_candidates(augmented_run):
 
 
 def test_views_average_the_softmax_and_are_written_apart(augmented_run):
-    from nightact.evaluate import evaluate
+    from nightact.scoring.evaluate import evaluate
 
     run = augmented_run["run"]
     one = evaluate(run)
@@ -115,8 +115,8 @@ def test_another_store_is_scored_beside_the_runs_own(augmented_run, capsys):
 
 
 def test_robustness_writes_a_csv_a_png_and_a_report_section(augmented_run, tmp_path):
-    from nightact.darkness import SWEEPS
-    from nightact.report import compare
+    from nightact.scoring.compare import compare
+    from nightact.scoring.darkness import SWEEPS
 
     run = augmented_run["run"]
     assert main(["robustness", str(run)]) == 0
@@ -137,7 +137,7 @@ def test_robustness_writes_a_csv_a_png_and_a_report_section(augmented_run, tmp_p
 
 
 def test_predict_averages_views_of_a_video(augmented_run):
-    from nightact.inference import predict_videos
+    from nightact.serve.predict import predict_videos
 
     videos = sorted((augmented_run["store"].parent / "videos").rglob("*.mp4"))[:2]
     one = predict_videos(augmented_run["run"], videos, progress=False)

@@ -11,9 +11,10 @@ import av
 import numpy as np
 import pytest
 
-from nightact import synthetic
 from nightact.cli import main
-from nightact.synthetic import (
+from nightact.core.videos import count_frames, read_clip
+from nightact.sources import synthetic
+from nightact.sources.synthetic import (
     CLASS_NAMES,
     FRAME_RATES,
     FRAME_SIZES,
@@ -22,7 +23,6 @@ from nightact.synthetic import (
     synthetic_frames,
     write_synthetic_dataset,
 )
-from nightact.videos import count_frames, read_clip
 
 ORIGINAL_CLASSES = [
     "Drink",
@@ -65,7 +65,7 @@ def tiny_config(out: Path, **overrides) -> SynthConfig:
 
 
 def decode_all(path: Path) -> np.ndarray:
-    """Every frame of a video as RGB, decoded independently of nightact.videos."""
+    """Every frame of a video as RGB, decoded independently of nightact.core.videos."""
     with av.open(str(path)) as container:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 

@@ -1,4 +1,4 @@
-"""Tests of nightact.timeline on real videos: joined synthetic actions, barcodes, live streams."""
+"""Tests of nightact.serve.timeline on real videos: joined synthetic actions, barcodes, live streams."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from conftest import read_barcode, write_barcode_video
-from nightact.timeline import (
+from nightact.core.videos import VideoError, count_frames, read_clip, sample_indices, write_video
+from nightact.serve.timeline import (
     UNCERTAIN,
     TimelineConfig,
     WindowSampler,
@@ -32,7 +33,6 @@ from nightact.timeline import (
     timeline,
     training_clip_seconds,
 )
-from nightact.videos import VideoError, count_frames, read_clip, sample_indices, write_video
 from trained_run import CLASSES, FRAMES, HEIGHT, WIDTH, tiny_run, trained_run, write_long_video
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -272,7 +272,7 @@ def test_too_few_frames_in_a_window_is_said_clearly(run, tmp_path, caplog):
     video = write_video(tmp_path / "slow.mp4", frames, fps=4)
     predictor = load_engine(run)
     config = TimelineConfig(str(run), str(video), str(tmp_path / "pad"), window=1.4)
-    with caplog.at_level(logging.WARNING, logger="nightact.timeline"):
+    with caplog.at_level(logging.WARNING, logger="nightact.serve.timeline"):
         [padded] = run_timeline(config, predictor, progress=False)
     assert padded.windows > 0 and all(
         row["short"] for row in read_json(tmp_path / "pad")["windows"]
@@ -282,7 +282,7 @@ def test_too_few_frames_in_a_window_is_said_clearly(run, tmp_path, caplog):
     strict = dataclasses.replace(predictor, allow_short=False)
     config = dataclasses.replace(config, out=str(tmp_path / "skip"))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="nightact.timeline"):
+    with caplog.at_level(logging.WARNING, logger="nightact.serve.timeline"):
         [skipped] = run_timeline(config, strict, progress=False)
     assert skipped.windows == 0 and skipped.skipped == padded.windows
     reasons = {window["reason"] for window in read_json(tmp_path / "skip")["skipped_windows"]}
@@ -408,7 +408,7 @@ def test_a_live_source_slower_than_real_time_drops_windows_and_says_so(
         config = TimelineConfig(
             str(run), server.url, str(tmp_path), window=1.0, stride=0.5, reconnects=0
         )
-        with caplog.at_level(logging.WARNING, logger="nightact.timeline"):
+        with caplog.at_level(logging.WARNING, logger="nightact.serve.timeline"):
             [result] = run_timeline(config, slow, progress=False)
     assert result.dropped > 0 and result.windows > 0
     assert "dropped: inference is" in caplog.text and "behind real time" in caplog.text
@@ -433,7 +433,7 @@ def test_ctrl_c_stops_a_live_timeline_with_its_files_written(onnx_model, tmp_pat
         # installs no KeyboardInterrupt handler.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         logging.basicConfig(level=logging.INFO)
-        from nightact.timeline import timeline
+        from nightact.serve.timeline import timeline
         [result] = timeline({str(onnx_model)!r}, sys.argv[1], {str(out)!r}, reconnects=0)
         print("STOPPED", result.stopped, result.windows)
         """
@@ -468,7 +468,7 @@ def test_a_stream_that_never_opens_stops_after_bounded_retries(run, tmp_path, ca
     with _StreamServer(Path(__file__), times=0) as server:
         url = server.url
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="nightact.timeline"):
+    with caplog.at_level(logging.WARNING, logger="nightact.serve.timeline"):
         [result] = timeline(run, url, tmp_path, reconnects=2, progress=False)
     # Two waits, 0.5 s then 1 s, then it gives up.
     assert 1.4 < time.monotonic() - started < 30

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nightact.cli import main
-from nightact.train import TrainConfig, read_history, train
+from nightact.training.train import TrainConfig, read_history, train
 
 # Small enough to train in seconds on a CPU, big enough to see every class learned.
 TINY_MODEL = dict(units=(32, 16), dropout=0.1, conv_filters=16, conv_kernel=3, conv_stride=2)
@@ -53,7 +53,7 @@ def test_original_preset(store, tmp_path):
 
 
 def test_mixed_precision_builds_float16_layers_and_scales_the_loss():
-    from nightact.train import build_and_compile
+    from nightact.training.train import build_and_compile
 
     config = TrainConfig(
         data="s", model="cnn_lstm", out="r", mixed_precision=True, frames=2, height=8, width=8
@@ -114,7 +114,7 @@ def test_a_short_run_learns_and_writes_its_run_folder(store, tmp_path):
     best = max(row["val_accuracy"] for row in history)
     assert result.best_val_accuracy == pytest.approx(best)
     model = keras.saving.load_model(run / "model.keras")
-    from nightact.dataset import open_split
+    from nightact.core.store import open_split
 
     val = open_split(store, "val")
     predicted = np.asarray(model.predict(np.asarray(val.frames), verbose=0)).argmax(axis=1)
@@ -163,7 +163,7 @@ def test_resume_continues_from_the_last_finished_epoch(store, tmp_path, capsys):
 def test_augmentation_is_recorded_off_for_the_original_and_for_older_runs(tmp_path):
     import dataclasses
 
-    from nightact.train import make_config
+    from nightact.training.train import make_config
 
     original = TrainConfig.from_preset("original", data="store", model="cnn_gru", out="run")
     assert original.augment is False

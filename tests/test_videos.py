@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import read_barcode
-from nightact.videos import (
+from nightact.core.videos import (
     VideoError,
     count_frames,
     letterbox,
@@ -48,7 +48,7 @@ def test_read_clip_returns_exactly_the_sampled_frames(barcode_video, count):
 def test_seeking_to_keyframes_gives_the_same_frames_as_a_full_decode(
     barcode_video, monkeypatch, keyframe_interval
 ):
-    import nightact.videos as videos
+    import nightact.core.videos as videos
 
     path = barcode_video(count=120, keyframe_interval=keyframe_interval)
     with av.open(str(path)) as container:
@@ -205,7 +205,7 @@ class _TurnedFrame:
 
 @pytest.mark.parametrize(("rotation", "white_on_top"), [(90, False), (-90, True), (270, True)])
 def test_quarter_turn_rotation_makes_the_picture_upright(rotation, white_on_top):
-    from nightact.videos import _frame_to_picture
+    from nightact.core.videos import _frame_to_picture
 
     # Stored landscape 32x64, left half white. A positive display-matrix angle turns the
     # picture counter-clockwise (FFmpeg's autorotate does the same), which takes the left half

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nightact.synthetic import CLASS_NAMES, SynthConfig, synthetic_frames
-from nightact.videos import write_video
+from nightact.core.videos import write_video
+from nightact.sources.synthetic import CLASS_NAMES, SynthConfig, synthetic_frames
 
 # Three actions a tiny model tells apart after a few epochs.
 CLASSES = ("Run", "stand", "walking with flashlight")
@@ -48,8 +48,8 @@ def trained_run(base: Path) -> Path:
         return run
     import keras
 
-    from nightact.dataset import PrepareConfig, prepare
-    from nightact.train import TrainConfig, train
+    from nightact.data.prepare import PrepareConfig, prepare
+    from nightact.training.train import TrainConfig, train
 
     videos = write_class_folders(base / "videos", videos_per_class=36)
     store = base / "store"
@@ -114,8 +114,8 @@ def tiny_run(base: Path) -> Path:
         return run
     import keras
 
-    from nightact import runs
-    from nightact.models import build_model
+    from nightact.core import runs
+    from nightact.nets.models import build_model
 
     keras.utils.set_random_seed(7)
     model = build_model(

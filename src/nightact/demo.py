@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nightact import files, runs
-from nightact.names import MODEL_NAMES
+from nightact.core import files, runs
+from nightact.core.names import MODEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +104,18 @@ def run_demo(config: DemoConfig) -> DemoResult:
     Holds the lock of ``config.out`` throughout (a second demo into it is refused); its steps
     take the locks of the folders they write inside it.
     """
-    from nightact.locks import folder_lock
+    from nightact.core.locks import folder_lock
 
     with folder_lock(config.out):
         return _run_demo(config)
 
 
 def _run_demo(config: DemoConfig) -> DemoResult:
-    from nightact.dataset import PrepareConfig, prepare
-    from nightact.evaluate import evaluate
-    from nightact.report import compare
-    from nightact.synthetic import SynthConfig, write_synthetic_dataset
-    from nightact.train import TrainConfig, train
+    from nightact.data.prepare import PrepareConfig, prepare
+    from nightact.scoring.compare import compare
+    from nightact.scoring.evaluate import evaluate
+    from nightact.sources.synthetic import SynthConfig, write_synthetic_dataset
+    from nightact.training.train import TrainConfig, train
 
     started = time.perf_counter()
     out = Path(config.out)

@@ -1,0 +1,57 @@
+"""Names that several modules share, written once. Keras-free, so data commands and reports can
+import them without loading a backend.
+"""
+
+from __future__ import annotations
+
+# The six models, in the order tables, reports and the demo list them.
+MODEL_NAMES = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")
+
+# How reports and tables spell each model.
+MODEL_LABELS = {
+    "simple_rnn": "SimpleRNN",
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "cnn_simple_rnn": "CNN + SimpleRNN",
+    "cnn_lstm": "CNN + LSTM",
+    "cnn_gru": "CNN + GRU",
+}
+
+
+def model_label(model: str, backbone: str | None = None) -> str:
+    """How reports spell a model: "GRU", "CNN + GRU", or "MobileNetV3Small + GRU" on a backbone."""
+    label = MODEL_LABELS.get(model, model)
+    if not backbone:
+        return label
+    from nightact.nets.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return f"{spec.display_name if spec else backbone} + {label}"
+
+
+def model_key(model: str, backbone: str | None = None) -> str:
+    """The name that tells runs apart in tables: the model, prefixed by its backbone if any."""
+    return f"{backbone}+{model}" if backbone else model
+
+
+# Training losses: categorical cross-entropy, or the original's mean squared logarithmic error.
+LOSSES = ("crossentropy", "msle")
+
+# NoctAct-HAR's class folder names, in sorted order (which is the label order).
+CLASS_NAMES = (
+    "Drink",
+    "Picking",
+    "Push",
+    "Run",
+    "Throwing objects",
+    "boxing",
+    "lifting weights",
+    "receiving the phone",
+    "stand",
+    "walking on stairs",
+    "walking with flashlight",
+    "waving",
+)
+
+# NoctAct-HAR's number of action classes (the synthetic dataset draws the same twelve).
+NUM_CLASSES = len(CLASS_NAMES)

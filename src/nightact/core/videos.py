@@ -1,0 +1,395 @@
+"""Decode, sample and letterbox video clips with PyAV; write test and synthetic videos.
+
+One code path turns a video file into the model's input, used by `prepare` and by `predict`:
+
+1. Demux the video stream's packets without decoding them and count the frames from the packets.
+   Container headers lie (a WebM without a duration reports 0 frames; OpenCV reports a huge
+   negative number for it), so the header count is recorded but never trusted.
+2. Pick N frame indices with the original project's rule ``int(i * total / N)``, the last one
+   clamped to ``total - 1``.
+3. Decode only the groups of pictures that hold a wanted frame: seek to the keyframe before it
+   (from the packet index) and decode forward, matching frames by timestamp. When that cannot be
+   trusted, decode the stream once, front to back, keeping exactly the frames at those indices.
+   (Seeking to a frame number, as the original did with OpenCV, returns wrong frames on
+   variable-frame-rate and truncated files.)
+4. Apply the rotation in the stream's display matrix so people stand upright, and the sample
+   aspect ratio so non-square pixels are shown at their true shape.
+5. Letterbox: scale the picture to fit inside HEIGHTxWIDTH keeping its display aspect ratio
+   (swscale's area filter, which averages the source pixels under each output pixel and so does not
+   alias the speckle noise of night footage), then pad with zeros, centred, to HEIGHTxWIDTH. This
+   is the original's pad-then-resize up to rounding at the picture's edge, without blending black
+   into the edge pixels.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# File extensions indexed as videos by default (prepare, download, predict).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+# swscale's area-averaging filter: the right choice for the large downscales we do.
+INTERPOLATION = "AREA"
+
+
+class VideoError(Exception):
+    """A video that cannot be used, with the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class Clip:
+    """N sampled, upright, letterboxed RGB frames of one video and what we learned reading it."""
+
+    frames: np.ndarray  # (N, height, width, 3) uint8
+    decoded_frames: int  # frames in the stream: packets, or what decoded when a file is damaged
+    header_frames: int  # what the container header claims (often wrong)
+    fps: float
+    width: int  # coded width of the source
+    height: int  # coded height of the source
+    rotation: int  # degrees counter-clockwise applied to make the picture upright
+    indices: list[int] = field(default_factory=list)  # frame indices used, in order
+    short: bool = False  # fewer decodable frames than N: the last one is repeated
+
+
+def sample_indices(total: int, count: int) -> list[int]:
+    """Spread ``count`` indices evenly over ``total`` frames, as the original did.
+
+    ``int(i * total / count)`` for i in 0..count-1, with the last index clamped to ``total - 1``.
+    When ``total < count`` some indices repeat; callers decide whether that is acceptable.
+    """
+    if total <= 0:
+        raise ValueError(f"a clip needs at least one frame, got total={total}")
+    if count <= 0:
+        raise ValueError(f"count must be positive, got {count}")
+    indices = [int(i * total / count) for i in range(count)]
+    indices[-1] = min(indices[-1], total - 1)
+    return indices
+
+
+def fitted_size(
+    source_height: int, source_width: float, height: int, width: int
+) -> tuple[int, int]:
+    """The (height, width) a picture takes inside a HEIGHTxWIDTH box, keeping its aspect ratio."""
+    scale = min(height / source_height, width / source_width)
+    fit_height = min(height, max(1, round(source_height * scale)))
+    fit_width = min(width, max(1, round(source_width * scale)))
+    return fit_height, fit_width
+
+
+def pad_centred(picture: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Place ``picture`` in the middle of a black HEIGHTxWIDTH canvas (extra pixel at the end)."""
+    canvas = np.zeros((height, width, picture.shape[2]), dtype=picture.dtype)
+    top = (height - picture.shape[0]) // 2
+    left = (width - picture.shape[1]) // 2
+    canvas[top : top + picture.shape[0], left : left + picture.shape[1]] = picture
+    return canvas
+
+
+def letterbox(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Fit an RGB uint8 image into HEIGHTxWIDTH keeping its aspect ratio, padding with zeros."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (h, w, 3) uint8 image, got {image.shape} {image.dtype}")
+    fit_height, fit_width = fitted_size(image.shape[0], image.shape[1], height, width)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    resized = frame.reformat(
+        width=fit_width, height=fit_height, format="rgb24", interpolation=INTERPOLATION
+    ).to_ndarray()
+    return pad_centred(resized, height, width)
+
+
+def _rotation_turns(rotation: float) -> int:
+    """Quarter turns counter-clockwise for np.rot90, from a display-matrix angle."""
+    return int(round(rotation / 90.0)) % 4
+
+
+def _frame_to_picture(
+    frame: av.VideoFrame, height: int, width: int, pixel_aspect: Fraction
+) -> np.ndarray:
+    """Convert one decoded frame to an upright, letterboxed (height, width, 3) uint8 array."""
+    turns = _rotation_turns(frame.rotation or 0)
+    display_width = frame.width * float(pixel_aspect)
+    display_height = frame.height
+    if turns % 2:
+        # A quarter turn swaps the picture's axes: fit the rotated shape, scale, then rotate.
+        fit_height, fit_width = fitted_size(display_width, display_height, height, width)
+        scaled_height, scaled_width = fit_width, fit_height
+    else:
+        fit_height, fit_width = fitted_size(display_height, display_width, height, width)
+        scaled_height, scaled_width = fit_height, fit_width
+    picture = frame.reformat(
+        width=scaled_width, height=scaled_height, format="rgb24", interpolation=INTERPOLATION
+    ).to_ndarray()
+    if turns:
+        picture = np.rot90(picture, turns)
+    return pad_centred(picture, height, width)
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise VideoError(path, "file not found" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as error:
+        raise VideoError(path, f"not a readable video ({error.strerror or error})") from error
+    if not container.streams.video:
+        container.close()
+        raise VideoError(path, "no video stream")
+    return container
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Count the video frames by demuxing packets (no decoding); headers are not trusted."""
+    path = Path(path)
+    with _open(path) as container:
+        return len(_packet_index(path, container))
+
+
+@dataclass
+class _Packet:
+    """What the demuxer says about one compressed frame, in decode order."""
+
+    pts: int | None
+    keyframe: bool
+    discard: bool
+
+
+def _packet_index(path: Path, container) -> list[_Packet]:
+    """Every frame-carrying packet of the video stream, in decode order, without decoding."""
+    stream = container.streams.video[0]
+    packets = []
+    try:
+        for packet in container.demux(stream):
+            # The demuxer ends with an empty flush packet; it carries no frame.
+            if packet.size > 0:
+                packets.append(_Packet(packet.pts, packet.is_keyframe, packet.is_discard))
+    except av.FFmpegError as error:
+        log.debug("%s: demuxing stopped early: %s", path, error)
+    return packets
+
+
+def read_clip(
+    path: str | os.PathLike,
+    frames: int = 10,
+    height: int = 240,
+    width: int = 320,
+    allow_short: bool = True,
+    frames_per_segment: int = 1,
+) -> Clip:
+    """Decode N evenly spaced, upright, letterboxed RGB frames of a video.
+
+    With ``frames_per_segment`` K > 1, N*K frames: the K candidates of each of N segments,
+    ``int(j * total / (N*K))`` for j in 0..N*K-1, which puts the original's ``int(i * total / N)``
+    first in segment i (see :mod:`nightact.data.sampling`). A clip is short only with fewer than N
+    decodable frames; with N to N*K-1 some candidates repeat. A short clip's N frames (every
+    decodable one, then the last repeated) each fill all K candidates of their segment.
+
+    Raises :class:`VideoError` naming the file and the reason when it cannot be used: missing,
+    empty, not a video, no decodable frame, or (with ``allow_short=False``) fewer than N
+    decodable frames.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        header_frames = int(stream.frames or 0)
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        coded_width = stream.codec_context.width
+        coded_height = stream.codec_context.height
+        pixel_aspect = stream.sample_aspect_ratio or Fraction(1)
+        if pixel_aspect <= 0:
+            pixel_aspect = Fraction(1)
+        packets = _packet_index(path, container)
+    total = len(packets)
+    if total == 0:
+        raise VideoError(path, "no video frames in the file")
+
+    segments, frames = frames, frames * frames_per_segment
+    wanted = sample_indices(total, frames)
+    seeked = None
+    if total > frames:
+        seeked = _decode_by_seeking(path, packets, wanted, height, width, pixel_aspect)
+    if seeked is not None:
+        kept, rotation = seeked
+        decoded = total
+    else:
+        # A clip with no more frames than we need is kept whole: every frame is used anyway.
+        keep = set(range(total)) if total <= frames else set(wanted)
+        kept, decoded, rotation = _decode_indices(path, keep, height, width, pixel_aspect)
+    if decoded == 0:
+        raise VideoError(path, "no frame could be decoded (corrupt or unsupported stream)")
+    if decoded != total:
+        # Some packets did not decode (a truncated or damaged file) or the decoder produced more
+        # frames than packets: sample again over what really decodes.
+        log.debug("%s: %d packets but %d decodable frames", path, total, decoded)
+        wanted = sample_indices(decoded, frames)
+        if not set(wanted) <= kept.keys():
+            kept, decoded, rotation = _decode_indices(
+                path, set(wanted), height, width, pixel_aspect
+            )
+    short = decoded < segments
+    if short:
+        if not allow_short:
+            raise VideoError(
+                path, f"only {decoded} decodable frames, fewer than the {segments} requested"
+            )
+        # Every decodable frame once, then the last one repeated: the clip keeps its real
+        # frame-to-frame motion and freezes at the end, rather than stuttering throughout.
+        wanted = list(range(decoded)) + [decoded - 1] * (segments - decoded)
+        wanted = [index for index in wanted for _ in range(frames_per_segment)]
+        if not set(wanted) <= kept.keys():
+            kept, decoded, rotation = _decode_indices(
+                path, set(wanted), height, width, pixel_aspect
+            )
+    clip_frames = np.stack([kept[index] for index in wanted])
+    return Clip(
+        frames=clip_frames,
+        decoded_frames=decoded,
+        header_frames=header_frames,
+        fps=fps,
+        width=coded_width,
+        height=coded_height,
+        rotation=rotation,
+        indices=wanted,
+        short=short,
+    )
+
+
+def _decode_by_seeking(
+    path: Path,
+    packets: list[_Packet],
+    wanted: list[int],
+    height: int,
+    width: int,
+    pixel_aspect: Fraction,
+) -> tuple[dict[int, np.ndarray], int] | None:
+    """Decode only the groups of pictures that hold a wanted frame, and stop after the last one.
+
+    Each wanted frame is decoded starting from the keyframe before it (found in the packet
+    index, by presentation time); groups of pictures without a wanted frame and the tail after
+    the last one are never decoded. Returns None whenever the result could not be trusted
+    (packets without timestamps, edit-list discards, a failed seek, a missing frame), and the
+    caller then decodes the whole stream front to back.
+    """
+    if any(packet.pts is None or packet.discard for packet in packets):
+        return None
+    presentation = sorted(packet.pts for packet in packets)
+    if len(set(presentation)) != len(presentation):
+        return None
+    index_of = {pts: index for index, pts in enumerate(presentation)}
+    keyframes = sorted(index_of[packet.pts] for packet in packets if packet.keyframe)
+    if not keyframes or keyframes[0] != 0:
+        return None
+    # Wanted frames grouped by the keyframe that starts their group of pictures.
+    groups: dict[int, set[int]] = {}
+    for index in wanted:
+        start = keyframes[bisect.bisect_right(keyframes, index) - 1]
+        groups.setdefault(start, set()).add(index)
+
+    kept: dict[int, np.ndarray] = {}
+    rotation = 0
+    try:
+        with _open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            frames = container.decode(stream)
+            position = -1  # presentation index of the last frame the decoder gave
+            for start, needed in sorted(groups.items()):
+                if position < start - 1:
+                    # Far behind this group: jump to its keyframe rather than decode up to it.
+                    container.seek(presentation[start], stream=stream, backward=True)
+                    frames = container.decode(stream)
+                for frame in frames:
+                    index = index_of.get(frame.pts)
+                    if index is None:
+                        return None
+                    position = index
+                    if index in needed:
+                        kept[index] = _frame_to_picture(frame, height, width, pixel_aspect)
+                        rotation = int(round(frame.rotation or 0))
+                        needed.discard(index)
+                        if not needed:
+                            break
+                if needed:
+                    return None
+    except (av.FFmpegError, VideoError) as error:
+        log.debug("%s: seeking decode failed, decoding in full: %s", path, error)
+        return None
+    return kept, rotation
+
+
+def _decode_indices(
+    path: Path, wanted: set[int], height: int, width: int, pixel_aspect: Fraction
+) -> tuple[dict[int, np.ndarray], int, int]:
+    """Decode every frame once, keeping those at the wanted presentation-order indices."""
+    kept: dict[int, np.ndarray] = {}
+    decoded = 0
+    rotation = 0
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        # Frame threads decode several frames at once; slice threads split one frame.
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                if decoded in wanted:
+                    kept[decoded] = _frame_to_picture(frame, height, width, pixel_aspect)
+                    rotation = int(round(frame.rotation or 0))
+                decoded += 1
+        except av.FFmpegError as error:
+            # A damaged tail: keep what decoded before it, the caller re-samples if needed.
+            log.debug("%s: decoding stopped after %d frames: %s", path, decoded, error)
+    return kept, decoded, rotation
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    fps: float = 25.0,
+    codec: str = "libx264",
+    keyframe_interval: int | None = None,
+    crf: int = 23,
+    preset: str = "veryfast",
+) -> Path:
+    """Encode RGB uint8 frames (h, w, 3) to a real video file (H.264 in MP4 by default).
+
+    Width and height must be even for yuv420p. ``preset`` is x264's speed/size trade-off
+    ("ultrafast" ... "veryslow"). Used by the synthetic dataset and by tests.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w") as container:
+        stream = None
+        for frame_array in frames:
+            if stream is None:
+                stream = container.add_stream(codec, rate=rate)
+                stream.height, stream.width = frame_array.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                options = {}
+                if codec == "libx264":
+                    options = {"crf": str(crf), "preset": preset}
+                if keyframe_interval:
+                    stream.codec_context.gop_size = keyframe_interval
+                stream.options = options
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_array), format="rgb24")
+            container.mux(stream.encode(frame))
+        if stream is None:
+            raise ValueError(f"{path}: no frames to write")
+        container.mux(stream.encode(None))
+    return path

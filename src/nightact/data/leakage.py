@@ -1,0 +1,678 @@
+"""Find near-duplicate clips in a prepared store: copies of one recording that would leak.
+
+A dataset of "modified" videos may hold several copies of one recording: re-encoded, resized,
+mirrored, brightened, noisier, trimmed or cropped. A random split puts such copies in train and
+test, and the test score then measures memory. This module finds them from the frames already in
+a prepared store (``nightact prepare``), with NumPy only, and writes::
+
+    STORE/leakage.csv    path_a, split_a, path_b, split_b, similarity, appearance, motion,
+                         mirrored, cluster  (paths as in manifest.csv; cross-split pairs, and
+                         within-split ones on request), most similar first
+    STORE/leakage.json   the LeakageConfig and the summary (pairs across / within splits,
+                         clusters, seconds)
+
+How a clip becomes a signature (``clip_signature``), and why:
+
+1. Grey, then the letterbox padding is stripped (rows and columns that are exactly black in every
+   frame): a cropped or resized copy is letterboxed differently, its content is not.
+2. Halved until about 64 pixels remain on the short side, then a 3x3 median filter: white speckle
+   noise and hot pixels are single bright pixels that a mean would smear into every cell.
+3. Averaged over a GRIDxGRID grid of the content, whatever its aspect ratio, and blurred across
+   neighbouring cells so a crop of up to ~10 % of each border moves content by less than a cell.
+4. Rank-normalised over the whole clip: a brightness or gamma change (any monotone change of the
+   pixel values) leaves the ranks unchanged, and night frames that are "all nearly black" to a
+   naive hash spread over the full range.
+5. Two views per frame: *appearance* (the ranked grid) and *motion* (the ranked grid minus the
+   clip's per-cell temporal median, i.e. what moves against the static scene). Two takes filmed in
+   the same scene share the background, so their appearance agrees; their motion does not.
+
+Two signatures are compared (``compare_signatures``) as sequences: a store holds N frames sampled
+evenly over each clip, so a copy trimmed at either end is sampled at other moments. Every
+alignment ``t_a = start + (1 - start - end) * t_b`` with start and end trims in [-MAX_TRIM,
+MAX_TRIM] is tried (a negative trim means the first clip is the trimmed one), the first clip's
+frames are interpolated at the aligned times, and the best alignment wins; the same again with the
+second clip mirrored. The similarity is the lower of the appearance and the motion correlation:
+a duplicate must look alike *and* move alike. For clips with hardly any motion, where the motion
+correlation is only noise, the appearance decides alone.
+
+A store of thousands of clips has millions of pairs: each clip is compared in full only with its
+``candidates`` nearest neighbours by a cheap, mirror- and trim-invariant summary (the time-mean of
+both views, made left-right symmetric). Exact copies (equal sha256 in the manifest) are always
+reported, with similarity 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nightact.core import files
+from nightact.core.store import SPLIT_NAMES, open_split, read_manifest
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "leakage.csv"
+JSON_NAME = "leakage.json"
+CSV_COLUMNS = (
+    "path_a",
+    "split_a",
+    "path_b",
+    "split_b",
+    "similarity",
+    "appearance",
+    "motion",
+    "mirrored",
+    "cluster",
+)
+MAX_TRIM = 0.2  # the largest share of a clip cut at either end that alignment still finds
+TRIM_STEPS = 9  # steps of the trim grid: (2 * TRIM_STEPS - 1) offsets x (TRIM_STEPS + 2) scales
+_WORK_SIDE = 48  # short side, in pixels, from which clips are halved before the median filter
+_FINE = 2  # fine cells per signature cell, kept to derive crop variants
+CROPS = (0.0, 0.04, 0.08)  # share cut from each border (per axis) in the crop variants
+CROP_MARGIN = 0.1  # pairs this far below the threshold are compared again with crop variants
+_MOTION_BLURS = 2  # [1, 2, 1] passes over the motion view
+_HIGH_PASS_BLURS = 8  # [1, 2, 1] passes of the background estimate: sigma 2 cells
+_PAD_LEVEL = 2  # a row or column no brighter than this in every frame is letterbox padding
+
+
+@dataclass
+class LeakageConfig:
+    """Settings of one leakage check; saved in ``STORE/leakage.json``."""
+
+    store: str | os.PathLike
+    within: bool = False  # also report pairs inside one split
+    threshold: float = 0.8  # similarity from which two clips count as near-duplicates
+    grid: int = 24  # cells per side of the signature grid
+    candidates: int = 10  # nearest neighbours per clip compared in full (0: every pair)
+    static_motion: float = 0.1  # motion energy (RMS) up to which motion is mostly noise
+    motion_floor: float = 0.2  # weight of motion even in static clips (copies share their noise)
+    batch_pairs: int = 2048  # pairs compared at once (memory: ~batch x 2 x frames^2 floats)
+
+    def __post_init__(self) -> None:
+        self.store = str(self.store)
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.grid < 4:
+            raise ValueError(f"grid must be at least 4, got {self.grid}")
+        if self.candidates < 0:
+            raise ValueError(f"candidates must not be negative, got {self.candidates}")
+        if self.batch_pairs < 1:
+            raise ValueError(f"batch_pairs must be positive, got {self.batch_pairs}")
+
+
+@dataclass
+class Signature:
+    """What the detector keeps of one clip: two views of each frame on the grid."""
+
+    appearance: np.ndarray  # float32 (frames, grid, grid), ranks centred on 0
+    motion: np.ndarray  # float32 (frames, grid, grid), ranks minus their temporal median
+    motion_energy: float  # root mean square of ``motion``
+    scene: np.ndarray  # float32 (grid, grid), per-cell temporal median, centred
+    fine: np.ndarray  # float16 (frames, 2 grid, 2 grid) cell means, to derive crop variants
+
+
+@dataclass
+class Pair:
+    """Two clips the detector holds for copies of one recording."""
+
+    path_a: str
+    split_a: str
+    path_b: str
+    split_b: str
+    similarity: float
+    appearance: float
+    motion: float
+    mirrored: bool
+    cluster: int = -1
+
+    @property
+    def cross_split(self) -> bool:
+        return self.split_a != self.split_b
+
+
+@dataclass
+class LeakageReport:
+    """Every near-duplicate pair found, their clusters, and a summary for people."""
+
+    config: LeakageConfig
+    clips: list[tuple[str, str]]  # (path, split) of every clip looked at
+    pairs: list[Pair]  # every pair at or above the threshold, within splits too
+    clusters: list[list[str]]  # connected components of ``pairs`` with two or more clips
+    seconds: float = 0.0
+    compared: int = 0  # pairs compared in full
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def cross_pairs(self) -> list[Pair]:
+        return [pair for pair in self.pairs if pair.cross_split]
+
+    @property
+    def within_pairs(self) -> list[Pair]:
+        return [pair for pair in self.pairs if not pair.cross_split]
+
+    def summary(self) -> dict:
+        leaking = [c for c in self.clusters if len({self._split[p] for p in c}) > 1]
+        return {
+            "clips": len(self.clips),
+            "pairs_across_splits": len(self.cross_pairs),
+            "pairs_within_splits": len(self.within_pairs),
+            "clusters": len(self.clusters),
+            "clusters_across_splits": len(leaking),
+            "clips_in_clusters": sum(len(c) for c in self.clusters),
+            "pairs_compared": self.compared,
+            "threshold": self.config.threshold,
+            "seconds": round(self.seconds, 3),
+        }
+
+    @property
+    def _split(self) -> dict[str, str]:
+        return dict(self.clips)
+
+    def table(self) -> str:
+        summary = self.summary()
+        lines = [
+            f"clips checked            {summary['clips']}",
+            f"pairs across splits      {summary['pairs_across_splits']}",
+            f"pairs within a split     {summary['pairs_within_splits']}",
+            f"clusters (>= 2 clips)    {summary['clusters']} "
+            f"({summary['clusters_across_splits']} spanning splits, "
+            f"{summary['clips_in_clusters']} clips)",
+            f"threshold                {summary['threshold']}",
+            f"time                     {summary['seconds']:.1f} s "
+            f"({summary['pairs_compared']} pairs compared in full)",
+        ]
+        shown = self.cross_pairs[:10]
+        if shown:
+            lines.append("")
+            lines.append("most similar pairs across splits:")
+            for pair in shown:
+                lines.append(
+                    f"  {pair.similarity:.3f}  {pair.split_a}:{pair.path_a}  "
+                    f"{pair.split_b}:{pair.path_b}"
+                )
+        return "\n".join(lines)
+
+
+# --- one clip ------------------------------------------------------------------------------------
+
+
+def content_box(frames: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of a stored clip that are not letterbox padding (black in every frame)."""
+    # An elementwise maximum over frames, then over the small picture: reducing a big uint8
+    # array over several axes at once is many times slower.
+    brightest = np.maximum.reduce(frames, axis=0)
+    if brightest.ndim == 3:
+        brightest = np.maximum.reduce(brightest, axis=2)
+    rows = np.flatnonzero(brightest.max(axis=1) > _PAD_LEVEL)
+    columns = np.flatnonzero(brightest.max(axis=0) > _PAD_LEVEL)
+    if len(rows) == 0 or len(columns) == 0:
+        return slice(None), slice(None)
+    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
+
+
+def _halve(grey: np.ndarray) -> np.ndarray:
+    """Mean of each 2x2 block (an odd last row or column is dropped)."""
+    height, width = grey.shape[1] // 2 * 2, grey.shape[2] // 2 * 2
+    return (
+        grey[:, 0:height:2, 0:width:2]
+        + grey[:, 1:height:2, 0:width:2]
+        + grey[:, 0:height:2, 1:width:2]
+        + grey[:, 1:height:2, 1:width:2]
+    ) * 0.25
+
+
+def _median3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+
+
+def _median3x3(grey: np.ndarray) -> np.ndarray:
+    """Separable 3x3 median (a median of 3 down, then across): removes single bright pixels at
+    a fraction of the cost of a full median; edges repeated."""
+    padded = np.pad(grey, ((0, 0), (1, 1), (0, 0)), mode="edge")
+    grey = _median3(padded[:, :-2], padded[:, 1:-1], padded[:, 2:])
+    padded = np.pad(grey, ((0, 0), (0, 0), (1, 1)), mode="edge")
+    return _median3(padded[:, :, :-2], padded[:, :, 1:-1], padded[:, :, 2:])
+
+
+def _cell_means(grey: np.ndarray, grid: int) -> np.ndarray:
+    """Mean of each of GRIDxGRID cells, with cell edges spread evenly over any size."""
+    _, height, width = grey.shape
+    if height < grid or width < grid:
+        # Fewer pixels than cells: repeat pixels so every cell has at least one.
+        grey = np.repeat(np.repeat(grey, -(-grid // height), axis=1), -(-grid // width), axis=2)
+        _, height, width = grey.shape
+    # Rounded edges are symmetric, so a mirrored clip falls on mirrored cells.
+    row_edges = np.round(np.linspace(0, height, grid + 1)).astype(int)
+    column_edges = np.round(np.linspace(0, width, grid + 1)).astype(int)
+    sums = np.add.reduceat(np.add.reduceat(grey, row_edges[:-1], axis=1), column_edges[:-1], axis=2)
+    counts = np.outer(np.diff(row_edges), np.diff(column_edges))
+    return sums / counts
+
+
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(size: int, passes: int) -> np.ndarray:
+    """(size, size) matrix of ``passes`` [1, 2, 1] / 4 blurs, edges repeated."""
+    single = np.zeros((size, size))
+    for i in range(size):
+        for offset, weight in ((-1, 0.25), (0, 0.5), (1, 0.25)):
+            single[i, min(max(i + offset, 0), size - 1)] += weight
+    return np.linalg.matrix_power(single, passes).astype(np.float32)
+
+
+def _blur_cells(cells: np.ndarray, passes: int = 1) -> np.ndarray:
+    """``passes`` [1, 2, 1] blurs across neighbouring cells, both ways (edges repeated)."""
+    rows = _blur_matrix(cells.shape[-2], passes)
+    columns = _blur_matrix(cells.shape[-1], passes)
+    return rows @ cells @ columns.T
+
+
+def _fine_cells(frames: np.ndarray, cells: int) -> np.ndarray:
+    """Mean brightness of CELLSxCELLS cells of the content, speckles filtered out first."""
+    frames = np.asarray(frames)
+    if frames.ndim not in (3, 4) or frames.shape[0] < 1:
+        raise ValueError(f"expected (frames, height, width[, 3]) pixels, got {frames.shape}")
+    rows, columns = content_box(frames)
+    content = frames[:, rows, columns]
+    while min(content.shape[1:3]) >= 4 * _WORK_SIDE:
+        # Every other pixel of a large frame: the cells average hundreds of pixels anyway, and
+        # converting all of them to grey is most of the cost of a signature.
+        content = content[:, ::2, ::2]
+    if content.ndim == 4:
+        # Channel by channel: elementwise adds are far faster than a mean over the last axis.
+        grey = content[..., 0].astype(np.float32)
+        grey += content[..., 1]
+        grey += content[..., 2]
+        grey *= 1.0 / 3.0
+    else:
+        grey = content.astype(np.float32)
+    while min(grey.shape[1:]) >= 2 * _WORK_SIDE:
+        grey = _halve(grey)
+    if min(grey.shape[1:]) >= 3:
+        grey = _median3x3(grey)
+    return _cell_means(grey, cells)
+
+
+def _resampling(cells: int, grid: int, start: float, end: float) -> np.ndarray:
+    """(grid, cells) weights averaging the part [start, 1 - end] of CELLS cells into GRID."""
+    low = start * cells
+    width = (1.0 - start - end) * cells / grid
+    out_low = low + width * np.arange(grid)[:, None]
+    in_low = np.arange(cells)[None, :]
+    overlap = np.clip(
+        np.minimum(out_low + width, in_low + 1) - np.maximum(out_low, in_low), 0, None
+    )
+    return (overlap / width).astype(np.float32)
+
+
+def _signature_from_fine(
+    fine: np.ndarray, grid: int, crop: tuple[float, float, float, float] = (0, 0, 0, 0)
+) -> Signature:
+    """The signature of the part of a clip left by ``crop`` (top, bottom, left, right)."""
+    fine = fine.astype(np.float32)
+    rows = _resampling(fine.shape[1], grid, crop[0], crop[1])
+    columns = _resampling(fine.shape[2], grid, crop[2], crop[3])
+    cells = rows @ fine @ columns.T
+    # In log space a gain is an offset and a gamma a factor: standardising over the whole clip
+    # removes both, while keeping the order of brightness between frames.
+    cells = np.log1p(np.maximum(_blur_cells(cells), 0))
+    cells = (cells - cells.mean()) / max(float(cells.std()), 1e-6)
+    # Appearance keeps what stands out from its surroundings (a figure, a prop), not the smooth
+    # light of a lamp or the floor that every take in the same scene shares.
+    smooth = _blur_cells(cells, _HIGH_PASS_BLURS)
+    appearance = (cells - smooth).astype(np.float32)
+    scene = np.median(cells, axis=0)
+    motion = cells - scene
+    # Re-encoding noise flickers from cell to cell; a moving limb spans several cells.
+    motion = _blur_cells(motion, _MOTION_BLURS)
+    motion = motion.astype(np.float32)
+    energy = float(np.sqrt(np.mean(motion**2)))
+    return Signature(
+        appearance=appearance,
+        motion=motion,
+        motion_energy=energy,
+        scene=(scene - scene.mean()).astype(np.float32),
+        fine=fine.astype(np.float16),
+    )
+
+
+def clip_signature(frames: np.ndarray, grid: int = 24) -> Signature:
+    """The signature of one stored clip, uint8 (frames, height, width, 3) or (frames, h, w)."""
+    return _signature_from_fine(_fine_cells(frames, _FINE * grid), grid)
+
+
+def crop_variants(signature: Signature) -> list[Signature]:
+    """Signatures of the clip with each of CROPS cut from its borders: what a cropped copy of
+    it shows."""
+    grid = signature.appearance.shape[1]
+    return [
+        _signature_from_fine(signature.fine, grid, (vertical, vertical, across, across))
+        for vertical in CROPS
+        for across in CROPS
+        if vertical or across
+    ]
+
+
+# --- comparing clips -----------------------------------------------------------------------------
+
+
+def _alignments(frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For every trim hypothesis, where each frame of clip b falls among the frames of clip a.
+
+    Clip a covers [start_a, 1 - end_a] of the recording and clip b [start_b, 1 - end_b], so a
+    time u_b in b is u_a = offset + scale * u_b in a. Offsets and scales are tried over the range
+    that trims of up to MAX_TRIM at each end of either clip produce. Returns floor indices, ceil
+    indices, interpolation weights (hypotheses, frames) and a validity mask (b's frame falls
+    inside a's sampled span).
+    """
+    widest = 1.0 / (1.0 - 2 * MAX_TRIM)
+    offsets = np.linspace(-MAX_TRIM * widest, MAX_TRIM, 2 * TRIM_STEPS - 1)
+    scales = np.geomspace(1.0 / widest, widest, TRIM_STEPS + 2)
+    offset, scale = (grid.ravel() for grid in np.meshgrid(offsets, scales, indexing="ij"))
+    # Sampled frame i sits at time i / frames of its clip (prepare's int(i * total / N)).
+    times_b = np.arange(frames) / frames
+    position = (offset[:, None] + scale[:, None] * times_b[None, :]) * frames
+    valid = (position >= -0.5) & (position <= frames - 0.5)
+    position = np.clip(position, 0, frames - 1)
+    floor = np.floor(position).astype(int)
+    ceil = np.minimum(floor + 1, frames - 1)
+    weight = (position - floor).astype(np.float32)
+    return floor, ceil, weight, valid
+
+
+def _aligned_scores(a: np.ndarray, b: np.ndarray, alignment: tuple, centred: bool) -> np.ndarray:
+    """Correlation of a (interpolated) with b over aligned frames, for every pair and hypothesis.
+
+    ``a`` and ``b`` are (pairs, frames, features). Returns (pairs, hypotheses).
+    """
+    floor, ceil, weight, valid = alignment
+    # Batched matrix products (BLAS), not einsum: this is where the detector spends its time.
+    cross = a @ b.transpose(0, 2, 1)  # <a_i, b_j>
+    gram = a @ a.transpose(0, 2, 1)  # <a_i, a_k>
+    norms_b = np.einsum("pjf,pjf->pj", b, b)
+    frames_b = np.arange(b.shape[1])[None, :]
+    # <interp a at b_j's time, b_j>: linear in the two neighbouring frames of a.
+    dot = (1 - weight) * cross[:, floor, frames_b] + weight * cross[:, ceil, frames_b]
+    square = (
+        (1 - weight) ** 2 * gram[:, floor, floor]
+        + 2 * weight * (1 - weight) * gram[:, floor, ceil]
+        + weight**2 * gram[:, ceil, ceil]
+    )
+    if centred:
+        # Appearance: mean over aligned frames of each frame's correlation.
+        per_frame = dot / np.sqrt(np.maximum(square * norms_b[:, None, :], 1e-12))
+        per_frame = np.where(valid, per_frame, 0.0)
+        return per_frame.sum(axis=2) / valid.sum(axis=1)
+    # Motion: one correlation over all aligned frames together, so still frames weigh little.
+    numerator = np.where(valid, dot, 0.0).sum(axis=2)
+    energy_a = np.where(valid, square, 0.0).sum(axis=2)
+    energy_b = np.where(valid, norms_b[:, None, :], 0.0).sum(axis=2)
+    return numerator / np.sqrt(np.maximum(energy_a * energy_b, 1e-12))
+
+
+def _correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise correlation of two (pairs, features) arrays of centred rows."""
+    numerator = np.einsum("pf,pf->p", a, b)
+    return numerator / np.sqrt(np.maximum((a * a).sum(axis=1) * (b * b).sum(axis=1), 1e-12))
+
+
+def compare_signatures(
+    first: list[Signature],
+    second: list[Signature],
+    static_motion: float = 0.1,
+    motion_floor: float = 0.2,
+) -> np.ndarray:
+    """Similarity of each pair (first[k], second[k]): (pairs, 4) columns similarity, appearance,
+    motion, mirrored (1.0 when the mirrored alignment won)."""
+    if len(first) != len(second):
+        raise ValueError("compare_signatures needs two lists of equal length")
+    if not first:
+        return np.zeros((0, 4), dtype=np.float32)
+    frames = first[0].appearance.shape[0]
+    alignment = _alignments(frames)
+    min_valid = alignment[3].sum(axis=1) >= max(2, frames // 2)
+
+    def stack(signatures, view, mirror=False):
+        values = np.stack([getattr(s, view) for s in signatures]).astype(np.float32)
+        if mirror:
+            values = values[..., ::-1]
+        values = values.reshape(len(signatures), frames, -1)
+        if view == "appearance":
+            values = values - values.mean(axis=2, keepdims=True)
+        return values
+
+    def stack_scene(signatures, mirror=False):
+        values = np.stack([s.scene for s in signatures]).astype(np.float32)
+        return (values[..., ::-1] if mirror else values).reshape(len(signatures), -1)
+
+    energy = np.array(
+        [min(a.motion_energy, b.motion_energy) for a, b in zip(first, second, strict=True)]
+    )
+    motion_weight = np.clip((energy - static_motion) / static_motion, motion_floor, 1.0)
+    results = []
+    for mirror in (False, True):
+        appearance = _aligned_scores(
+            stack(first, "appearance"), stack(second, "appearance", mirror), alignment, True
+        )
+        motion = _aligned_scores(
+            stack(first, "motion"), stack(second, "motion", mirror), alignment, False
+        )
+        # Motion counts in proportion to how far it rises above the noise floor.
+        trusted = motion_weight[:, None] * motion + (1 - motion_weight[:, None]) * appearance
+        scene = _correlations(stack_scene(first), stack_scene(second, mirror))
+        combined = np.minimum(np.minimum(appearance, trusted), scene[:, None])
+        combined = np.where(min_valid[None, :], combined, -1.0)
+        best = combined.argmax(axis=1)
+        rows = np.arange(len(first))
+        results.append(
+            np.stack([combined[rows, best], appearance[rows, best], motion[rows, best]], axis=1)
+        )
+    plain, mirrored = results
+    use_mirror = mirrored[:, 0] > plain[:, 0]
+    chosen = np.where(use_mirror[:, None], mirrored, plain)
+    return np.column_stack([chosen, use_mirror.astype(np.float32)]).astype(np.float32)
+
+
+def _summaries(signatures: list[Signature]) -> np.ndarray:
+    """Unit vectors that are cheap to compare: time-means of both views, left-right symmetric."""
+    parts = []
+    for view in ("appearance", "motion"):
+        values = np.stack([getattr(s, view) for s in signatures])
+        if view == "motion":
+            values = np.abs(values)
+        mean = values.mean(axis=1)
+        symmetric = (mean + mean[..., ::-1]).reshape(len(signatures), -1)
+        symmetric = symmetric - symmetric.mean(axis=1, keepdims=True)
+        symmetric /= np.maximum(np.linalg.norm(symmetric, axis=1, keepdims=True), 1e-12)
+        parts.append(symmetric)
+    return np.concatenate(parts, axis=1) / np.sqrt(2.0)
+
+
+def candidate_pairs(signatures: list[Signature], candidates: int) -> np.ndarray:
+    """Pairs (i < j) worth a full comparison: each clip's nearest ``candidates`` by summary, or
+    every pair when ``candidates`` is 0 or not below the number of clips."""
+    count = len(signatures)
+    if candidates == 0 or candidates >= count - 1:
+        first, second = np.triu_indices(count, k=1)
+        return np.column_stack([first, second])
+    summary = _summaries(signatures).astype(np.float32)
+    found = set()
+    block = 1024
+    for start in range(0, count, block):
+        similarity = summary[start : start + block] @ summary.T
+        for offset, row in enumerate(similarity):
+            index = start + offset
+            row[index] = -np.inf
+            nearest = np.argpartition(-row, candidates)[:candidates]
+            found.update((min(index, j), max(index, j)) for j in nearest.tolist())
+    return np.array(sorted(found), dtype=np.int64).reshape(-1, 2)
+
+
+# --- a whole store -------------------------------------------------------------------------------
+
+
+def store_signatures(store: str | os.PathLike, grid: int = 24) -> tuple[list, list[Signature]]:
+    """(path, split) and signature of every stored clip, split by split, row by row."""
+    clips, signatures = [], []
+    for split in SPLIT_NAMES:
+        data = open_split(store, split)
+        for row in tqdm(range(len(data)), desc=f"leakage {split}", unit="clip", leave=False):
+            signatures.append(clip_signature(np.asarray(data.frames[row]), grid))
+            clips.append((data.paths[row], split))
+    return clips, signatures
+
+
+def connected_components(count: int, edges: list[tuple[int, int]]) -> np.ndarray:
+    """Component id of each of ``count`` nodes (union-find); ids are the smallest member."""
+    parent = list(range(count))
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a, b in edges:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(node) for node in range(count)])
+
+
+def _compare_cropped(
+    signatures: list[Signature], candidates: np.ndarray, scores: np.ndarray, config
+) -> None:
+    """Compare the pairs just below the threshold again, each clip against crops of the other;
+    raise their scores in place where a crop matches better."""
+    near = np.flatnonzero(
+        (scores[:, 0] < config.threshold) & (scores[:, 0] >= config.threshold - CROP_MARGIN)
+    )
+    if len(near) == 0:
+        return
+    variants: dict[int, list[Signature]] = {}
+
+    def of(index: int) -> list[Signature]:
+        if index not in variants:
+            variants[index] = crop_variants(signatures[index])
+        return variants[index]
+
+    per_pair = 2 * (len(CROPS) ** 2 - 1)
+    step = max(1, config.batch_pairs // per_pair)
+    for start in range(0, len(near), step):
+        rows = near[start : start + step]
+        first, second = [], []
+        for i, j in candidates[rows].tolist():
+            first += of(i) + [signatures[i]] * len(of(j))
+            second += [signatures[j]] * len(of(i)) + of(j)
+        cropped = compare_signatures(first, second, config.static_motion, config.motion_floor)
+        cropped = cropped.reshape(len(rows), per_pair, 4)
+        best = cropped[np.arange(len(rows)), cropped[:, :, 0].argmax(axis=1)]
+        better = best[:, 0] > scores[rows, 0]
+        scores[rows[better]] = best[better]
+
+
+def find_near_duplicates(
+    clips: list[tuple[str, str]],
+    signatures: list[Signature],
+    config: LeakageConfig,
+    sha256: dict[str, str] | None = None,
+) -> LeakageReport:
+    """Compare the clips' signatures and gather the pairs at or above the threshold."""
+    started = time.perf_counter()
+    candidates = candidate_pairs(signatures, config.candidates)
+    scores = np.zeros((len(candidates), 4), dtype=np.float32)
+    for start in range(0, len(candidates), config.batch_pairs):
+        batch = candidates[start : start + config.batch_pairs]
+        scores[start : start + len(batch)] = compare_signatures(
+            [signatures[i] for i in batch[:, 0]],
+            [signatures[j] for j in batch[:, 1]],
+            config.static_motion,
+            config.motion_floor,
+        )
+    _compare_cropped(signatures, candidates, scores, config)
+    found: dict[tuple[int, int], tuple] = {}
+    for (i, j), score in zip(candidates.tolist(), scores.tolist(), strict=True):
+        if score[0] >= config.threshold:
+            found[(i, j)] = tuple(score)
+    if sha256:
+        # Byte-identical files are copies whatever their pixels say.
+        by_digest: dict[str, list[int]] = {}
+        for index, (path, _) in enumerate(clips):
+            if sha256.get(path):
+                by_digest.setdefault(sha256[path], []).append(index)
+        for members in by_digest.values():
+            for x, i in enumerate(members):
+                for j in members[x + 1 :]:
+                    found[(min(i, j), max(i, j))] = (1.0, 1.0, 1.0, 0.0)
+    component = connected_components(len(clips), list(found))
+    pairs = [
+        Pair(
+            path_a=clips[i][0],
+            split_a=clips[i][1],
+            path_b=clips[j][0],
+            split_b=clips[j][1],
+            similarity=round(score[0], 4),
+            appearance=round(score[1], 4),
+            motion=round(score[2], 4),
+            mirrored=bool(score[3]),
+            cluster=int(component[i]),
+        )
+        for (i, j), score in found.items()
+    ]
+    pairs.sort(key=lambda pair: (-pair.similarity, pair.path_a, pair.path_b))
+    members: dict[int, list[str]] = {}
+    for index, root in enumerate(component.tolist()):
+        members.setdefault(root, []).append(clips[index][0])
+    clusters = [sorted(group) for group in members.values() if len(group) > 1]
+    clusters.sort(key=lambda group: (-len(group), group[0]))
+    return LeakageReport(
+        config=config,
+        clips=list(clips),
+        pairs=pairs,
+        clusters=clusters,
+        seconds=time.perf_counter() - started,
+        compared=len(candidates),
+    )
+
+
+def check_store(config: LeakageConfig) -> LeakageReport:
+    """Find near-duplicate clips in the store ``config.store`` (nothing is written)."""
+    started = time.perf_counter()
+    clips, signatures = store_signatures(config.store, config.grid)
+    sha256 = {row["path"]: row["sha256"] for row in read_manifest(config.store)}
+    report = find_near_duplicates(clips, signatures, config, sha256)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def write_report(report: LeakageReport, store: str | os.PathLike | None = None) -> Path:
+    """Write ``STORE/leakage.csv`` (cross-split pairs, and within-split ones when the config asks)
+    and ``STORE/leakage.json``; return the CSV's path."""
+    store = Path(store or report.config.store)
+    pairs = report.pairs if report.config.within else report.cross_pairs
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for pair in pairs:
+        row = dataclasses.asdict(pair)
+        row["mirrored"] = int(pair.mirrored)
+        writer.writerow({column: row[column] for column in CSV_COLUMNS})
+    csv_path = files.write_text_atomic(store / CSV_NAME, buffer.getvalue())
+    settings = dataclasses.asdict(report.config)
+    files.write_json_atomic(store / JSON_NAME, {"config": settings, "summary": report.summary()})
+    return csv_path
+
+
+def read_pairs(path: str | os.PathLike) -> list[dict]:
+    """Rows of a ``leakage.csv``."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

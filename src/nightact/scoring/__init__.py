@@ -1,0 +1,1 @@
+"""Scoring trained runs: evaluation with intervals, the darkness sweep and the comparison report."""

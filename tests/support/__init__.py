@@ -1,0 +1,1 @@
+"""Test and benchmark support: corpora of known copies and of shifted cameras (not installed)."""

@@ -1,0 +1,301 @@
+"""Corpora of known near-duplicates, to measure the leakage detector (:mod:`nightact.data.leakage`).
+
+``write_copy_corpus`` writes synthetic night videos (:mod:`nightact.sources.synthetic`), then for each one
+a transformed copy of the same recording, and a *retake*: the same scene (same size, background,
+lamp, hot pixels and sensor noise) with another performance of the same action (another figure
+size, brightness, position, direction, phase, speed and length). Copies are the duplicates the
+detector must find; retakes are the hard negatives it must leave alone::
+
+    OUT/
+      corpus.json                  {"recordings": {path: recording id}, "transforms": {path: name},
+                                    "config": CopyCorpusConfig}; paths relative to OUT
+      <class>/<slug>_<nnn>.mp4             an original (recording "<slug>_<nnn>")
+      <class>/<slug>_<nnn>_copy-<t>.mp4    a copy of it after transform t (same recording)
+      <class>/<slug>_<nnn>_take-1.mp4      another take in the same scene (a recording of its own)
+
+Two clips are true duplicates exactly when they share a recording id.
+
+Transforms (``TRANSFORMS``), each with randomly drawn strength: ``reencode`` (x264 at a much
+lower bitrate), ``resize`` (to 0.55-1.6 of the size), ``mirror`` (left-right), ``gamma``
+(gamma 0.6-1.7 and gain 0.7-1.4), ``noise`` (Gaussian sensor noise and white speckles),
+``trim`` (5-20 % cut at each end), ``crop`` (3-10 % of each border), and ``mixed`` (three of the
+others at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm.auto import tqdm
+
+from nightact.core import files
+from nightact.core.videos import write_video
+from nightact.sources import synthetic
+
+log = logging.getLogger(__name__)
+
+TRANSFORMS = ("reencode", "resize", "mirror", "gamma", "noise", "trim", "crop", "mixed")
+CORPUS_FILE = "corpus.json"
+
+
+@dataclass
+class CopyCorpusConfig:
+    """Settings of one corpus; saved in ``OUT/corpus.json``."""
+
+    out: str | os.PathLike
+    originals_per_class: int = 3
+    classes: int = 12  # the first N of synthetic.CLASS_NAMES
+    copies_per_original: int = 1  # transforms are dealt in turn over all originals
+    retakes_per_original: int = 1
+    seed: int = 0
+    min_seconds: float = 1.5
+    max_seconds: float = 3.0
+    size: tuple[int, int] = (120, 160)  # (height, width) of the originals
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        if not 1 <= self.classes <= len(synthetic.CLASS_NAMES):
+            raise ValueError(f"classes must be in 1..{len(synthetic.CLASS_NAMES)}")
+        for name in ("originals_per_class", "copies_per_original", "retakes_per_original"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.originals_per_class < 1:
+            raise ValueError("originals_per_class must be at least 1")
+        self.size = (int(self.size[0]), int(self.size[1]))
+
+
+def read_frames(path: str | os.PathLike) -> tuple[list[np.ndarray], float]:
+    """Every frame of a video as RGB uint8, and its frame rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    if not frames:
+        raise ValueError(f"{path}: no decodable frames")
+    return frames, fps
+
+
+def _even(value: float) -> int:
+    return max(16, int(round(value / 2)) * 2)
+
+
+def _resize(frames: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
+    return [
+        av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        .reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR")
+        .to_ndarray()
+        for frame in frames
+    ]
+
+
+def apply_transform(
+    name: str, frames: list[np.ndarray], rng: np.random.Generator
+) -> tuple[list[np.ndarray], dict]:
+    """Apply transform ``name`` to a video's frames; return the frames and what was drawn.
+
+    ``reencode`` returns the frames unchanged and asks for a low-quality encoding in the
+    returned details (``crf``); the caller encodes.
+    """
+    height, width = frames[0].shape[:2]
+    if name == "reencode":
+        return frames, {"crf": int(rng.integers(34, 42))}
+    if name == "resize":
+        scale = float(rng.choice([rng.uniform(0.55, 0.8), rng.uniform(1.25, 1.6)]))
+        return _resize(frames, _even(height * scale), _even(width * scale)), {"scale": scale}
+    if name == "mirror":
+        return [np.ascontiguousarray(frame[:, ::-1]) for frame in frames], {}
+    if name == "gamma":
+        gamma, gain = float(rng.uniform(0.6, 1.7)), float(rng.uniform(0.7, 1.4))
+        table = np.clip(255.0 * gain * (np.arange(256) / 255.0) ** gamma, 0, 255)
+        table = table.round().astype(np.uint8)
+        return [table[frame] for frame in frames], {"gamma": gamma, "gain": gain}
+    if name == "noise":
+        sigma, rate = float(rng.uniform(3.0, 8.0)), float(rng.uniform(0.001, 0.005))
+        noisy = []
+        for frame in frames:
+            values = frame.astype(np.float32) + rng.normal(0.0, sigma, frame.shape[:2])[..., None]
+            speckle = rng.random(frame.shape[:2]) < rate
+            values[speckle] += 150.0
+            noisy.append(np.clip(values, 0, 255).astype(np.uint8))
+        return noisy, {"sigma": sigma, "speckle_rate": rate}
+    if name == "trim":
+        start, end = rng.uniform(0.05, 0.2, size=2)
+        first = int(round(start * len(frames)))
+        last = len(frames) - int(round(end * len(frames)))
+        last = max(last, first + 2)
+        return frames[first:last], {"start": float(start), "end": float(end)}
+    if name == "crop":
+        top, bottom, left, right = rng.uniform(0.03, 0.1, size=4)
+        y0, y1 = int(round(top * height)), height - int(round(bottom * height))
+        x0, x1 = int(round(left * width)), width - int(round(right * width))
+        # Even sides for yuv420p.
+        y1 -= (y1 - y0) % 2
+        x1 -= (x1 - x0) % 2
+        cropped = [np.ascontiguousarray(frame[y0:y1, x0:x1]) for frame in frames]
+        return cropped, {"crop": [float(top), float(bottom), float(left), float(right)]}
+    if name == "mixed":
+        chosen = rng.choice([t for t in TRANSFORMS if t != "mixed"], size=3, replace=False)
+        details = {"transforms": [str(t) for t in chosen]}
+        for transform in chosen:
+            frames, more = apply_transform(str(transform), frames, rng)
+            details.update(more)
+        return frames, details
+    raise ValueError(f"unknown transform {name!r}; expected one of {TRANSFORMS}")
+
+
+def retake_plan(
+    config: synthetic.SynthConfig, class_index: int, video_index: int, take: int
+) -> synthetic.VideoPlan:
+    """The plan of another performance in the scene of video ``video_index``.
+
+    The scene (size, frame rate, background level, lamp, floor line, tint, noise levels and, for
+    the stairs, the staircase) is the original's; the performance (figure, brightness, facing,
+    position, phase, repetitions, length) is drawn from an unrelated plan.
+    """
+    scene = synthetic.plan_video(config, class_index, video_index)
+    # An index far outside any real dataset's range gives an independent performance.
+    other = synthetic.plan_video(config, class_index, 100_000 + 1_000 * video_index + take)
+    plan = dataclasses.replace(
+        scene,
+        frame_count=other.frame_count,
+        body=min(other.body, scene.ground_y - 0.04 * scene.height),
+        brightness=other.brightness,
+        phase=other.phase,
+        extra=dict(scene.extra),
+    )
+    if synthetic.CLASS_NAMES[class_index] == "walking on stairs":
+        # The staircase is part of the scene: the other take walks the same stairs the other
+        # way (going down where the original went up), which draws the very same steps.
+        plan.facing = -scene.facing
+        plan.extra["x_start"], plan.extra["x_end"] = scene.extra["x_end"], scene.extra["x_start"]
+        plan.extra["climb"] = -scene.extra["climb"]
+    else:
+        # Everywhere else the path is the performer's.
+        plan.facing = other.facing
+        plan.centre_x = other.centre_x
+        plan.cycles = other.cycles
+        plan.extra = dict(other.extra)
+        synthetic._fit_travel(plan)
+    return plan
+
+
+def _frame_rng(config: synthetic.SynthConfig, class_index: int, video_index: int):
+    # The same stream as the original's frames: the same hot pixels and noise bank (same camera).
+    return synthetic._video_rng(config.seed, class_index, video_index).spawn(1)[0]
+
+
+def write_copy_corpus(config: CopyCorpusConfig) -> dict:
+    """Write the corpus under ``config.out`` and return the content of ``corpus.json``."""
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    synth = synthetic.SynthConfig(
+        out,
+        videos_per_class=config.originals_per_class,
+        seed=config.seed,
+        min_seconds=config.min_seconds,
+        max_seconds=config.max_seconds,
+        size=config.size,
+        workers=1,
+    )
+    rng = np.random.default_rng([config.seed, 7919])
+    recordings: dict[str, str] = {}
+    transforms: dict[str, str] = {}
+    details: dict[str, dict] = {}
+    turn = 0
+    jobs = [
+        (class_index, video_index)
+        for class_index in range(config.classes)
+        for video_index in range(config.originals_per_class)
+    ]
+    for class_index, video_index in tqdm(jobs, desc="copy corpus", unit="original"):
+        original = synthetic.video_path(out, class_index, video_index)
+        if not original.is_file():
+            original.parent.mkdir(parents=True, exist_ok=True)
+            synthetic._write_one(synth, class_index, video_index)
+        recording = original.stem
+        recordings[original.relative_to(out).as_posix()] = recording
+        transforms[original.relative_to(out).as_posix()] = "original"
+        frames, fps = read_frames(original)
+        for _ in range(config.copies_per_original):
+            name = TRANSFORMS[turn % len(TRANSFORMS)]
+            turn += 1
+            copied, drawn = apply_transform(name, frames, rng)
+            path = original.with_name(f"{recording}_copy-{name}.mp4")
+            write_video(path, copied, fps=fps, crf=drawn.get("crf", 23), preset="ultrafast")
+            relative = path.relative_to(out).as_posix()
+            recordings[relative], transforms[relative], details[relative] = recording, name, drawn
+        for take in range(1, config.retakes_per_original + 1):
+            plan = retake_plan(synth, class_index, video_index, take)
+            path = original.with_name(f"{recording}_take-{take}.mp4")
+            rendered = synthetic.render_frames(plan, _frame_rng(synth, class_index, video_index))
+            write_video(path, rendered, fps=plan.fps, preset="ultrafast")
+            relative = path.relative_to(out).as_posix()
+            recordings[relative], transforms[relative] = f"{recording}_take-{take}", "retake"
+    settings = dataclasses.asdict(config)
+    settings["out"] = str(out)
+    corpus = {
+        "recordings": recordings,
+        "transforms": transforms,
+        "details": details,
+        "config": settings,
+    }
+    files.write_json_atomic(out / CORPUS_FILE, corpus)
+    log.info("%s: %d clips of %d recordings", out, len(recordings), len(set(recordings.values())))
+    return corpus
+
+
+def true_pairs(recordings: dict[str, str]) -> set[tuple[str, str]]:
+    """Every pair of paths (sorted) that share a recording: what a perfect detector finds."""
+    by_recording: dict[str, list[str]] = {}
+    for path, recording in recordings.items():
+        by_recording.setdefault(recording, []).append(path)
+    pairs = set()
+    for members in by_recording.values():
+        members = sorted(members)
+        pairs.update((a, b) for i, a in enumerate(members) for b in members[i + 1 :])
+    return pairs
+
+
+def score_detection(found: Sequence[tuple[str, str]], corpus: dict) -> dict:
+    """Recall and precision of the pairs a detector found against the corpus's truth.
+
+    ``found`` holds (path, path) pairs relative to the corpus folder (as in a store's manifest).
+    Also returns the recall per transform, and how many retakes (hard negatives) were taken for
+    copies.
+    """
+    recordings, transforms = corpus["recordings"], corpus["transforms"]
+    truth = true_pairs(recordings)
+    found = {tuple(sorted(pair)) for pair in found}
+    hits = found & truth
+    per_transform: dict[str, list[int]] = {}
+    for a, b in truth:
+        name = transforms[b] if transforms[a] == "original" else transforms[a]
+        if transforms[a] != "original" and transforms[b] != "original":
+            name = "copy-to-copy"
+        counts = per_transform.setdefault(name, [0, 0])
+        counts[0] += (a, b) in hits
+        counts[1] += 1
+    retake_errors = sum(
+        1
+        for a, b in found - truth
+        if recordings[a].split("_take-")[0] == recordings[b].split("_take-")[0]
+    )
+    return {
+        "true_pairs": len(truth),
+        "found_pairs": len(found),
+        "correct_pairs": len(hits),
+        "recall": len(hits) / len(truth) if truth else 1.0,
+        "precision": len(hits) / len(found) if found else 1.0,
+        "recall_per_transform": {
+            name: hits_and_total[0] / hits_and_total[1]
+            for name, hits_and_total in sorted(per_transform.items())
+        },
+        "retakes_taken_for_copies": retake_errors,
+    }
