@@ -59,7 +59,7 @@ def main() -> None:
             stock.append(time.perf_counter() - started)
 
             started = time.perf_counter()
-            checkpoints._save_model_atomic(model, folder / "model.keras")
+            checkpoints.save_model_atomic(model, folder / "model.keras")
             backup = checkpoints.EpochBackup(folder / "backup", checkpoint=folder / "model.keras")
             backup.set_model(model)
             backup.save(repeat + 1)

@@ -205,7 +205,7 @@ class _TurnedFrame:
 
 @pytest.mark.parametrize(("rotation", "white_on_top"), [(90, False), (-90, True), (270, True)])
 def test_quarter_turn_rotation_makes_the_picture_upright(rotation, white_on_top):
-    from nightact.core.videos import _frame_to_picture
+    from nightact.core.videos import frame_to_picture
 
     # Stored landscape 32x64, left half white. A positive display-matrix angle turns the
     # picture counter-clockwise (FFmpeg's autorotate does the same), which takes the left half
@@ -213,7 +213,7 @@ def test_quarter_turn_rotation_makes_the_picture_upright(rotation, white_on_top)
     picture = np.zeros((32, 64, 3), dtype=np.uint8)
     picture[:, :32] = 255
     frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
-    upright = _frame_to_picture(_TurnedFrame(frame, rotation), 64, 32, pixel_aspect=1)
+    upright = frame_to_picture(_TurnedFrame(frame, rotation), 64, 32, pixel_aspect=1)
     expected = np.rot90(picture, rotation // 90)
     assert upright.shape == (64, 32, 3)
     np.testing.assert_array_equal(upright, expected)

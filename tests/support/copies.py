@@ -182,13 +182,8 @@ def retake_plan(
         plan.centre_x = other.centre_x
         plan.cycles = other.cycles
         plan.extra = dict(other.extra)
-        synthetic._fit_travel(plan)
+        synthetic.fit_travel(plan)
     return plan
-
-
-def _frame_rng(config: synthetic.SynthConfig, class_index: int, video_index: int):
-    # The same stream as the original's frames: the same hot pixels and noise bank (same camera).
-    return synthetic._video_rng(config.seed, class_index, video_index).spawn(1)[0]
 
 
 def write_copy_corpus(config: CopyCorpusConfig) -> dict:
@@ -218,7 +213,7 @@ def write_copy_corpus(config: CopyCorpusConfig) -> dict:
         original = synthetic.video_path(out, class_index, video_index)
         if not original.is_file():
             original.parent.mkdir(parents=True, exist_ok=True)
-            synthetic._write_one(synth, class_index, video_index)
+            synthetic.write_one_video(synth, class_index, video_index)
         recording = original.stem
         recordings[original.relative_to(out).as_posix()] = recording
         transforms[original.relative_to(out).as_posix()] = "original"
@@ -234,7 +229,10 @@ def write_copy_corpus(config: CopyCorpusConfig) -> dict:
         for take in range(1, config.retakes_per_original + 1):
             plan = retake_plan(synth, class_index, video_index, take)
             path = original.with_name(f"{recording}_take-{take}.mp4")
-            rendered = synthetic.render_frames(plan, _frame_rng(synth, class_index, video_index))
+            rendered = synthetic.render_frames(
+                # The original's frame stream: the same hot pixels and noise bank (same camera).
+                plan, synthetic.frame_generator(synth, class_index, video_index)
+            )
             write_video(path, rendered, fps=plan.fps, preset="ultrafast")
             relative = path.relative_to(out).as_posix()
             recordings[relative], transforms[relative] = f"{recording}_take-{take}", "retake"

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nightact.core import files
+from nightact.core.store import STORE_FILE, is_embedding_store, source_store
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,38 @@ def read_config(run: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{run}: not a training run (no {CONFIG})")
     return read_json(path, "training config")
+
+
+def run_of(path: str | os.PathLike) -> Path | None:
+    """The run folder ``path`` is, or holds a file of (RUN/model.keras); None when neither."""
+    path = Path(path)
+    run = path if path.is_dir() else path.parent
+    return run if is_run(run) else None
+
+
+def training_store(run: str | os.PathLike, required: bool = False) -> Path | None:
+    """The clip store a run trained on: the one place that works it out.
+
+    A head trained on an embedding store (``--backbone``) maps back to the clip store the
+    embeddings were computed from, since the run's model.keras (backbone + head) reads clips.
+    When the store is gone: None, or with ``required`` a FileNotFoundError saying what to do.
+    """
+    data = read_config(run).get("data")
+    store = Path(data) if data else None
+    if store is None or not (store / STORE_FILE).is_file():
+        if required:
+            raise FileNotFoundError(
+                f"{run}: the store it trained on ({data}) is gone; pass --data STORE where it is now"
+            )
+        return None
+    if not is_embedding_store(store):
+        return store
+    try:
+        return source_store(store)
+    except FileNotFoundError:
+        if required:
+            raise
+        return None
 
 
 def write_config(run: str | os.PathLike, config: dict) -> Path:

@@ -43,6 +43,29 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 INTERPOLATION = "AREA"
 
 
+def visible_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file under ``folder`` at any depth, sorted, leaving out hidden ones.
+
+    Hidden means any part of the path below ``folder`` starts with a dot: editor backups, a
+    synth run's unfinished ``.partial-*`` folders, macOS ``._`` files. The one rule for every
+    command that takes a folder of videos.
+    """
+    folder = Path(folder)
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def find_videos(
+    folder: str | os.PathLike, extensions: Iterable[str] = VIDEO_EXTENSIONS
+) -> list[Path]:
+    """The videos in ``folder`` (any depth, sorted): :func:`visible_files` with a video extension."""
+    wanted = {extension.lower() for extension in extensions}
+    return [path for path in visible_files(folder) if path.suffix.lower() in wanted]
+
+
 class VideoError(Exception):
     """A video that cannot be used, with the file and the reason."""
 
@@ -118,7 +141,7 @@ def _rotation_turns(rotation: float) -> int:
     return int(round(rotation / 90.0)) % 4
 
 
-def _frame_to_picture(
+def frame_to_picture(
     frame: av.VideoFrame, height: int, width: int, pixel_aspect: Fraction
 ) -> np.ndarray:
     """Convert one decoded frame to an upright, letterboxed (height, width, 3) uint8 array."""
@@ -140,7 +163,8 @@ def _frame_to_picture(
     return pad_centred(picture, height, width)
 
 
-def _open(path: Path):
+def open_video(path: Path):
+    """Open a video file with PyAV, or raise VideoError naming the file and the problem."""
     if not path.is_file():
         raise VideoError(path, "file not found" if not path.exists() else "not a regular file")
     if path.stat().st_size == 0:
@@ -158,7 +182,7 @@ def _open(path: Path):
 def count_frames(path: str | os.PathLike) -> int:
     """Count the video frames by demuxing packets (no decoding); headers are not trusted."""
     path = Path(path)
-    with _open(path) as container:
+    with open_video(path) as container:
         return len(_packet_index(path, container))
 
 
@@ -206,7 +230,7 @@ def read_clip(
     decodable frames.
     """
     path = Path(path)
-    with _open(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         header_frames = int(stream.frames or 0)
         fps = float(stream.average_rate or stream.guessed_rate or 0)
@@ -305,7 +329,7 @@ def _decode_by_seeking(
     kept: dict[int, np.ndarray] = {}
     rotation = 0
     try:
-        with _open(path) as container:
+        with open_video(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             frames = container.decode(stream)
@@ -321,7 +345,7 @@ def _decode_by_seeking(
                         return None
                     position = index
                     if index in needed:
-                        kept[index] = _frame_to_picture(frame, height, width, pixel_aspect)
+                        kept[index] = frame_to_picture(frame, height, width, pixel_aspect)
                         rotation = int(round(frame.rotation or 0))
                         needed.discard(index)
                         if not needed:
@@ -341,14 +365,14 @@ def _decode_indices(
     kept: dict[int, np.ndarray] = {}
     decoded = 0
     rotation = 0
-    with _open(path) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         # Frame threads decode several frames at once; slice threads split one frame.
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
                 if decoded in wanted:
-                    kept[decoded] = _frame_to_picture(frame, height, width, pixel_aspect)
+                    kept[decoded] = frame_to_picture(frame, height, width, pixel_aspect)
                     rotation = int(round(frame.rotation or 0))
                 decoded += 1
         except av.FFmpegError as error:

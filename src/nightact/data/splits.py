@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nightact.core.store import MANIFEST_COLUMNS, SPLIT_NAMES
-from nightact.core.videos import VIDEO_EXTENSIONS
+from nightact.core.videos import VIDEO_EXTENSIONS, visible_files
 
 __all__ = ["Entry", "assign_splits", "index_videos", "split_counts"]
 
@@ -54,14 +54,7 @@ def index_videos(
         if child.is_file():
             ignored.append(_ignored_row(relative, "file outside any class folder"))
             continue
-        files = sorted(
-            path
-            for path in child.rglob("*")
-            # Hidden files and folders (editor backups, a synth run's unfinished .partial-*
-            # folders) are not part of the dataset.
-            if path.is_file()
-            and not any(part.startswith(".") for part in path.relative_to(child).parts)
-        )
+        files = visible_files(child)
         videos = [path for path in files if path.suffix.lower() in extensions]
         for path in files:
             if path.suffix.lower() not in extensions:

@@ -172,15 +172,9 @@ def evaluate(
             run,
         )
     # Refuse a folder that is not a run before creating anything in it.
-    config = runs.read_config(run)
-    own_store = Path(config["data"])
-    if config.get("backbone"):
-        # A head trained on embeddings: model.keras is backbone + head, scored on the clips.
-        from nightact.core.store import source_store
-
-        own_store = Path(source_store(own_store))
+    own_store = runs.training_store(run, required=data is None)
     store = Path(data) if data is not None else own_store
-    other_store = data is not None and store.resolve() != own_store.resolve()
+    other_store = own_store is None or store.resolve() != own_store.resolve()
     output = runs.evaluation_folder(
         run, split, store=store.resolve().name if other_store else None, views=views
     )

@@ -56,8 +56,7 @@ def robustness(
     model_path = runs.model_path(run)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no checkpoint; has the run finished an epoch?")
-    own_store = Path(config["data"])
-    store = Path(data) if data is not None else own_store
+    store = Path(data) if data is not None else runs.training_store(run, required=True)
     clips = open_split(store, "test")
     if len(clips) == 0:
         raise ValueError(f"{store}: the test split is empty; nothing to sweep")

@@ -473,12 +473,8 @@ def _store_of(model) -> Path | None:
     """The store a run folder (or the run of a model.keras) trained on, if it still exists."""
     if not isinstance(model, (str, os.PathLike)):
         return None
-    run = Path(model)
-    run = run if run.is_dir() else run.parent
-    if not runs.is_run(run):
-        return None
-    store = runs.read_config(run).get("data")
-    return Path(store) if store and Path(store, "store.json").is_file() else None
+    run = runs.run_of(model)
+    return runs.training_store(run) if run else None
 
 
 def _first_line(error: BaseException) -> str:

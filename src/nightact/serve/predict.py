@@ -24,7 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from nightact.core import runs
-from nightact.core.videos import VIDEO_EXTENSIONS, VideoError, read_clip
+from nightact.core.store import read_store_info
+from nightact.core.videos import VIDEO_EXTENSIONS, VideoError, find_videos, read_clip
 from nightact.data.sampling import select_frames, view_plan
 from nightact.serve.onnx_engine import load_onnx_predictor
 from nightact.serve.predictor import Predictor, checked_class_names, engine_of
@@ -140,14 +141,8 @@ def load_predictor(
 
 def _short_clip_policy(run: Path) -> str | None:
     """The short-clip policy of the store the run trained on; None when that is unknown."""
-    if not runs.is_run(run):
-        return None
-    store = runs.read_config(run).get("data")
-    if store and Path(store, "store.json").is_file():
-        from nightact.core.store import read_store_info
-
-        return read_store_info(store)["config"].get("short_clips")
-    return None
+    store = runs.training_store(run) if runs.is_run(run) else None
+    return read_store_info(store)["config"].get("short_clips") if store else None
 
 
 def expand_paths(
@@ -158,22 +153,16 @@ def expand_paths(
     Returns ``(path, error)`` pairs; error is set for a folder with no videos. Files named
     explicitly are kept whatever their extension: reading them decides.
     """
-    wanted = {extension.lower() for extension in extensions}
     items: list[tuple[Path, str | None]] = []
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
             items.append((path, None))
             continue
-        videos = sorted(
-            candidate
-            for candidate in path.rglob("*")
-            if candidate.is_file()
-            and candidate.suffix.lower() in wanted
-            and not candidate.name.startswith(".")
-        )
+        videos = find_videos(path, extensions)
         if not videos:
-            items.append((path, f"no video files ({', '.join(sorted(wanted))}) in this folder"))
+            listed = ", ".join(sorted(extension.lower() for extension in extensions))
+            items.append((path, f"no video files ({listed}) in this folder"))
         items.extend((video, None) for video in videos)
     return items
 

@@ -54,11 +54,12 @@ import numpy as np
 from tqdm import tqdm
 
 from nightact.core import files, runs
+from nightact.core.store import STORED_STATUSES, read_manifest
 from nightact.core.videos import (
-    VIDEO_EXTENSIONS,
     VideoError,
-    _frame_to_picture,
-    _open,
+    find_videos,
+    frame_to_picture,
+    open_video,
     sample_indices,
 )
 from nightact.serve.predictor import engine_of
@@ -222,15 +223,10 @@ def training_clip_seconds(run: str | os.PathLike) -> float | None:
 
     ``run`` is a run folder or a file inside one; None when the store or its manifest is gone.
     """
-    run = Path(run)
-    run = run if run.is_dir() else run.parent
-    if not runs.is_run(run):
+    run = runs.run_of(run)
+    store = runs.training_store(run) if run else None
+    if store is None:
         return None
-    store = runs.read_config(run).get("data")
-    if not store or not Path(store, "manifest.csv").is_file():
-        return None
-    from nightact.core.store import STORED_STATUSES, read_manifest
-
     durations = []
     for row in read_manifest(store):
         if row["split"] != "train" or row["status"] not in STORED_STATUSES:
@@ -263,13 +259,7 @@ def _sources(config: TimelineConfig) -> Iterator[tuple[str, Path, bool]]:
     if live or not path.is_dir():
         yield config.source, out, live
         return
-    videos = sorted(
-        candidate
-        for candidate in path.rglob("*")
-        if candidate.is_file()
-        and candidate.suffix.lower() in VIDEO_EXTENSIONS
-        and not candidate.name.startswith(".")
-    )
+    videos = find_videos(path)
     if not videos:
         raise FileNotFoundError(f"{path}: no video files in this folder")
     for video in videos:
@@ -302,9 +292,9 @@ class _FrameSource:
         self._offset = 0.0  # added to this connection's times so they continue the last one's
         self._last_time = -math.inf
 
-    def _open(self):
+    def open_video(self):
         if not self.live:
-            return _open(Path(self.source))
+            return open_video(Path(self.source))
         options = {"format": "v4l2"} if self.source.startswith("/dev/video") else {}
         container = av.open(self.source, timeout=(10.0, 10.0), **options)
         if not container.streams.video:
@@ -317,10 +307,10 @@ class _FrameSource:
         lost_at = None
         while True:
             try:
-                container = self._open()
+                container = self.open_video()
             except (av.FFmpegError, OSError, VideoError) as error:
                 if not self.live:
-                    raise  # a file: _open already names the file and the reason
+                    raise  # a file: open_video already names the file and the reason
                 failures += 1
                 if failures > self.reconnects:
                     self.stopped = f"stream lost: {failures - 1} reconnects failed ({error})"
@@ -488,7 +478,7 @@ class WindowSampler:
         for position in positions:
             frame = inside[position]
             if frame.number not in self.pictures:
-                self.pictures[frame.number] = _frame_to_picture(
+                self.pictures[frame.number] = frame_to_picture(
                     frame.frame, self.height, self.width, frame.pixel_aspect
                 )
             pictures.append(self.pictures[frame.number])

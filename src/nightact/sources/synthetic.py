@@ -208,7 +208,7 @@ def plan_video(config: SynthConfig, class_index: int, video_index: int) -> Video
         "rise": rng.uniform(0.18, 0.3),  # stairs: total rise as a fraction of frame height
         "start": rng.uniform(0.0, 1.0),  # where a travelling figure starts within its range
     }
-    _fit_travel(plan)
+    fit_travel(plan)
     return plan
 
 
@@ -217,7 +217,12 @@ def _video_rng(seed: int, class_index: int, video_index: int) -> np.random.Gener
     return np.random.default_rng([seed, class_index, video_index])
 
 
-def _fit_travel(plan: VideoPlan) -> None:
+def frame_generator(config: SynthConfig, class_index: int, video_index: int) -> np.random.Generator:
+    """The random stream of one video's frames (hot pixels, noise): after the plan's, its own."""
+    return _video_rng(config.seed, class_index, video_index).spawn(1)[0]
+
+
+def fit_travel(plan: VideoPlan) -> None:
     """Choose the path of the travelling classes so the figure stays inside the frame."""
     name = CLASS_NAMES[plan.class_index]
     width, extra = plan.width, plan.extra
@@ -256,15 +261,13 @@ def synthetic_frames(
     if not 0 <= class_index < len(CLASS_NAMES):
         raise ValueError(f"class_index must be in 0..{len(CLASS_NAMES) - 1}, got {class_index}")
     plan = plan_video(config, class_index, video_index)
-    # The frames' randomness comes after the plan's on a stream of its own.
-    frame_rng = _video_rng(config.seed, class_index, video_index).spawn(1)[0]
-    return plan, render_frames(plan, frame_rng)
+    return plan, render_frames(plan, frame_generator(config, class_index, video_index))
 
 
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _write_one(config: SynthConfig, class_index: int, video_index: int) -> Path:
+def write_one_video(config: SynthConfig, class_index: int, video_index: int) -> Path:
     """Write one video atomically: encode in a private folder beside it, then rename."""
     path = video_path(config.out, class_index, video_index)
     plan, frames = synthetic_frames(config, class_index, video_index)
@@ -281,8 +284,8 @@ def _write_one(config: SynthConfig, class_index: int, video_index: int) -> Path:
 
 
 def _write_job(job: tuple[SynthConfig, int, int]) -> Path:
-    """Worker: :func:`_write_one` of one (config, class index, video index)."""
-    return _write_one(*job)
+    """Worker: :func:`write_one_video` of one (config, class index, video index)."""
+    return write_one_video(*job)
 
 
 def _check_resumable(config: SynthConfig) -> None:

@@ -102,7 +102,8 @@ def _publish(partial: Path, final: Path) -> None:
     files.replace_atomic(partial, final)
 
 
-def _save_model_atomic(model: keras.Model, path: Path, weights_only: bool = False) -> None:
+def save_model_atomic(model: keras.Model, path: Path, weights_only: bool = False) -> None:
+    """Save a model (or its weights) under a temporary name, flush it, and rename it into place."""
     partial = _partial_path(path)
     try:
         if weights_only:
@@ -143,7 +144,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         if not self._should_save_model(epoch, batch, logs, str(filepath)):
             return
         filepath.parent.mkdir(parents=True, exist_ok=True)
-        _save_model_atomic(self.model, filepath, weights_only=self.save_weights_only)
+        save_model_atomic(self.model, filepath, weights_only=self.save_weights_only)
 
 
 class HistoryLogger(keras.callbacks.Callback):
