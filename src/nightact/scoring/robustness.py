@@ -56,7 +56,8 @@ def robustness(
     model_path = runs.model_path(run)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no checkpoint; has the run finished an epoch?")
-    store = Path(data) if data is not None else runs.training_store(run, required=True)
+    own_store = runs.training_store(run, required=data is None)
+    store = Path(data) if data is not None else own_store
     clips = open_split(store, "test")
     if len(clips) == 0:
         raise ValueError(f"{store}: the test split is empty; nothing to sweep")
@@ -86,7 +87,7 @@ def robustness(
         return np.asarray(model.predict_on_batch(batch))[:count]
 
     rows = sweep_accuracy(predict, FirstCandidates(), clips.labels, batch_size)
-    other = store.resolve() != own_store.resolve()
+    other = own_store is None or store.resolve() != own_store.resolve()
     output = run / (f"{FOLDER}-{store.resolve().name}" if other else FOLDER)
     title = f"{config.get('model', model.name)} ({run.name})"
     write_sweep(rows, output, title=title, chance=1.0 / len(clips.class_names))
