@@ -21,9 +21,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/nightact demo
 
+# ruff, then the import contract in pyproject.toml ([tool.importlinter]): the pipeline's layers,
+# no cycles, no deep-learning framework in the base (docs/layout.md).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 # The default suite (slow tests excluded) on the default backend (JAX on a CPU, see
 # docs/backends.md), then the model, cell and export tests under TensorFlow, the GPU default and

@@ -19,8 +19,8 @@ the Keras backend, by setting ``KERAS_BACKEND`` where the user has not
 """
 
 from nightact.core.backend import use_default_backend
+from nightact.core.names import VERSION as __version__
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "predict"]
 
 # Before anything imports Keras: the backend measured fastest here, unless the user chose one.

@@ -4,6 +4,9 @@ import them without loading a backend.
 
 from __future__ import annotations
 
+# The package's version, written here only: pyproject.toml reads it (setuptools' dynamic attr).
+VERSION = "0.1.0"
+
 # The six models, in the order tables, reports and the demo list them.
 MODEL_NAMES = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")
 
@@ -18,15 +21,6 @@ MODEL_LABELS = {
 }
 
 
-def model_label(model: str, backbone: str | None = None) -> str:
-    """How reports spell a model: "GRU", "CNN + GRU", or "MobileNetV3Small + GRU" on a backbone."""
-    label = MODEL_LABELS.get(model, model)
-    if not backbone:
-        return label
-    from nightact.nets.backbones import BACKBONES
-
-    spec = BACKBONES.get(backbone)
-    return f"{spec.display_name if spec else backbone} + {label}"
 
 
 def model_key(model: str, backbone: str | None = None) -> str:

@@ -31,6 +31,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightact.core.names import MODEL_LABELS
+
 log = logging.getLogger(__name__)
 
 # keras.applications networks refuse frames smaller than this on either side.
@@ -82,6 +84,15 @@ BACKBONES = {
     )
 }
 BACKBONE_NAMES = tuple(BACKBONES)
+
+
+def model_label(model: str, backbone: str | None = None) -> str:
+    """How reports spell a model: "GRU", "CNN + GRU", or "MobileNetV3Small + GRU" on a backbone."""
+    label = MODEL_LABELS.get(model, model)
+    if not backbone:
+        return label
+    spec = BACKBONES.get(backbone)
+    return f"{spec.display_name if spec else backbone} + {label}"
 
 
 def backbone_spec(name: str) -> BackboneSpec:

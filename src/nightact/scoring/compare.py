@@ -33,7 +33,8 @@ import numpy as np
 
 from nightact.core import files
 from nightact.core import runs as run_files
-from nightact.core.names import MODEL_NAMES, model_key, model_label
+from nightact.core.names import MODEL_NAMES, model_key
+from nightact.nets.backbones import model_label
 
 log = logging.getLogger(__name__)
 

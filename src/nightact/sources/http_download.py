@@ -30,8 +30,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nightact import __version__
 from nightact.core import files
+from nightact.core.names import VERSION
 
 log = logging.getLogger("nightact.sources.download")
 
@@ -116,7 +116,7 @@ def fetch(url: str, archive: Path, config, access_hint: str = "") -> Path:
 def _fetch_once(url: str, part: Path, state: dict, config, access_hint: str) -> str:
     """One request: returns "complete" when ``part`` holds the whole file, else "partial"."""
     offset = files.file_size(part)
-    headers = {"User-Agent": f"nightact/{__version__}"}
+    headers = {"User-Agent": f"nightact/{VERSION}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
         if state.get("validator"):
