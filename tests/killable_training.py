@@ -1,8 +1,9 @@
 """A tiny training run to be killed: ``python killable_training.py RUN [options]``.
 
 Trains a small dense classifier on synthetic data that it can learn (the label is the argmax of a
-fixed linear map of the input), with the run-folder callbacks of :mod:`nightact.training.checkpoints`,
-under the folder lock, resuming from whatever ``RUN`` holds. Exits 0 once all epochs are done.
+fixed linear map of the input), with the run-folder callbacks of
+:mod:`nightact.training.checkpoints`, under the folder lock, resuming from whatever ``RUN`` holds.
+Exits 0 once all epochs are done.
 
 ``--kill-at-fsync K`` makes the process SIGKILL itself right after the K-th file it writes is
 flushed and before that file is renamed into place: inside a save. ``--slow-saves SECONDS``

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightact.core import files, runs
+from nightact.core.locks import folder_lock
 from nightact.core.names import MODEL_NAMES
+from nightact.data.prepare import PrepareConfig, prepare
+from nightact.scoring.compare import compare
+from nightact.scoring.evaluate import evaluate
+from nightact.sources.synthetic import SynthConfig, write_synthetic_dataset
+from nightact.training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +110,11 @@ def run_demo(config: DemoConfig) -> DemoResult:
     Holds the lock of ``config.out`` throughout (a second demo into it is refused); its steps
     take the locks of the folders they write inside it.
     """
-    from nightact.core.locks import folder_lock
-
     with folder_lock(config.out):
         return _run_demo(config)
 
 
 def _run_demo(config: DemoConfig) -> DemoResult:
-    from nightact.data.prepare import PrepareConfig, prepare
-    from nightact.scoring.compare import compare
-    from nightact.scoring.evaluate import evaluate
-    from nightact.sources.synthetic import SynthConfig, write_synthetic_dataset
-    from nightact.training.train import TrainConfig, train
-
     started = time.perf_counter()
     out = Path(config.out)
     _check_or_save_config(config, out)

@@ -8,8 +8,8 @@
       logs/MODEL-seedS.log  what each run printed
       report/               nightact compare's report over every finished run
 
-Each run is its own ``nightact train --resume`` process: a fresh backend each time (the device
-setup of :mod:`nightact.training.devices` is once per process), and running the study again continues
+Each run is its own ``nightact train --resume`` process: a fresh backend each time (the device setup
+of :mod:`nightact.training.devices` is once per process), and running the study again continues
 where it stopped: finished runs are kept as they are, interrupted ones resume from their last
 finished epoch. ``parallel`` runs go side by side; with ``gpus`` given, each gets its own
 ``devices`` of them through ``CUDA_VISIBLE_DEVICES``.
@@ -32,6 +32,7 @@ from pathlib import Path
 
 from nightact.core import files
 from nightact.core.names import MODEL_NAMES
+from nightact.scoring.compare import compare
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,6 @@ def study(config: StudyConfig) -> Path:
     Returns the report's ``report.html``. Raises ValueError naming the runs that failed (the
     report is then not written; run the study again to retry them).
     """
-    from nightact.scoring.compare import compare
-
     out = Path(config.out)
     saved = out / "study.json"
     if saved.exists():

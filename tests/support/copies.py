@@ -1,10 +1,10 @@
 """Corpora of known near-duplicates, to measure the leakage detector (:mod:`nightact.data.leakage`).
 
-``write_copy_corpus`` writes synthetic night videos (:mod:`nightact.sources.synthetic`), then for each one
-a transformed copy of the same recording, and a *retake*: the same scene (same size, background,
-lamp, hot pixels and sensor noise) with another performance of the same action (another figure
-size, brightness, position, direction, phase, speed and length). Copies are the duplicates the
-detector must find; retakes are the hard negatives it must leave alone::
+``write_copy_corpus`` writes synthetic night videos (:mod:`nightact.sources.synthetic`), then for
+each one a transformed copy of the same recording, and a *retake*: the same scene (same size,
+background, lamp, hot pixels and sensor noise) with another performance of the same action (another
+figure size, brightness, position, direction, phase, speed and length). Copies are the duplicates
+the detector must find; retakes are the hard negatives it must leave alone::
 
     OUT/
       corpus.json                  {"recordings": {path: recording id}, "transforms": {path: name},
@@ -231,7 +231,8 @@ def write_copy_corpus(config: CopyCorpusConfig) -> dict:
             path = original.with_name(f"{recording}_take-{take}.mp4")
             rendered = synthetic.render_frames(
                 # The original's frame stream: the same hot pixels and noise bank (same camera).
-                plan, synthetic.frame_generator(synth, class_index, video_index)
+                plan,
+                synthetic.frame_generator(synth, class_index, video_index),
             )
             write_video(path, rendered, fps=plan.fps, preset="ultrafast")
             relative = path.relative_to(out).as_posix()

@@ -21,8 +21,6 @@ MODEL_LABELS = {
 }
 
 
-
-
 def model_key(model: str, backbone: str | None = None) -> str:
     """The name that tells runs apart in tables: the model, prefixed by its backbone if any."""
     return f"{backbone}+{model}" if backbone else model

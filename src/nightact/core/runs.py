@@ -92,7 +92,8 @@ def training_store(run: str | os.PathLike, required: bool = False) -> Path | Non
     if store is None or not (store / STORE_FILE).is_file():
         if required:
             raise FileNotFoundError(
-                f"{run}: the store it trained on ({data}) is gone; pass --data STORE where it is now"
+                f"{run}: the store it trained on ({data}) is gone; "
+                "pass --data STORE where it is now"
             )
         return None
     if not is_embedding_store(store):

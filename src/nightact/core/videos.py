@@ -54,14 +54,15 @@ def visible_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(
         path
         for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
 
 
 def find_videos(
     folder: str | os.PathLike, extensions: Iterable[str] = VIDEO_EXTENSIONS
 ) -> list[Path]:
-    """The videos in ``folder`` (any depth, sorted): :func:`visible_files` with a video extension."""
+    """The videos in ``folder`` (any depth, sorted): the visible files with a video extension."""
     wanted = {extension.lower() for extension in extensions}
     return [path for path in visible_files(folder) if path.suffix.lower() in wanted]
 

@@ -1,9 +1,9 @@
 """Batches of clips for Keras, streamed from a prepared store's memory-mapped split.
 
-:class:`ClipBatches` is the data pipeline between :mod:`nightact.data.prepare` (which writes and opens
-the store, Keras-free) and the model: training reads a shuffled endless stream of it, evaluation
-and validation an ordered finite one. It lives apart from :mod:`nightact.training.train` so that evaluating
-a run does not import the training loop.
+:class:`ClipBatches` is the data pipeline between the store (:mod:`nightact.core.store` opens it,
+Keras-free) and the model: training reads a shuffled endless stream of it, evaluation and validation
+an ordered finite one. It lives apart from :mod:`nightact.training.train` so that evaluating a run
+does not import the training loop.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 
+from nightact.data.augment import augment_clips
 from nightact.data.sampling import random_candidates, select_frames
 
 
@@ -39,11 +40,11 @@ class ClipBatches(keras.utils.PyDataset):
     would have.
 
     A store with K candidate frames per segment holds N*K frames per row
-    (:mod:`nightact.data.sampling`); the batches hold N. Training with ``augment`` set shows each clip
-    a random candidate per segment and one random clip-consistent transform
+    (:mod:`nightact.data.sampling`); the batches hold N. Training with ``augment`` set shows each
+    clip a random candidate per segment and one random clip-consistent transform
     (:mod:`nightact.data.augment`), both drawn from ``(seed, epoch, row)``. Everything else reads
-    ``candidate`` (0: the original's frames) untouched, mirrored when ``mirror`` is set (a
-    test-time view); ``augment`` is ignored without ``shuffle``, so validation never sees it.
+    ``candidate`` (0: the original's frames) untouched, mirrored when ``mirror`` is set (a test-time
+    view); ``augment`` is ignored without ``shuffle``, so validation never sees it.
 
     Data parallelism (:mod:`nightact.training.devices`): ``batch_size`` is the global batch. With
     ``process=(index, count)`` this process reads only its own contiguous ``1/count`` of each
@@ -169,8 +170,6 @@ class ClipBatches(keras.utils.PyDataset):
             weights = None if weights is None else weights[mine]
         clips = read_rows(self.split.frames, rows)
         if self.augment is not None:
-            from nightact.data.augment import augment_clips
-
             epoch = self.epoch_of(index)
             if self.per_segment > 1:
                 choices = np.stack(

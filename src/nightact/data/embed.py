@@ -55,7 +55,7 @@ from nightact.core.store import (
     open_split,
     read_store_record,
 )
-from nightact.nets.backbones import backbone_spec, same_weights, weights_record
+from nightact.nets.backbones import backbone_spec, build_backbone, same_weights, weights_record
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +259,6 @@ def _finished_record(out: Path) -> dict | None:
 
 
 def _build_backbone(config: EmbedConfig, splits: dict[str, Split]):
-    from nightact.nets.backbones import build_backbone
-
     height, width = splits["train"].frames.shape[-3:-1]
     return build_backbone(config.backbone, int(height), int(width), config.weights)
 

@@ -7,9 +7,9 @@ memory. ``--group-by`` names how a clip's group is found:
 ``none``
     every clip is its own group (a plain stratified split).
 ``near-duplicates``
-    connected components of the pairs found by :mod:`nightact.data.leakage`. That needs pixels before
-    the split is drawn, so :func:`near_duplicate_groups` runs a pre-pass: it decodes each video's N
-    sampled frames at a small size (``PREPASS_SIZE``) and compares their signatures.
+    connected components of the pairs found by :mod:`nightact.data.leakage`. That needs pixels
+    before the split is drawn, so :func:`near_duplicate_groups` runs a pre-pass: it decodes each
+    video's N sampled frames at a small size (``PREPASS_SIZE``) and compares their signatures.
 any other value
     a regular expression; a clip's group is the first capture group of its first match in the
     path relative to SRC (UCF101: ``v_(.*_g\\d+)_c\\d+``). A path that does not match is a group

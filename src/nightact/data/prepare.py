@@ -13,8 +13,8 @@ A store is a folder written by :func:`prepare` (``nightact prepare SRC STORE``):
       leakage.csv         near-duplicate pairs across splits, from the check after the store is
       leakage.json        complete (nightact.data.leakage; skipped with check_leakage=False).
 
-With ``group_by`` (``--group-by``), the split is drawn over groups (:mod:`nightact.data.groups`), each
-clip's group is in the manifest's ``group`` column, and the groups are kept in the plan so an
+With ``group_by`` (``--group-by``), the split is drawn over groups (:mod:`nightact.data.groups`),
+each clip's group is in the manifest's ``group`` column, and the groups are kept in the plan so an
 interrupted run resumes with the same ones.
 
 While preparing, the arrays live in ``STORE/.partial/`` and are written row by row by worker
@@ -45,6 +45,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from nightact.core import files, runs, workers
+from nightact.core.locks import folder_lock
 from nightact.core.store import (
     MANIFEST_COLUMNS,
     PARTIAL,
@@ -55,6 +56,8 @@ from nightact.core.store import (
     read_manifest,
 )
 from nightact.core.videos import VIDEO_EXTENSIONS, VideoError, read_clip
+from nightact.data.groups import assign_grouped_splits, assign_groups, parse_group_by
+from nightact.data.leakage import LeakageConfig, check_store, write_report
 from nightact.data.splits import Entry, assign_splits, index_videos
 
 log = logging.getLogger(__name__)
@@ -113,8 +116,6 @@ class PrepareConfig:
             raise ValueError("extensions must name at least one file extension")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
-        from nightact.data.groups import parse_group_by
-
         parse_group_by(self.group_by)
 
     def content_settings(self) -> dict:
@@ -210,8 +211,6 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
     bytes), naming both figures. A disk that fills anyway raises nightact.core.files.DiskFullError;
     the clips done so far stay in ``STORE/.partial`` and the same command resumes from them.
     """
-    from nightact.core.locks import folder_lock
-
     started = time.perf_counter()
     class_names, entries, ignored = index_videos(config.src, config.extensions)
     if not entries:
@@ -253,8 +252,6 @@ def _prepare(
     if groups is None:
         splits = assign_splits(entries, config.split, config.seed)
     else:
-        from nightact.data.groups import assign_grouped_splits
-
         splits = assign_grouped_splits(entries, groups, config.split, config.seed)
     tasks = [(entry, name, row) for name in SPLIT_NAMES for row, entry in enumerate(splits[name])]
     plan = {"settings": settings, "fingerprint": fingerprint, "class_names": class_names}
@@ -311,8 +308,6 @@ def _groups(config: PrepareConfig, entries: list[Entry], saved_plan: dict | None
         return None
     if saved_plan is not None and "groups" in saved_plan:
         return saved_plan["groups"]
-    from nightact.data.groups import assign_groups
-
     started = time.perf_counter()
     groups = assign_groups(entries, config.group_by, config.src, config.frames, config.workers)
     log.info(
@@ -328,8 +323,6 @@ def _groups(config: PrepareConfig, entries: list[Entry], saved_plan: dict | None
 def _check_leakage(out: Path) -> dict:
     """Look for near-duplicate clips across the new store's splits; warn and write
     ``leakage.csv`` when there are any."""
-    from nightact.data.leakage import LeakageConfig, check_store, write_report
-
     report = check_store(LeakageConfig(out))
     write_report(report)
     summary = report.summary()

@@ -42,7 +42,7 @@ def candidate_indices(total: int, segments: int, per_segment: int = 1) -> np.nda
             f"segments and per_segment must be positive, got {segments} and {per_segment}"
         )
     count = segments * per_segment
-    # The same float expression as nightact.core.videos.sample_indices, so K=1 equals it bit for bit.
+    # The same float expression as videos.sample_indices, so K=1 equals it bit for bit.
     flat = [int(j * total / count) for j in range(count)]
     flat[-1] = min(flat[-1], total - 1)
     return np.asarray(flat, dtype=np.int64).reshape(segments, per_segment)

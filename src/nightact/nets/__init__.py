@@ -1,1 +1,1 @@
-"""The networks: the original's six models, the pretrained frame encoders and the cells explained."""
+"""The networks: the six models, the pretrained frame encoders and the recurrent cells explained."""

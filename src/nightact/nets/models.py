@@ -120,10 +120,10 @@ def build_head(
 def attach_backbone(backbone: keras.Model, head: keras.Model) -> keras.Model:
     """One model from uint8 clips to probabilities: the backbone on every frame, then the head.
 
-    ``backbone`` is a frame encoder (:func:`nightact.nets.backbones.build_backbone`), ``head`` a model
-    of :func:`build_head`; their layers (and weights) are shared, not copied. The features are
-    rounded to float16 on the way, as the embedding store keeps them, so the model gives what
-    the head gave on the stored embeddings. Only stock Keras layers: it loads with plain Keras.
+    ``backbone`` is a frame encoder (:func:`nightact.nets.backbones.build_backbone`), ``head`` a
+    model of :func:`build_head`; their layers (and weights) are shared, not copied. The features are
+    rounded to float16 on the way, as the embedding store keeps them, so the model gives what the
+    head gave on the stored embeddings. Only stock Keras layers: it loads with plain Keras.
     """
     frames = head.input.shape[1]
     height, width = backbone.input.shape[1:3]

@@ -15,8 +15,8 @@ intervals.
   pairs and a sentence saying which differences are significant.
 - :func:`seed_spread`: mean, standard deviation and range of one score over several seeds.
 
-Macro F1 follows :func:`nightact.scoring.evaluate.compute_metrics`: the mean F1 over all classes, a class
-never predicted nor present scoring 0.
+Macro F1 follows :func:`nightact.scoring.evaluate.compute_metrics`: the mean F1 over all classes, a
+class never predicted nor present scoring 0.
 """
 
 from __future__ import annotations

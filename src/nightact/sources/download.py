@@ -7,10 +7,10 @@ Two ways to get the zip:
 * Plain HTTP otherwise (the public download URL, or any mirror given with ``url``), through the
   resumable, verifying client in :mod:`nightact.sources.http_download`.
 
-Either way the archive is unpacked by :mod:`nightact.sources.archives` into a hidden temporary folder
-that is renamed to ``DEST/NAME`` only when complete and when :func:`find_class_folders` finds the
-class folders in it, so a folder that exists under its final name is always whole. That makes the
-job idempotent: a second run finds the folder and does nothing::
+Either way the archive is unpacked by :mod:`nightact.sources.archives` into a hidden temporary
+folder that is renamed to ``DEST/NAME`` only when complete and when :func:`find_class_folders` finds
+the class folders in it, so a folder that exists under its final name is always whole. That makes
+the job idempotent: a second run finds the folder and does nothing::
 
     DEST/
       NAME.zip              the archive (kept with ``keep_archive``)

@@ -1,10 +1,10 @@
 """The stick-figure renderer behind the synthetic dataset: poses, one motion per class, drawing.
 
 :func:`render_frames` turns a :class:`VideoPlan` (every random choice about one video, drawn by
-:func:`nightact.sources.synthetic.plan_video`) into dark, noisy RGB frames. Poses are side views of a stick
-figure in body heights; each class's motion is a function of the clip's normalised time ``u`` in
-[0, 1] that returns a :class:`Scene` (the pose plus props: capsules, boxes, a torch beam); drawing
-lights anti-aliased shapes on a float canvas, over a static background and sensor noise.
+:func:`nightact.sources.synthetic.plan_video`) into dark, noisy RGB frames. Poses are side views of
+a stick figure in body heights; each class's motion is a function of the clip's normalised time
+``u`` in [0, 1] that returns a :class:`Scene` (the pose plus props: capsules, boxes, a torch beam);
+drawing lights anti-aliased shapes on a float canvas, over a static background and sensor noise.
 Only NumPy is needed.
 """
 

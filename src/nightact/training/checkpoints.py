@@ -150,8 +150,8 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 class HistoryLogger(keras.callbacks.Callback):
     """Writes RUN/history.csv, one row per finished epoch, rewritten whole every epoch.
 
-    Columns: ``epoch`` (from 0, as Keras counts) and every value in the epoch's logs, sorted,
-    as Keras' ``CSVLogger`` writes them (:func:`nightact.core.runs.write_history`). ``history`` holds
+    Columns: ``epoch`` (from 0, as Keras counts) and every value in the epoch's logs, sorted, as
+    Keras' ``CSVLogger`` writes them (:func:`nightact.core.runs.write_history`). ``history`` holds
     the rows of the epochs finished before a resume; they are written again with every new row.
     """
 

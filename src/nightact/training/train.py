@@ -39,8 +39,8 @@ What differs from the original notebooks, and why:
 - The seed sets Keras', NumPy's and Python's generators and the per-epoch shuffle, so a run can be
   repeated; the whole config is saved beside the run.
 - ``devices`` spreads each batch over several GPUs (or logical CPU devices) with Keras' own data
-  parallelism (:mod:`nightact.training.devices`); the batch size stays the global one, so N devices train
-  like one up to float rounding.
+  parallelism (:mod:`nightact.training.devices`); the batch size stays the global one, so N devices
+  train like one up to float rounding.
 """
 
 from __future__ import annotations
@@ -54,7 +54,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nightact.core import files, runs
+from nightact.core.locks import folder_lock
 from nightact.core.names import LOSSES, MODEL_NAMES
+from nightact.core.store import (
+    is_embedding_store,
+    open_split,
+    read_embedding_info,
+    read_store_info,
+    source_store,
+)
+from nightact.data.augment import AugmentConfig
+from nightact.nets.backbones import build_backbone, network_of, weights_record
+from nightact.training import devices
+
+# nets.models, data.batches, training.callbacks and training.checkpoints import Keras at their top:
+# they are imported inside the functions that use them, so the CLI reads TrainConfig without Keras.
 
 log = logging.getLogger(__name__)
 
@@ -273,13 +287,12 @@ def train(
     Raises:
         FileExistsError: ``config.out`` holds a run and ``config.resume`` is not set.
         ValueError: the store does not fit the config, or a resumed run's settings differ.
-        nightact.training.checkpoints.ResumeError: nothing in the run folder is whole enough to resume.
+        nightact.training.checkpoints.ResumeError: nothing in the run folder is whole enough to
+            resume.
         nightact.core.locks.FolderLockedError: another process is training into ``config.out``.
         nightact.core.files.DiskSpaceError: the disk lacks the space the run's checkpoints need.
         nightact.core.files.DiskFullError: the disk filled up during a save; resume once freed.
     """
-    from nightact.core.locks import folder_lock
-
     config, class_names = check_store(config)
     with folder_lock(config.out):
         if overwrite:
@@ -327,8 +340,6 @@ def check_store(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
 
     Raises ValueError when the config expects another clip shape than the store holds.
     """
-    from nightact.core.store import is_embedding_store, read_embedding_info, read_store_info
-
     config = dataclasses.replace(config)
     info = read_store_info(config.data)
     if is_embedding_store(config.data):
@@ -413,8 +424,6 @@ def open_or_resume_run(config: TrainConfig) -> RunResult | None:
 
 def open_splits(config: TrainConfig):
     """The store's train and validation splits; an empty validation split is refused."""
-    from nightact.core.store import open_split
-
     train_split = open_split(config.data, "train")
     val_split = open_split(config.data, "val")
     if len(train_split) == 0:
@@ -435,8 +444,6 @@ def use_devices(config: TrainConfig):
     Must come before the backend's first operation. A process started with Keras' multi-process
     variables set (``KERAS_DISTRIBUTION_JOB_ADDRESSES`` ...) joins its JAX cluster first.
     """
-    from nightact.training import devices
-
     if os.environ.get(devices.ADDRESS_VARIABLE):
         devices.initialize_processes()
     setup = devices.setup_devices(config.devices)
@@ -454,7 +461,6 @@ def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int =
     Under several devices (``setup``), each process reads its share of every batch, and on JAX
     the validation batches are padded to a multiple of the devices (see ClipBatches).
     """
-    from nightact.data.augment import AugmentConfig
     from nightact.data.batches import ClipBatches
 
     sharing = {}
@@ -547,8 +553,6 @@ def _build(config: TrainConfig, settings: dict):
 
 def _head_settings(config: TrainConfig, num_classes: int) -> dict:
     """The arguments of build_head for a run on an embedding store."""
-    from nightact.core.store import read_embedding_info
-
     return {
         "frames": config.frames,
         "features": read_embedding_info(config.data)["features"],
@@ -567,8 +571,6 @@ def save_video_model(config: TrainConfig) -> Path:
     """
     import keras
 
-    from nightact.core.store import read_embedding_info
-    from nightact.nets.backbones import build_backbone, weights_record
     from nightact.nets.models import attach_backbone
 
     run = Path(config.out)
@@ -608,7 +610,6 @@ def fine_tune(config: TrainConfig, verbose: int = 1) -> float:
     """
     import keras
 
-    from nightact.core.store import open_split, source_store
     from nightact.training import callbacks, checkpoints
 
     run = Path(config.out)
@@ -661,8 +662,6 @@ def unfreeze_top(model, count: int) -> list[str]:
     """
     import keras
 
-    from nightact.nets.backbones import network_of
-
     network = network_of(model.get_layer("frame_features").layer)
     network.trainable = True
     top = network.layers[-count:] if count else []
@@ -692,7 +691,6 @@ def check_free_space(config: TrainConfig, model) -> None:
 
     Raises nightact.core.files.DiskSpaceError naming both figures.
     """
-    from nightact.core import files
     from nightact.training import checkpoints
 
     run = Path(config.out)
