@@ -36,6 +36,14 @@ from nightact.scoring.evaluate import evaluate
 from nightact.sources.synthetic import SynthConfig, write_synthetic_dataset
 from nightact.training.train import TrainConfig, train
 
+__all__ = [
+    "CONFIG_NAME",
+    "DemoConfig",
+    "DemoResult",
+    "format_demo_result",
+    "run_demo",
+]
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "demo_config.json"

@@ -34,6 +34,12 @@ from nightact.core import files
 from nightact.core.names import MODEL_NAMES
 from nightact.scoring.compare import compare
 
+__all__ = [
+    "study",
+    "StudyConfig",
+    "train_command",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -25,6 +25,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+__all__ = [
+    "CHOICE_MARKER",
+    "NVIDIA_GPUS",
+    "choose_backend",
+    "nvidia_gpu_present",
+    "prefer_backend",
+    "use_default_backend",
+]
+
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
 

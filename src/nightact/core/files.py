@@ -20,6 +20,27 @@ import os
 import shutil
 from pathlib import Path
 
+__all__ = [
+    "TEMPORARY_SUFFIX",
+    "check_free_space",
+    "DiskFullError",
+    "DiskSpaceError",
+    "file_size",
+    "free_space",
+    "fsync_folder",
+    "gigabytes",
+    "human_size",
+    "is_disk_full",
+    "open_atomic",
+    "remove_partial",
+    "replace_atomic",
+    "sha256_of",
+    "temporary_name",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
 _CHUNK_BYTES = 1 << 20
 TEMPORARY_SUFFIX = ".tmp"
 

@@ -33,6 +33,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+__all__ = [
+    "LOCK_NAME",
+    "folder_lock",
+    "FolderLockedError",
+    "lock_holder",
+]
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"

@@ -35,6 +35,39 @@ from pathlib import Path
 from nightact.core import files
 from nightact.core.store import STORE_FILE, is_embedding_store, source_store
 
+__all__ = [
+    "BACKUP",
+    "CLASSES",
+    "CONFIG",
+    "HEAD",
+    "HISTORY",
+    "METRICS",
+    "MODEL",
+    "RESULT",
+    "TENSORBOARD",
+    "evaluation_folder",
+    "head_path",
+    "history_path",
+    "is_evaluated",
+    "is_run",
+    "metrics_path",
+    "model_path",
+    "read_classes",
+    "read_config",
+    "read_history",
+    "read_json",
+    "read_metrics",
+    "read_result",
+    "remove_run",
+    "require_same_settings",
+    "run_of",
+    "training_store",
+    "write_classes",
+    "write_config",
+    "write_history",
+    "write_result",
+]
+
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"

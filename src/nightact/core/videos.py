@@ -34,6 +34,24 @@ from pathlib import Path
 import av
 import numpy as np
 
+__all__ = [
+    "INTERPOLATION",
+    "VIDEO_EXTENSIONS",
+    "Clip",
+    "count_frames",
+    "find_videos",
+    "fitted_size",
+    "frame_to_picture",
+    "letterbox",
+    "open_video",
+    "pad_centred",
+    "read_clip",
+    "sample_indices",
+    "VideoError",
+    "visible_files",
+    "write_video",
+]
+
 log = logging.getLogger(__name__)
 
 # File extensions indexed as videos by default (prepare, download, predict).

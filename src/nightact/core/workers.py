@@ -14,6 +14,11 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 
+__all__ = [
+    "map_unordered",
+    "worker_count",
+]
+
 
 def worker_count(requested: int | None, jobs: int) -> int:
     """Processes to use: ``requested`` (None: the CPU count), never more than the jobs."""

@@ -40,6 +40,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = [
+    "PARAMETER_NAMES",
+    "augment_clips",
+    "AugmentConfig",
+    "draw_parameters",
+    "identity_parameters",
+    "mirror_clips",
+    "mirror_parameters",
+    "to_uint8",
+    "transform",
+    "warp_matrices",
+]
+
 # Keys of the parameter dict, each an array with one value per clip.
 PARAMETER_NAMES = ("flip", "scale", "top", "left", "gamma", "contrast", "gain", "noise")
 

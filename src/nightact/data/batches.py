@@ -20,6 +20,11 @@ import numpy as np
 from nightact.data.augment import augment_clips
 from nightact.data.sampling import random_candidates, select_frames
 
+__all__ = [
+    "ClipBatches",
+    "read_rows",
+]
+
 
 class ClipBatches(keras.utils.PyDataset):
     """Batches of (uint8 clips, one-hot float32 labels) read from a memory-mapped split.

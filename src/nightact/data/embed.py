@@ -57,6 +57,12 @@ from nightact.core.store import (
 )
 from nightact.nets.backbones import backbone_spec, build_backbone, same_weights, weights_record
 
+__all__ = [
+    "embed",
+    "EmbedConfig",
+    "EmbedSummary",
+]
+
 log = logging.getLogger(__name__)
 
 

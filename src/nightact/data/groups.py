@@ -43,6 +43,17 @@ from nightact.data.leakage import (
 )
 from nightact.data.splits import Entry, split_counts
 
+__all__ = [
+    "GROUP_BY_NAMES",
+    "PREPASS_SIZE",
+    "assign_grouped_splits",
+    "assign_groups",
+    "groups_from_pairs",
+    "near_duplicate_groups",
+    "parse_group_by",
+    "regex_groups",
+]
+
 log = logging.getLogger(__name__)
 
 GROUP_BY_NAMES = ("none", "near-duplicates")

@@ -59,6 +59,31 @@ from tqdm.auto import tqdm
 from nightact.core import files
 from nightact.core.store import SPLIT_NAMES, open_split, read_manifest
 
+__all__ = [
+    "CROP_MARGIN",
+    "CROPS",
+    "CSV_COLUMNS",
+    "CSV_NAME",
+    "JSON_NAME",
+    "MAX_TRIM",
+    "TRIM_STEPS",
+    "candidate_pairs",
+    "check_store",
+    "clip_signature",
+    "compare_signatures",
+    "connected_components",
+    "content_box",
+    "crop_variants",
+    "find_near_duplicates",
+    "LeakageConfig",
+    "LeakageReport",
+    "Pair",
+    "read_pairs",
+    "Signature",
+    "store_signatures",
+    "write_report",
+]
+
 log = logging.getLogger(__name__)
 
 CSV_NAME = "leakage.csv"

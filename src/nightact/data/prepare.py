@@ -60,6 +60,15 @@ from nightact.data.groups import assign_grouped_splits, assign_groups, parse_gro
 from nightact.data.leakage import LeakageConfig, check_store, write_report
 from nightact.data.splits import Entry, assign_splits, index_videos
 
+__all__ = [
+    "ClipJob",
+    "prepare",
+    "PrepareConfig",
+    "PrepareSummary",
+    "store_bytes",
+    "write_preview",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -27,6 +27,15 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "candidate_indices",
+    "first_candidates",
+    "positions",
+    "random_candidates",
+    "select_frames",
+    "view_plan",
+]
+
 
 def candidate_indices(total: int, segments: int, per_segment: int = 1) -> np.ndarray:
     """Source frame indices of every candidate, shape (segments, per_segment).

@@ -33,6 +33,22 @@ from pathlib import Path
 
 from nightact.core.names import MODEL_LABELS
 
+__all__ = [
+    "BACKBONE_NAMES",
+    "BACKBONES",
+    "MIN_SIZE",
+    "WEIGHT_NAMES",
+    "backbone_spec",
+    "BackboneSpec",
+    "build_backbone",
+    "build_network",
+    "model_label",
+    "network_of",
+    "same_weights",
+    "weights_record",
+    "WeightsUnavailableError",
+]
+
 log = logging.getLogger(__name__)
 
 # keras.applications networks refuse frames smaller than this on either side.

@@ -34,6 +34,26 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = [
+    "ACTIVATIONS",
+    "CELL_NAMES",
+    "GATES",
+    "cell_name",
+    "CellTrace",
+    "equations",
+    "forward_from_layer",
+    "gru_forward",
+    "hard_sigmoid",
+    "lstm_forward",
+    "plot_gates",
+    "random_weights",
+    "shape_demo",
+    "ShapeDemo",
+    "sigmoid",
+    "simple_rnn_forward",
+    "textbook_gru_weights",
+]
+
 log = logging.getLogger(__name__)
 
 CELL_NAMES = ("simple_rnn", "lstm", "gru")

@@ -39,6 +39,19 @@ from keras import layers
 
 from nightact.core.names import MODEL_NAMES, NUM_CLASSES
 
+__all__ = [
+    "attach_backbone",
+    "build_head",
+    "build_model",
+    "count_trainable_parameters",
+    "describe_models",
+    "features_per_step",
+    "format_model_table",
+    "frame_features_cnn",
+    "frame_features_flat",
+    "recurrent_head",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -21,6 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = [
+    "DARKNESS_LEVELS",
+    "NOISE_LEVELS",
+    "SWEEPS",
+    "Degradation",
+    "degrade",
+]
+
 
 @dataclass(frozen=True)
 class Degradation:

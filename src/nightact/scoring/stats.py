@@ -28,6 +28,25 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+__all__ = [
+    "ALPHA",
+    "LEVEL",
+    "RESAMPLES",
+    "SEED",
+    "accuracy",
+    "binomial_two_sided",
+    "compare_predictions",
+    "comparisons_to_json",
+    "holm",
+    "macro_f1",
+    "McNemar",
+    "mcnemar_exact",
+    "metric_intervals",
+    "paired_bootstrap",
+    "PairedComparison",
+    "seed_spread",
+]
+
 LEVEL = 0.95
 RESAMPLES = 2000
 SEED = 0

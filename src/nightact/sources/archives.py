@@ -29,6 +29,13 @@ from tqdm import tqdm
 
 from nightact.sources.http_download import DownloadError, check_free_space
 
+__all__ = [
+    "extract_zip",
+    "remove_stale_extractions",
+    "temporary_folder",
+    "unsafe_member_reason",
+]
+
 log = logging.getLogger("nightact.sources.download")
 
 _CHUNK_BYTES = 1 << 20

@@ -34,6 +34,18 @@ from nightact.core.videos import VIDEO_EXTENSIONS
 from nightact.sources import archives, http_download
 from nightact.sources.http_download import DownloadError
 
+__all__ = [
+    "DEFAULT_URL",
+    "KAGGLE_HANDLE",
+    "download_dataset",
+    "DownloadConfig",
+    "DownloadResult",
+    "extract_archive",
+    "fetch",
+    "find_class_folders",
+    "kaggle_credentials_configured",
+]
+
 log = logging.getLogger(__name__)
 
 KAGGLE_HANDLE = "lakavathakshay/noctact-har"

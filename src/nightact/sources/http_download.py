@@ -33,6 +33,12 @@ from tqdm import tqdm
 from nightact.core import files
 from nightact.core.names import VERSION
 
+__all__ = [
+    "check_free_space",
+    "DownloadError",
+    "fetch",
+]
+
 log = logging.getLogger("nightact.sources.download")
 
 _CHUNK_BYTES = 1 << 20

@@ -18,6 +18,14 @@ import numpy as np
 
 from nightact.core.names import CLASS_NAMES
 
+__all__ = [
+    "Pose",
+    "render_frames",
+    "Scene",
+    "skeleton",
+    "VideoPlan",
+]
+
 _TAU = 2.0 * math.pi
 
 

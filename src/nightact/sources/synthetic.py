@@ -39,6 +39,21 @@ from nightact.core.names import CLASS_NAMES
 from nightact.core.videos import write_video
 from nightact.sources.render import VideoPlan, render_frames
 
+__all__ = [
+    "CONFIG_NAME",
+    "FRAME_RATES",
+    "FRAME_SIZES",
+    "class_slug",
+    "fit_travel",
+    "frame_generator",
+    "plan_video",
+    "SynthConfig",
+    "synthetic_frames",
+    "video_path",
+    "write_one_video",
+    "write_synthetic_dataset",
+]
+
 log = logging.getLogger(__name__)
 
 # (height, width), all even for yuv420p: 4:3, 16:9, portrait 9:16 and 3:4, between 120 and 426.

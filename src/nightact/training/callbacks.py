@@ -11,6 +11,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+__all__ = [
+    "EpochSummary",
+    "EpochTimer",
+    "RestoreEarlyStopping",
+    "tensorboard",
+]
+
 # The epoch lines are part of the training log, under the logger users already filter on.
 log = logging.getLogger("nightact.training.train")
 

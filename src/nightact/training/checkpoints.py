@@ -53,6 +53,27 @@ import numpy as np
 
 from nightact.core import files, runs
 
+__all__ = [
+    "BEST_NAME",
+    "STATE_NAME",
+    "WEIGHTS_NAME",
+    "AtomicModelCheckpoint",
+    "check_model_file",
+    "checkpoint_bytes",
+    "complete_backups",
+    "EpochBackup",
+    "history_row",
+    "HistoryLogger",
+    "load_checkpoint",
+    "remove_backups",
+    "restore_training",
+    "ResumeError",
+    "ResumePoint",
+    "run_bytes_needed",
+    "run_bytes_present",
+    "save_model_atomic",
+]
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "weights.weights.h5"

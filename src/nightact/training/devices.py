@@ -46,6 +46,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+__all__ = [
+    "ADDRESS_VARIABLE",
+    "PROCESS_ID_VARIABLE",
+    "PROCESSES_VARIABLE",
+    "DeviceError",
+    "DeviceSetup",
+    "initialize_processes",
+    "setup_devices",
+]
+
 log = logging.getLogger(__name__)
 
 # The environment variables keras.distribution.initialize reads when no argument is given.

@@ -67,6 +67,38 @@ from nightact.data.augment import AugmentConfig
 from nightact.nets.backbones import build_backbone, network_of, weights_record
 from nightact.training import devices
 
+__all__ = [
+    "AUGMENT_DEFAULT",
+    "HEAD_MODELS",
+    "MAX_DEFAULT_WORKERS",
+    "PRESETS",
+    "best_checkpoint",
+    "build_and_compile",
+    "check_free_space",
+    "check_store",
+    "default_run_folder",
+    "fine_tune",
+    "fit",
+    "gpu_available",
+    "load_run_config",
+    "make_batches",
+    "make_callbacks",
+    "make_config",
+    "open_or_resume_run",
+    "open_splits",
+    "read_history",
+    "remove_backups",
+    "restore_state",
+    "RunResult",
+    "save_video_model",
+    "start_run",
+    "train",
+    "TrainConfig",
+    "unfreeze_top",
+    "use_devices",
+    "write_result",
+]
+
 # nets.models, data.batches, training.callbacks and training.checkpoints import Keras at their top:
 # they are imported inside the functions that use them, so the CLI reads TrainConfig without Keras.
 
