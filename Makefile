@@ -31,7 +31,7 @@ lint: $(VENV)/.installed-test
 # The default suite (slow tests excluded) on the default backend (JAX on a CPU, see
 # docs/backends.md), then the model, cell and export tests under TensorFlow, the GPU default and
 # the exporter. (Training under TensorFlow is in the default suite: tests/test_devices.py.)
-TENSORFLOW_TESTS := tests/test_models.py tests/test_cells.py tests/test_export.py
+TENSORFLOW_TESTS := tests/test_models.py tests/test_explain.py tests/test_export.py
 test: lint
 	$(BIN)/python -m pytest
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest $(TENSORFLOW_TESTS)

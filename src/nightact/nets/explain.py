@@ -2,7 +2,7 @@
 
 These functions exist to be read: each one is the loop a recurrent layer runs, one time step at a
 time, with the weights laid out exactly as Keras stores them, so they can be fed the weights of a
-trained (or freshly built) Keras layer and give the same numbers (``tests/test_cells.py`` checks
+trained (or freshly built) Keras layer and give the same numbers (``tests/test_explain.py`` checks
 1e-5). Besides every hidden state they return every gate's activation at every step, which the
 Keras layers keep to themselves; ``nightact explain --plot`` draws them. ``docs/rnn_cells.md``
 walks through the equations and points back here.
