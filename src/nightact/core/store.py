@@ -41,6 +41,8 @@ __all__ = [
     "SPLIT_NAMES",
     "STORED_STATUSES",
     "STORE_FILE",
+    "MANIFEST_FILE",
+    "CLASSES_FILE",
     "Split",
     "is_embedding_store",
     "open_embedding_split",
@@ -52,7 +54,9 @@ __all__ = [
     "source_store",
 ]
 
-STORE_FILE = "store.json"
+STORE_FILE = "store.json"  # written last: a store without it is unfinished
+MANIFEST_FILE = "manifest.csv"
+CLASSES_FILE = "classes.json"
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -139,7 +143,7 @@ def read_store_info(store: str | os.PathLike) -> dict:
 
 
 def read_manifest(store: str | os.PathLike) -> list[dict]:
-    with open(Path(store) / "manifest.csv", newline="", encoding="utf-8") as handle:
+    with open(Path(store) / MANIFEST_FILE, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 

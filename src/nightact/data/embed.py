@@ -45,11 +45,14 @@ from tqdm import tqdm
 
 from nightact.core import files
 from nightact.core.store import (
+    CLASSES_FILE,
     DTYPE,
     FORMAT,
     KIND,
+    MANIFEST_FILE,
     PARTIAL,
     SPLIT_NAMES,
+    STORE_FILE,
     Split,
     is_embedding_store,
     open_split,
@@ -252,7 +255,7 @@ def _describe(record: dict) -> str:
 
 
 def _finished_record(out: Path) -> dict | None:
-    store_file = out / "store.json"
+    store_file = out / STORE_FILE
     if not store_file.exists():
         return None
     info = json.loads(store_file.read_text(encoding="utf-8"))
@@ -356,10 +359,10 @@ def _missing_ranges(done: np.ndarray, chunk: int) -> list[tuple[int, int]]:
 def _finalize(config: EmbedConfig, store: Path, out: Path, record: dict) -> None:
     """Move the arrays into place and copy the clip store's metadata; store.json last."""
     partial = out / PARTIAL
-    source_info = json.loads((store / "store.json").read_text(encoding="utf-8"))
+    source_info = json.loads((store / STORE_FILE).read_text(encoding="utf-8"))
     for name in SPLIT_NAMES:
         files.replace_atomic(partial / f"{name}.npy", out / f"{name}.npy")
-    copied = [f"{name}_labels.npy" for name in SPLIT_NAMES] + ["classes.json", "manifest.csv"]
+    copied = [f"{name}_labels.npy" for name in SPLIT_NAMES] + [CLASSES_FILE, MANIFEST_FILE]
     for file_name in copied:
         files.write_bytes_atomic(out / file_name, (store / file_name).read_bytes())
     files.write_json_atomic(out / "embed_config.json", dataclasses.asdict(config))
@@ -373,7 +376,7 @@ def _finalize(config: EmbedConfig, store: Path, out: Path, record: dict) -> None
         "embedding": record,
     }
     # store.json last: its presence is what marks the store complete.
-    files.write_json_atomic(out / "store.json", info)
+    files.write_json_atomic(out / STORE_FILE, info)
     shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -389,9 +392,9 @@ def _summary(config: EmbedConfig, out: Path, record: dict, already_done: bool) -
 
 def _remove(out: Path) -> None:
     """Delete what embed writes in OUT, and nothing else the user may keep there."""
-    if (out / "store.json").exists() and not is_embedding_store(out):
+    if (out / STORE_FILE).exists() and not is_embedding_store(out):
         raise ValueError(f"{out}: holds a clip store; --overwrite replaces only embeddings")
-    names = ["store.json", "classes.json", "manifest.csv", "embed_config.json"]
+    names = [STORE_FILE, CLASSES_FILE, MANIFEST_FILE, "embed_config.json"]
     for split in SPLIT_NAMES:
         names += [f"{split}.npy", f"{split}_labels.npy"]
     for name in names:

@@ -47,10 +47,13 @@ from tqdm import tqdm
 from nightact.core import files, runs, workers
 from nightact.core.locks import folder_lock
 from nightact.core.store import (
+    CLASSES_FILE,
     MANIFEST_COLUMNS,
+    MANIFEST_FILE,
     PARTIAL,
     SHORT_CLIP_POLICIES,
     SPLIT_NAMES,
+    STORE_FILE,
     STORED_STATUSES,
     open_split,
     read_manifest,
@@ -242,7 +245,7 @@ def _prepare(
 
     if overwrite:
         _remove_store(out)
-    store_file = out / "store.json"
+    store_file = out / STORE_FILE
     if store_file.exists():
         info = runs.read_json(store_file, "store description")
         runs.require_same_settings(
@@ -580,8 +583,8 @@ def _finalize(
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(manifest_rows)
-    files.write_text_atomic(out / "manifest.csv", buffer.getvalue())
-    files.write_json_atomic(out / "classes.json", {"class_names": class_names})
+    files.write_text_atomic(out / MANIFEST_FILE, buffer.getvalue())
+    files.write_json_atomic(out / CLASSES_FILE, {"class_names": class_names})
     files.write_json_atomic(out / "prepare_config.json", dataclasses.asdict(config))
     info = {
         "format": 1,
@@ -592,7 +595,7 @@ def _finalize(
         "src": str(Path(config.src).resolve()),
     }
     # store.json last: its presence is what marks the store complete.
-    files.write_json_atomic(out / "store.json", info)
+    files.write_json_atomic(out / STORE_FILE, info)
     shutil.rmtree(partial, ignore_errors=True)
     return _summary_from_manifest(out, class_names, already_done=False)
 
@@ -633,7 +636,7 @@ def _summary_from_manifest(out: Path, class_names: list[str], already_done: bool
 
 def _remove_store(out: Path) -> None:
     """Delete what prepare writes in OUT, and nothing else the user may keep there."""
-    names = ["store.json", "classes.json", "manifest.csv", "prepare_config.json"]
+    names = [STORE_FILE, CLASSES_FILE, MANIFEST_FILE, "prepare_config.json"]
     for split in SPLIT_NAMES:
         names += [f"{split}.npy", f"{split}_labels.npy", f"{split}.npy.tmp"]
     for name in names:
