@@ -53,6 +53,24 @@ from pathlib import Path
 import numpy as np
 
 from nightact.core import files, runs
+from nightact.core.store import open_split
+from nightact.serve.onnx_engine import ONNX_METADATA_KEY, read_onnx_metadata
+from nightact.serve.predict import load_predictor
+from nightact.serve.timeline import training_clip_seconds
+
+__all__ = [
+    "FORMATS",
+    "SAVED_MODEL_METADATA",
+    "ExportConfig",
+    "ExportError",
+    "ExportResult",
+    "compare",
+    "export",
+    "export_model",
+    "portable_copy",
+    "read_metadata",
+    "validation_clips",
+]
 
 log = logging.getLogger(__name__)
 
@@ -164,74 +182,23 @@ def export_model(
             why: conversion failed, the runtime cannot run it, or the numbers differ).
         FileExistsError: ``out`` exists and ``overwrite`` is false.
     """
-    import keras
-
-    from nightact.serve.predict import load_predictor
-
     source = str(model) if isinstance(model, (str, os.PathLike)) else "<in memory>"
-    if keras.config.backend() != "tensorflow":
-        # Keras exports from JAX through other converters (jax2onnx, a large extra dependency)
-        # than the tf2onnx and TFLite paths checked here; a .keras file loads in either backend.
-        raise ExportError(
-            format,
-            source,
-            f"exporting runs under the TensorFlow backend and this process runs Keras on "
-            f"{keras.config.backend()}; use `nightact export`, which chooses TensorFlow, or set "
-            "KERAS_BACKEND=tensorflow before Keras is imported",
-        )
+    _require_tensorflow(format, source)
     config = ExportConfig(source, format, out, tolerance, test_clips, random_clips, seed, overwrite)
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite)")
     predictor = load_predictor(model, class_names)
-    keras_model = predictor.model
     if clips is None:
         clips = validation_clips(model, predictor, test_clips, random_clips, seed)
-    clips = np.ascontiguousarray(clips, dtype=np.uint8)
-    expected_shape = (predictor.frames, predictor.height, predictor.width, 3)
-    if clips.ndim != 5 or clips.shape[1:] != expected_shape:
-        raise ValueError(f"validation clips must be (n, *{expected_shape}), got {clips.shape}")
-    reference = np.asarray(keras_model.predict_on_batch(clips), dtype=np.float32)
+    clips = _checked_clips(clips, predictor)
+    reference = np.asarray(predictor.model.predict_on_batch(clips), dtype=np.float32)
+    metadata = _export_metadata(model, predictor, config)
 
-    metadata = {
-        "class_names": predictor.class_names,
-        "frames": predictor.frames,
-        "height": predictor.height,
-        "width": predictor.width,
-        "short_clips": "repeat-last" if predictor.allow_short else "skip",
-        "window_seconds": _window_seconds(model),
-        "model": keras_model.name,
-        "format": format,
-        "config": dataclasses.asdict(config),
-    }
-
-    portable = portable_copy(keras_model, unroll=_UNROLL[format])
+    portable = portable_copy(predictor.model, unroll=_UNROLL[format])
     # Keras exports only a model that has been called; one clip is enough.
     portable(clips[:1], training=False)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        temporary = staging / ("model" + _SUFFIXES[format])
-        try:
-            portable.export(str(temporary), format=_KERAS_FORMATS[format], verbose=False)
-        except Exception as error:  # the converters raise anything from ValueError to their own
-            raise ExportError(format, source, f"conversion failed: {_first_line(error)}") from error
-        run_export = _RUNNERS[format](temporary, keras_model, source)
-        try:
-            exported = np.asarray(run_export(clips), dtype=np.float32)
-        except Exception as error:
-            raise ExportError(
-                format, source, f"the exported model does not run: {_first_line(error)}"
-            ) from error
-        validation = compare(reference, exported, tolerance)
-        metadata["validation"] = validation
-        if not validation["passed"]:
-            raise ExportError(format, source, validation["reason"])
-        _write_metadata(format, temporary, metadata)
-        _move_into_place(staging, temporary, out, format)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    validation = _write_validated(portable, predictor.model, clips, reference, metadata, config)
     log.info(
         "%s: %s export written to %s (max difference %.2e over %d clips)",
         source,
@@ -248,6 +215,83 @@ def export_model(
         validation["top1_agreement"],
         metadata,
     )
+
+
+def _require_tensorflow(format: str, source: str) -> None:
+    """Refuse unless Keras runs on TensorFlow, the backend of the converters checked here."""
+    # Keras is imported on call, so importing this module loads no deep-learning stack.
+    import keras
+
+    if keras.config.backend() != "tensorflow":
+        # Keras exports from JAX through other converters (jax2onnx, a large extra dependency)
+        # than the tf2onnx and TFLite paths checked here; a .keras file loads in either backend.
+        raise ExportError(
+            format,
+            source,
+            f"exporting runs under the TensorFlow backend and this process runs Keras on "
+            f"{keras.config.backend()}; use `nightact export`, which chooses TensorFlow, or set "
+            "KERAS_BACKEND=tensorflow before Keras is imported",
+        )
+
+
+def _checked_clips(clips, predictor) -> np.ndarray:
+    """The validation clips as contiguous uint8, refused unless they fit the model's input."""
+    clips = np.ascontiguousarray(clips, dtype=np.uint8)
+    expected_shape = (predictor.frames, predictor.height, predictor.width, 3)
+    if clips.ndim != 5 or clips.shape[1:] != expected_shape:
+        raise ValueError(f"validation clips must be (n, *{expected_shape}), got {clips.shape}")
+    return clips
+
+
+def _export_metadata(model, predictor, config: ExportConfig) -> dict:
+    """The JSON every export carries (see the module docstring), less its "validation"."""
+    return {
+        "class_names": predictor.class_names,
+        "frames": predictor.frames,
+        "height": predictor.height,
+        "width": predictor.width,
+        "short_clips": "repeat-last" if predictor.allow_short else "skip",
+        "window_seconds": _window_seconds(model),
+        "model": predictor.model.name,
+        "format": config.format,
+        "config": dataclasses.asdict(config),
+    }
+
+
+def _write_validated(
+    portable, keras_model, clips, reference, metadata: dict, config: ExportConfig
+) -> dict:
+    """Export ``portable`` under a hidden name beside OUT, run it on ``clips`` and compare with
+    ``reference``; only when it passes, add ``metadata`` and rename it onto OUT.
+
+    Returns the validation (also stored in ``metadata``). Raises :class:`ExportError` when the
+    conversion fails, the export does not run or its numbers differ; nothing is left behind.
+    """
+    format, source, out = config.format, config.model, Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        temporary = staging / ("model" + _SUFFIXES[format])
+        try:
+            portable.export(str(temporary), format=_KERAS_FORMATS[format], verbose=False)
+        except Exception as error:  # the converters raise anything from ValueError to their own
+            raise ExportError(format, source, f"conversion failed: {_first_line(error)}") from error
+        run_export = _RUNNERS[format](temporary, keras_model, source)
+        try:
+            exported = np.asarray(run_export(clips), dtype=np.float32)
+        except Exception as error:
+            raise ExportError(
+                format, source, f"the exported model does not run: {_first_line(error)}"
+            ) from error
+        validation = compare(reference, exported, config.tolerance)
+        metadata["validation"] = validation
+        if not validation["passed"]:
+            raise ExportError(format, source, validation["reason"])
+        _write_metadata(format, temporary, metadata)
+        _move_into_place(staging, temporary, out, format)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return validation
 
 
 def compare(reference: np.ndarray, exported: np.ndarray, tolerance: float) -> dict:
@@ -288,7 +332,7 @@ def portable_copy(model, unroll: bool | tuple[str, ...] = False):
 
     ``unroll``: True for every recurrent layer, or the class names to unroll ("GRU", ...).
     """
-    import keras
+    import keras  # on call: importing this module loads no Keras
 
     def clone_layer(layer):
         config = layer.get_config()
@@ -312,8 +356,6 @@ def validation_clips(model, predictor, test_clips: int, random_clips: int, seed:
     parts = []
     store = _store_of(model)
     if store is not None and test_clips:
-        from nightact.core.store import open_split
-
         try:
             split = open_split(store, "test")
         except (FileNotFoundError, ValueError) as error:
@@ -335,8 +377,6 @@ def read_metadata(path: str | os.PathLike) -> dict:
         return json.loads((path / SAVED_MODEL_METADATA).read_text(encoding="utf-8"))
     if path.suffix == ".tflite":
         return json.loads(Path(str(path) + ".json").read_text(encoding="utf-8"))
-    from nightact.serve.onnx_engine import read_onnx_metadata
-
     return read_onnx_metadata(path)
 
 
@@ -344,6 +384,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def _run_onnx(path: Path, keras_model, source: str):
+    # Optional packages (the export extra), imported only for this format.
     import onnx
     import onnxruntime
 
@@ -356,7 +397,7 @@ def _run_onnx(path: Path, keras_model, source: str):
 
 def _check_onnx_gru(graph, keras_model, source: str) -> None:
     """Keras' reset-after GRU must become an ONNX GRU with linear_before_reset=1."""
-    import keras
+    import keras  # on call: importing this module loads no Keras
 
     reset_after = any(
         isinstance(layer, keras.layers.GRU) and layer.reset_after for layer in keras_model.layers
@@ -375,7 +416,7 @@ def _check_onnx_gru(graph, keras_model, source: str) -> None:
 
 
 def _run_saved_model(path: Path, keras_model, source: str):
-    import tensorflow as tf
+    import tensorflow as tf  # the backend, imported only for this format
 
     loaded = tf.saved_model.load(str(path))
     operations = {
@@ -397,7 +438,7 @@ def _graph_nodes(function):
 
 
 def _run_litert(path: Path, keras_model, source: str):
-    import tensorflow as tf
+    import tensorflow as tf  # the backend, imported only for this format
 
     interpreter = tf.lite.Interpreter(model_path=str(path))
     try:
@@ -434,9 +475,7 @@ _UNROLL = {"onnx": ("SimpleRNN", "GRU"), "saved_model": False, "litert": True}
 def _write_metadata(format: str, temporary: Path, metadata: dict) -> None:
     text = json.dumps(metadata, indent=2)
     if format == "onnx":
-        import onnx
-
-        from nightact.serve.onnx_engine import ONNX_METADATA_KEY
+        import onnx  # optional (the export extra), imported only for this format
 
         model = onnx.load(str(temporary))
         entry = model.metadata_props.add()
@@ -464,8 +503,6 @@ def _move_into_place(staging: Path, temporary: Path, out: Path, format: str) -> 
 def _window_seconds(model) -> float | None:
     if not isinstance(model, (str, os.PathLike)):
         return None
-    from nightact.serve.timeline import training_clip_seconds
-
     return training_clip_seconds(model)
 
 

@@ -3,8 +3,8 @@
 This is the light path for a small box beside the camera: ``pip install 'nightact[onnx]'``
 brings ONNX Runtime, PyAV and NumPy. The class names and preprocessing settings (frames, height,
 width, short-clip policy, window length) travel inside the ``.onnx`` file, in the metadata
-property ``nightact`` that :func:`nightact.serve.export.export_model` writes; clips are decoded by the
-same :func:`nightact.core.videos.read_clip` as ``prepare`` and the Keras path.
+property ``nightact`` that :func:`nightact.serve.export.export_model` writes; clips are decoded
+by the same :func:`nightact.core.videos.read_clip` as ``prepare`` and the Keras path.
 
     >>> import nightact
     >>> nightact.predict("model.onnx", ["clip.mp4"])     # dispatches here by the suffix
@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from nightact.serve.predictor import Predictor
+
+__all__ = ["ONNX_METADATA_KEY", "OnnxModel", "load_onnx_predictor", "read_onnx_metadata"]
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,14 @@
 """Predict the action in new videos with a trained run or a saved ``.keras`` model.
 
 This is the last step of the pipeline, ``nightact predict`` and ``nightact.predict(...)``. A video
-becomes model input through :func:`nightact.core.videos.read_clip`, the very function ``prepare`` uses,
-with the frame count and size read off the model's input, so a clip is decoded, sampled,
-letterboxed and resized exactly as the training clips were. The model itself scales the uint8
-pixels, so nothing else stands between the decoded frames and the model.
+becomes model input through :func:`nightact.core.videos.read_clip`, the very function
+``prepare`` uses, with the frame count and size read off the model's input, so a clip is
+decoded, sampled, letterboxed and resized exactly as the training clips were. The model itself
+scales the uint8 pixels, so nothing else stands between the decoded frames and the model.
 
 An ``.onnx`` file exported by ``nightact export`` runs on the ONNX engine
-(:mod:`nightact.serve.onnx_engine`: ONNX Runtime and PyAV, no TensorFlow or Keras imported), with its
-class names and clip settings read from the file's metadata.
+(:mod:`nightact.serve.onnx_engine`: ONNX Runtime and PyAV, no TensorFlow or Keras imported),
+with its class names and clip settings read from the file's metadata.
 
 """
 
@@ -29,6 +29,8 @@ from nightact.core.videos import VIDEO_EXTENSIONS, VideoError, find_videos, read
 from nightact.data.sampling import select_frames, view_plan
 from nightact.serve.onnx_engine import load_onnx_predictor
 from nightact.serve.predictor import Predictor, checked_class_names, engine_of
+
+__all__ = ["Prediction", "expand_paths", "format_predictions", "load_predictor", "predict_videos"]
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,24 @@ from nightact.core.videos import (
     open_video,
     sample_indices,
 )
+from nightact.serve.predict import load_predictor
 from nightact.serve.predictor import engine_of
+
+__all__ = [
+    "FALLBACK_WINDOW_SECONDS",
+    "UNCERTAIN",
+    "TimelineConfig",
+    "TimelineResult",
+    "Window",
+    "WindowSampler",
+    "default_window_seconds",
+    "draw_timeline",
+    "is_live_source",
+    "load_engine",
+    "run_timeline",
+    "timeline",
+    "training_clip_seconds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +210,12 @@ def run_timeline(config: TimelineConfig, predictor=None, progress: bool = True):
     for source, out, live in _sources(resolved):
         out.mkdir(parents=True, exist_ok=True)
         files.write_json_atomic(out / CONFIG_NAME, dataclasses.asdict(resolved))
-        results.append(_run_one(resolved, predictor, source, out, live, progress))
+        results.append(_SourceRun(resolved, predictor, source, out, live, progress).run())
     return results
 
 
 def load_engine(model, engine: str | None = None):
     """A :class:`nightact.serve.predictor.Predictor` over Keras or ONNX Runtime."""
-    from nightact.serve.predict import load_predictor
-
     return load_predictor(model, engine=engine)
 
 
@@ -490,40 +505,125 @@ class WindowSampler:
 # --- running -----------------------------------------------------------------------------------
 
 
-def _run_one(config: TimelineConfig, predictor, source: str, out: Path, live: bool, progress):
-    result = TimelineResult(source, str(out))
-    frames = _FrameSource(source, live, config.reconnects)
-    sampler = WindowSampler(
-        config.window,
-        config.stride,
-        predictor.frames,
-        predictor.height,
-        predictor.width,
-        predictor.allow_short,
-    )
-    # Live: predict each window as it closes. Annotating: a frame needs the label of the window
-    # that just closed, so windows cannot wait for a batch either.
-    batch_size = 1 if live or config.annotate else config.batch_size
-    writer = _TimelineWriter(config, predictor.class_names, out, source)
-    annotator = None
-    pending: list[Window] = []
-    started = time.monotonic()
-    # Live: the wall-clock moment that media time 0 corresponds to, set again whenever the
-    # source makes us wait for a frame (then we are keeping up with it, by definition). So a
-    # source slower than real time (a congested network) never counts as inference lagging.
-    anchor = None
-    bar = None
-    warned_short = False
+class _SourceRun:
+    """One source's timeline: read its frames, cut windows, predict them in batches, write.
 
-    def keep_up(window: Window) -> bool:
+    :meth:`run` does it all once. The steps share what one run holds: the frame source, the
+    window sampler, the writer, the windows waiting for a batch, and the live clock.
+    """
+
+    def __init__(
+        self, config: TimelineConfig, predictor, source: str, out: Path, live: bool, progress
+    ):
+        self.config = config
+        self.predictor = predictor
+        self.source = source
+        self.out = out
+        self.live = live
+        self.progress = progress
+        self.result = TimelineResult(source, str(out))
+        self.frames = _FrameSource(source, live, config.reconnects)
+        self.sampler = WindowSampler(
+            config.window,
+            config.stride,
+            predictor.frames,
+            predictor.height,
+            predictor.width,
+            predictor.allow_short,
+        )
+        # Live: predict each window as it closes. Annotating: a frame needs the label of the
+        # window that just closed, so windows cannot wait for a batch either.
+        self.batch_size = 1 if live or config.annotate else config.batch_size
+        self.writer = _TimelineWriter(config, predictor.class_names, out, source)
+        self.annotator: _Annotator | None = None
+        self.pending: list[Window] = []
+        self.started = time.monotonic()
+        # Live: the wall-clock moment that media time 0 corresponds to, set again whenever the
+        # source makes us wait for a frame (then we are keeping up with it, by definition). So a
+        # source slower than real time (a congested network) never counts as inference lagging.
+        self.anchor: float | None = None
+        self.bar: tqdm | None = None
+        self.warned_short = False
+
+    def run(self) -> TimelineResult:
+        """Read the source to its end (or Ctrl-C, or a lost stream) and write every file."""
+        result = self.result
+        try:
+            self._read_all()
+            result.stopped = self.frames.stopped
+        except KeyboardInterrupt:
+            result.stopped = "interrupted"
+            log.warning("%s: interrupted; writing what was computed", self.source)
+            # Windows already cut are predicted; the frames of an unfinished window are not.
+            try:
+                self._flush()
+            except KeyboardInterrupt:
+                pass
+        except VideoError as error:
+            result.error = error.reason
+            result.stopped = f"error: {error.reason}"
+            if self.live or not Path(self.config.source).is_dir():
+                self.writer.close(result, self.sampler.last_time or 0.0)
+                raise
+            log.error("%s", error)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            if self.annotator is not None:
+                self.annotator.close()
+        self._summarise()
+        return result
+
+    def _read_all(self) -> None:
+        """Every frame into the sampler (and the annotated video), then the last window."""
+        frames = self.frames
+        stream = frames.frames()
+        first = True
+        while True:
+            asked = time.monotonic()
+            frame = next(stream, None)
+            if frame is None:
+                break
+            arrived = time.monotonic()
+            if self.live and (self.anchor is None or arrived - asked > _waited(frames.fps)):
+                self.anchor = arrived - frame.time
+            if first:
+                first = False
+                self._open_outputs()
+            self._handle(self.sampler.push(frame, self._keep_up))
+            if self.annotator is not None:
+                self.annotator.write(frame.frame, self.writer.current_label())
+            if self.bar is not None:
+                self._show_progress(frame.time)
+        duration = 1.0 / frames.fps if frames.fps else 0.0
+        self._handle(self.sampler.finish(duration))
+        self._flush()
+
+    def _open_outputs(self) -> None:
+        """At the first frame, once its rate and size are known: the progress bar, the video."""
+        if not self.live and self.progress:
+            self.bar = tqdm(total=self.frames.duration, unit="s", desc=Path(self.source).name)
+            self.bar.bar_format = "{l_bar}{bar}| {n:.0f}/{total_fmt} s [{elapsed}{postfix}]"
+        if self.config.annotate:
+            self.annotator = _Annotator(
+                self.out / "annotated.mp4", self.frames.fps or 25.0, self.frames.size
+            )
+
+    def _show_progress(self, media_time: float) -> None:
+        self.bar.n = media_time
+        elapsed = time.monotonic() - self.started
+        self.bar.set_postfix_str(f"{media_time / elapsed:.1f}x real time", refresh=False)
+        self.bar.update(0)
+
+    def _keep_up(self, window: Window) -> bool:
         # Live only: a window that ends more than one stride before "now" is too late to show.
-        if not live or anchor is None:
+        if not self.live or self.anchor is None:
             return True
-        behind = (time.monotonic() - anchor) - window.end
-        if behind > config.stride:
+        behind = (time.monotonic() - self.anchor) - window.end
+        if behind > self.config.stride:
             log.warning(
                 "%s: window %.1f-%.1f s dropped: inference is %.1f s behind real time",
-                source,
+                self.source,
                 window.start,
                 window.end,
                 behind,
@@ -531,19 +631,57 @@ def _run_one(config: TimelineConfig, predictor, source: str, out: Path, live: bo
             return False
         return True
 
-    def flush() -> None:
+    def _handle(self, windows: list[Window]) -> None:
+        """Record skipped and dropped windows; queue the others, predicting each full batch."""
+        for window in windows:
+            if window.skipped is not None:
+                self._skip(window)
+                continue
+            if window.short and not self.warned_short:
+                self.warned_short = True
+                log.warning(
+                    "%s: window %.1f-%.1f s has %d frames, fewer than the model's %d; the last "
+                    "is repeated (further short windows are marked in timeline.json)",
+                    self.source,
+                    window.start,
+                    window.end,
+                    window.frame_count,
+                    self.predictor.frames,
+                )
+            self.pending.append(window)
+            if len(self.pending) >= self.batch_size:
+                self._flush()
+
+    def _skip(self, window: Window) -> None:
+        self.writer.skip(window)
+        if window.skipped == "dropped":
+            self.result.dropped += 1
+            return
+        self.result.skipped += 1
+        log.warning(
+            "%s: window %.1f-%.1f s skipped: %s",
+            self.source,
+            window.start,
+            window.end,
+            window.skipped,
+        )
+
+    def _flush(self) -> None:
+        """Predict the queued windows in one model call and write their rows."""
+        pending = self.pending
         if not pending:
             return
         clips = np.stack([window.clip for window in pending])
-        if len(clips) < batch_size:
+        if len(clips) < self.batch_size:
             # One compiled batch shape for Keras; clips are independent, padding changes nothing.
-            padding = np.zeros((batch_size - len(clips), *clips.shape[1:]), dtype=clips.dtype)
+            padding = np.zeros((self.batch_size - len(clips), *clips.shape[1:]), dtype=clips.dtype)
             clips = np.concatenate([clips, padding])
-        probabilities = np.asarray(predictor.model.predict_on_batch(clips), dtype=np.float32)
+        model = self.predictor.model
+        probabilities = np.asarray(model.predict_on_batch(clips), dtype=np.float32)
         for window, vector in zip(pending, probabilities, strict=False):
-            row = writer.add(window, vector)
-            result.windows += 1
-            if live:
+            row = self.writer.add(window, vector)
+            self.result.windows += 1
+            if self.live:
                 log.info(
                     "%8.1f-%8.1f s  %s  %.0f %%",
                     window.start,
@@ -553,103 +691,25 @@ def _run_one(config: TimelineConfig, predictor, source: str, out: Path, live: bo
                 )
         pending.clear()
 
-    def handle(windows: list[Window]) -> None:
-        nonlocal warned_short
-        for window in windows:
-            if window.skipped is not None:
-                writer.skip(window)
-                if window.skipped == "dropped":
-                    result.dropped += 1
-                else:
-                    result.skipped += 1
-                    log.warning(
-                        "%s: window %.1f-%.1f s skipped: %s",
-                        source,
-                        window.start,
-                        window.end,
-                        window.skipped,
-                    )
-                continue
-            if window.short and not warned_short:
-                warned_short = True
-                log.warning(
-                    "%s: window %.1f-%.1f s has %d frames, fewer than the model's %d; the last "
-                    "is repeated (further short windows are marked in timeline.json)",
-                    source,
-                    window.start,
-                    window.end,
-                    window.frame_count,
-                    predictor.frames,
-                )
-            pending.append(window)
-            if len(pending) >= batch_size:
-                flush()
-
-    try:
-        stream = frames.frames()
-        first = True
-        while True:
-            asked = time.monotonic()
-            frame = next(stream, None)
-            if frame is None:
-                break
-            arrived = time.monotonic()
-            if live and (anchor is None or arrived - asked > _waited(frames.fps)):
-                anchor = arrived - frame.time
-            if first:
-                first = False
-                if not live and progress:
-                    bar = tqdm(total=frames.duration, unit="s", desc=Path(source).name)
-                    bar.bar_format = "{l_bar}{bar}| {n:.0f}/{total_fmt} s [{elapsed}{postfix}]"
-                if config.annotate:
-                    annotator = _Annotator(out / "annotated.mp4", frames.fps or 25.0, frames.size)
-            handle(sampler.push(frame, keep_up))
-            if annotator is not None:
-                annotator.write(frame.frame, writer.current_label())
-            if bar is not None:
-                bar.n = frame.time
-                elapsed = time.monotonic() - started
-                bar.set_postfix_str(f"{frame.time / elapsed:.1f}x real time", refresh=False)
-                bar.update(0)
-        duration = 1.0 / frames.fps if frames.fps else 0.0
-        handle(sampler.finish(duration))
-        flush()
-        result.stopped = frames.stopped
-    except KeyboardInterrupt:
-        result.stopped = "interrupted"
-        log.warning("%s: interrupted; writing what was computed", source)
-        # Windows already cut are predicted; the frames of an unfinished window are not.
-        try:
-            flush()
-        except KeyboardInterrupt:
-            pass
-    except VideoError as error:
-        result.error = error.reason
-        result.stopped = f"error: {error.reason}"
-        if live or not Path(config.source).is_dir():
-            writer.close(result, sampler.last_time or 0.0)
-            raise
-        log.error("%s", error)
-    finally:
-        if bar is not None:
-            bar.close()
-        if annotator is not None:
-            annotator.close()
-    result.decoded_frames = frames.decoded
-    result.media_seconds = (sampler.last_time or 0.0) + (1.0 / frames.fps if frames.fps else 0)
-    result.wall_seconds = time.monotonic() - started
-    writer.close(result, result.media_seconds)
-    log.info(
-        "%s: %d windows, %d skipped, %d dropped, %.1f s of video at %.1fx real time (%s)",
-        source,
-        result.windows,
-        result.skipped,
-        result.dropped,
-        result.media_seconds,
-        result.realtime_factor,
-        result.stopped,
-    )
-    return result
+    def _summarise(self) -> None:
+        """The run's counts and times into its result, timeline.json and .png, and the log."""
+        result, frames = self.result, self.frames
+        result.decoded_frames = frames.decoded
+        result.media_seconds = (self.sampler.last_time or 0.0) + (
+            1.0 / frames.fps if frames.fps else 0
+        )
+        result.wall_seconds = time.monotonic() - self.started
+        self.writer.close(result, result.media_seconds)
+        log.info(
+            "%s: %d windows, %d skipped, %d dropped, %.1f s of video at %.1fx real time (%s)",
+            self.source,
+            result.windows,
+            result.skipped,
+            result.dropped,
+            result.media_seconds,
+            result.realtime_factor,
+            result.stopped,
+        )
 
 
 def _waited(fps: float) -> float:
@@ -742,6 +802,7 @@ class _TimelineWriter:
 
 def draw_timeline(rows: list[dict], class_names: list[str], path: Path, duration: float) -> None:
     """Time on x, one row per class with the probability as colour; the label strip on top."""
+    # Imported on call: matplotlib is absent from the light ONNX install (docs/export.md).
     import matplotlib
 
     matplotlib.use("Agg")
@@ -797,6 +858,7 @@ class _Annotator:
     """Writes every frame with the current label and probability drawn in its top-left corner."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+        # Pillow is optional: only annotate needs it (checked up front by _require_pillow).
         from PIL import ImageFont
 
         self.path = path
@@ -813,7 +875,7 @@ class _Annotator:
         self.font = ImageFont.load_default(size=max(12, height // 20))
 
     def write(self, frame: av.VideoFrame, label: tuple[str, float] | None) -> None:
-        from PIL import ImageDraw
+        from PIL import ImageDraw  # Pillow is optional, as in __init__
 
         image = frame.to_image()  # RGB, display orientation not applied, as encoded
         text = "..." if label is None else f"{label[0]}  {100 * label[1]:.0f} %"
@@ -832,6 +894,7 @@ class _Annotator:
 
 
 def _require_pillow() -> None:
+    # Pillow is optional: this asks for it before any frame is read, not at import.
     try:
         import PIL  # noqa: F401
     except ImportError as error:
