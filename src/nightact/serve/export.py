@@ -168,7 +168,7 @@ def export_model(
     """Export a run folder, ``.keras`` file or loaded model to ``out`` and validate it.
 
     Args:
-        model: what :func:`nightact.serve.predictor.load_predictor` accepts.
+        model: what :func:`nightact.serve.predict.load_predictor` accepts.
         format: ``onnx``, ``saved_model`` or ``litert``.
         out: the file (``.onnx``, ``.tflite``) or folder (SavedModel) to write.
         tolerance: the largest absolute probability difference accepted.
