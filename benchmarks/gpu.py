@@ -450,9 +450,10 @@ def main(argv: list[str] | None = None) -> int:
                 report.record["parallel"] = {"status": status}
             report.save()
             note(f"parallel: {status}")
-    report.record["seconds"] = time.perf_counter() - started
-    report.save()
-    note(f"wrote {report.path}")
+        # Inside the log's block: note() writes to the log too.
+        report.record["seconds"] = time.perf_counter() - started
+        report.save()
+        note(f"wrote {report.path}")
     return 0 if report.record["models"] else 1
 
 
