@@ -42,6 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+import common
+from nightact.core.names import NUM_CLASSES
+
 HERE = Path(__file__).resolve().parent
 # `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
 QUICK_ARGS = ["--videos", "6", "--shifted-videos", "2", "--seeds", "1", "--epochs", "1"]
@@ -165,11 +168,7 @@ def train_one(data: dict, arm: str, seed: int, epochs: int, folder: Path) -> dic
         HEIGHT,
         WIDTH,
         classes,
-        units=(64, 32, 16),
-        dropout=0.1,
-        conv_filters=32,
-        conv_kernel=4,
-        conv_stride=4,
+        **common.demo_model_settings(),
     )
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
@@ -336,7 +335,7 @@ def main(argv=None) -> int:
             "load_average": os.getloadavg(),
             "python": sys.version.split()[0],
         },
-        "chance": 1 / 12,
+        "chance": 1 / NUM_CLASSES,
         "test_clips": int(len(data["test"])),
         "shifted_clips": int(len(data["shifted"][1])),
         "seconds": time.perf_counter() - started,

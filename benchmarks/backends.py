@@ -2,10 +2,10 @@
 
 Each backend (TensorFlow, JAX, torch) runs in its own worker process, started with KERAS_BACKEND
 set before Keras is imported. A worker builds and compiles a model as ``nightact train`` does
-(``nightact.training.train.build_and_compile``: Adam, categorical cross-entropy, XLA on TensorFlow's CPU,
-jit on JAX, Keras' default on torch, which runs eagerly) and warms it up (tracing, compilation)
-the first time it is asked for it. Then the parent asks the workers in turn, one at a time and in
-a rotating order, to time one model:
+(``nightact.training.train.build_and_compile``: Adam, categorical cross-entropy, XLA on
+TensorFlow's CPU, jit on JAX, Keras' default on torch, which runs eagerly) and warms it up
+(tracing, compilation) the first time it is asked for it. Then the parent asks the workers in
+turn, one at a time and in a rotating order, to time one model:
 
 - training: ``--steps`` calls of ``train_on_batch`` (the compiled step ``fit`` runs) on batches
   held in memory, so the data loader is not in the figure; milliseconds per step;
@@ -46,11 +46,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+import common
+from nightact.core.names import NUM_CLASSES
 
-from machine import describe_machine, format_machine  # noqa: E402
-from train import NUM_CLASSES, _model_settings  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 # Keras backend name -> the module it imports and the distributions that make it.
 BACKENDS = {
@@ -78,7 +77,7 @@ def worker(args) -> None:
     import keras
     import numpy as np
 
-    from nightact.nets.models import MODEL_NAMES
+    from nightact.core.names import MODEL_NAMES
     from nightact.training.train import TrainConfig, build_and_compile, gpu_available
 
     def send(message: dict) -> None:
@@ -128,7 +127,7 @@ def worker(args) -> None:
                 frames=args.frames,
                 height=args.height,
                 width=args.width,
-                **_model_settings(args),
+                **common.model_settings(args.full_shape),
             )
             started = time.perf_counter()
             model = build_and_compile(config, NUM_CLASSES)
@@ -442,7 +441,7 @@ def finish(args, machine, info, skipped, runs, models, backends) -> dict:
     turns = sorted({row["repeats"] for row in rows})
     print(f"{shape}, {args.steps} steps per turn, median of {'-'.join(map(str, turns))} turns")
     if machine:
-        print(format_machine(machine))
+        print(common.format_machine(machine))
     print(table)
     print(load_line)
     for backend, reason in skipped.items():
@@ -458,7 +457,7 @@ def finish(args, machine, info, skipped, runs, models, backends) -> dict:
         "repeats": args.repeats,
         "mixed_precision": args.mixed_precision,
         "xla": not args.no_xla,
-        "model_settings": _model_settings(args),
+        "model_settings": common.model_settings(args.full_shape),
         "backends": info,
         "skipped": skipped,
         "load_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
@@ -546,8 +545,8 @@ def main() -> int:
         args.full_shape = True
     pythons = {backend: sys.executable for backend in BACKENDS} | parse_pythons(args.python)
     started = time.perf_counter()
-    machine = describe_machine()
-    print(format_machine(machine), file=sys.stderr)
+    machine = common.describe_machine()
+    print(common.format_machine(machine), file=sys.stderr)
 
     backends, skipped = [], {}
     for backend in args.backends:

@@ -1,8 +1,8 @@
 """Benchmark inference of the six models in Keras against their ONNX export in ONNX Runtime.
 
 For each model and clip shape, the model is built with seeded random weights, exported with
-``nightact.serve.export.export_model`` (which also checks that ONNX Runtime matches Keras within 1e-4),
-and both are timed on this CPU, side by side in one process:
+``nightact.serve.export.export_model`` (which also checks that ONNX Runtime matches Keras within
+1e-4), and both are timed on this CPU, side by side in one process:
 
 - latency: milliseconds per clip at batch 1 (median of ``--calls`` calls after warm-up);
 - throughput: clips per second at batch 32 (best of ``--calls`` calls after warm-up).
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,25 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
+import common
+from nightact.core.names import MODEL_NAMES, NUM_CLASSES
+
 HERE = Path(__file__).resolve().parent
 # `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
 QUICK_ARGS = ["--models", "gru", "--shapes", "demo", "--calls", "1"]
-MODELS = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")
-NUM_CLASSES = 12
 # name -> (frames, height, width, build settings)
 SHAPES = {
-    "demo": (
-        8,
-        48,
-        64,
-        {
-            "units": (64, 32, 16),
-            "dropout": 0.1,
-            "conv_filters": 32,
-            "conv_kernel": 4,
-            "conv_stride": 4,
-        },
-    ),
+    "demo": (8, 48, 64, common.demo_model_settings()),
     "full": (10, 240, 320, {}),
 }
 
@@ -159,13 +148,13 @@ def main() -> int:
     # of the comparison does too.
     prefer_backend("tensorflow")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument(
         "--full-models",
         nargs="+",
         default=["cnn_simple_rnn", "cnn_lstm", "cnn_gru"],
-        choices=MODELS,
+        choices=MODEL_NAMES,
         help="models timed at the full shape (default: the CNN ones)",
     )
     parser.add_argument("--calls", type=int, default=10, help="timed calls per measurement")
@@ -187,8 +176,7 @@ def main() -> int:
                 table = format_table(rows)
                 report = {
                     "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                    f"{platform.platform()}",
+                    "machine": common.machine_summary(),
                     "load_average_before": load_before,
                     "load_average_now": os.getloadavg(),
                     "seconds": time.perf_counter() - started,

@@ -42,14 +42,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+import common
 
-from machine import describe_machine, format_machine  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 # Files under benchmarks/ that are not steps here: helpers, and gpu.py, which benchmarks/gpu.sh
 # runs on a GPU machine in one call (--gpu below adds the GPU-shaped runs of train and backends).
-NOT_BENCHMARKS = {"figures.py", "machine.py", "gpu.py"}
+NOT_BENCHMARKS = {"figures.py", "common.py", "machine.py", "gpu.py"}
 PYTHON = sys.executable
 CLI = [PYTHON, "-m", "nightact.cli"]
 
@@ -184,9 +183,9 @@ def run_step(step: Step, quick: bool, out: Path, work: Path, date: str) -> dict:
     json_path = out / f"{step.name}-{date}.json"
     if step.json_flag and command[-1] != "--help":
         command += ["--json", str(json_path)]
-    machine = describe_machine()
+    machine = common.describe_machine()
     print(f"\n== {step.name}: {' '.join(command)}", flush=True)
-    print(format_machine(machine), flush=True)
+    print(common.format_machine(machine), flush=True)
     log_path = work / f"{step.name}.log"
     started = time.perf_counter()
     with open(log_path, "w") as log:
@@ -197,7 +196,7 @@ def run_step(step: Step, quick: bool, out: Path, work: Path, date: str) -> dict:
         "step": step.name,
         "command": command,
         "machine_before": machine,
-        "load_average_after": list(describe_machine()["load_average"]),
+        "load_average_after": list(common.describe_machine()["load_average"]),
         "seconds": seconds,
         "exit_code": finished.returncode,
         "log": str(log_path),

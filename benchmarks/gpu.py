@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,18 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
+import common
+from nightact.core.names import MODEL_NAMES, NUM_CLASSES, ORIGINAL_MS_PER_STEP
+
 HERE = Path(__file__).resolve().parent
-MODELS = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")
-NUM_CLASSES = 12
-# The original project's published milliseconds per training step (batch 64, GPU unnamed).
-ORIGINAL_MS_PER_STEP = {
-    "simple_rnn": 130,
-    "lstm": 94,
-    "gru": 209,
-    "cnn_simple_rnn": 184,
-    "cnn_lstm": 121,
-    "cnn_gru": 263,
-}
 
 FULL = {"frames": 10, "height": 240, "width": 320, "batch_size": 64, "steps": 8, "epochs": 2}
 SMOKE = {"frames": 10, "height": 24, "width": 32, "batch_size": 8, "steps": 2, "epochs": 1}
@@ -65,7 +56,7 @@ def environment_worker(_args) -> dict:
     record = {
         "python": sys.version.split()[0],
         "executable": sys.executable,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": common.machine_summary(),
         "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "versions": {},
         "missing": [],
@@ -174,15 +165,9 @@ def model_worker(args) -> dict:
 
 def _clip_batches(clips, labels, batch_size):
     """nightact's own training reader over the clips, endless and shuffled as in training."""
-    try:
-        from nightact.data.batches import ClipBatches
-    except ImportError:  # before the data pipeline moved out of train.py
-        from nightact.training.train import ClipBatches
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from loader import StoreSplit
+    from nightact.data.batches import ClipBatches
 
-    split = StoreSplit("train", clips, labels, [f"class {i}" for i in range(NUM_CLASSES)], [])
+    split = common.split_from_arrays(clips, labels)
     return ClipBatches(split, batch_size, shuffle=True, seed=0, drop_remainder=True)
 
 
@@ -301,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="folder for gpu.json and loader.json (required)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: check the code path")
     parser.add_argument("--budget", type=float, default=420, help="seconds for all parts")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument("--model-seconds", type=float, default=75, help="limit per model")
     parser.add_argument("--loader-seconds", type=float, default=75)
     parser.add_argument("--parallel-seconds", type=float, default=75)
@@ -465,9 +450,10 @@ def main(argv: list[str] | None = None) -> int:
                 report.record["parallel"] = {"status": status}
             report.save()
             note(f"parallel: {status}")
-    report.record["seconds"] = time.perf_counter() - started
-    report.save()
-    note(f"wrote {report.path}")
+        # Inside the log's block: note() writes to the log too.
+        report.record["seconds"] = time.perf_counter() - started
+        report.save()
+        note(f"wrote {report.path}")
     return 0 if report.record["models"] else 1
 
 

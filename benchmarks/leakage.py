@@ -29,6 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# For its side effect: tests/ on sys.path, where the corpus of known copies (support.copies) is.
+import common  # noqa: F401
+from nightact.core.names import NUM_CLASSES
+
 HERE = Path(__file__).resolve().parent
 # `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
 QUICK_ARGS = ["--per-class", "1", "--frames", "4", "--size", "48x64", "--source-size", "48x64"]
@@ -113,7 +117,7 @@ def main() -> None:
         },
         "corpus": {
             "clips": clips,
-            "originals": args.per_class * 12,
+            "originals": args.per_class * NUM_CLASSES,
             "seed": args.seed,
             "source_size": list(source),
             "store": [args.frames, height, width],

@@ -30,21 +30,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+import common
+from nightact.core.names import NUM_CLASSES
+
 HERE = Path(__file__).resolve().parent
 # `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
 QUICK_ARGS = ["--smoke"]
-NUM_CLASSES = 12
 
 
 def write_store(folder: Path, clips: int, shape: tuple[int, int, int]) -> Path:
@@ -69,38 +69,16 @@ def write_store(folder: Path, clips: int, shape: tuple[int, int, int]) -> Path:
     return path
 
 
-@dataclass
-class StoreSplit:
-    """nightact.core.store.Split's fields, for hosts where nightact.data.prepare cannot be imported."""
-
-    name: str
-    frames: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-    paths: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
 def open_split(folder: Path):
     """The synthetic split as nightact.core.store.open_split would give it."""
-    try:
-        from nightact.core.store import Split
-    except ImportError:  # PyAV missing (a GPU host with only the training stack)
-        Split = StoreSplit
-
     frames = np.load(folder / "train.npy", mmap_mode="r")
-    labels = np.load(folder / "train_labels.npy")
-    names = [f"class {index}" for index in range(NUM_CLASSES)]
-    return Split("train", frames, labels, names, [""] * len(labels))
+    return common.split_from_arrays(frames, np.load(folder / "train_labels.npy"))
 
 
 def clip_batches_class():
-    try:
-        from nightact.data.batches import ClipBatches
-    except ImportError:  # before the data pipeline moved out of train.py
-        from nightact.training.train import ClipBatches
+    """nightact's training reader; importing it imports Keras."""
+    from nightact.data.batches import ClipBatches
+
     return ClipBatches
 
 
@@ -341,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             "clips": args.clips,
             "batch_size": args.batch_size,
             "cold_by": "drop_caches" if args.drop_caches else "posix_fadvise(DONTNEED)",
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "machine": common.machine_summary(),
             "load_average": os.getloadavg(),
             "seconds": time.perf_counter() - started,
             "finished": finished,

@@ -3,8 +3,8 @@
 Per epoch a run saves its best checkpoint (when better) and a backup. Keras' stock callbacks write
 ``model.keras`` and ``backup/latest.weights.h5`` in place; nightact's write each to a temporary
 name, fsync, rename, hash the backup's files and link the best checkpoint into the backup
-(:mod:`nightact.training.checkpoints`). This times both ways of saving one epoch, side by side in one
-process, for a model of the given size, into a folder on the disk under test.
+(:mod:`nightact.training.checkpoints`). This times both ways of saving one epoch, side by side in
+one process, for a model of the given size, into a folder on the disk under test.
 
     python benchmarks/saves.py                         # cnn_gru, the default widths, 10 x 120x160
     python benchmarks/saves.py --repeats 3 --out /mnt/disk
@@ -23,6 +23,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from nightact.core.names import NUM_CLASSES
 
 HERE = Path(__file__).resolve().parent
 # `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
@@ -45,7 +47,9 @@ def main() -> None:
     from nightact.training import checkpoints
 
     height, width = (int(side) for side in args.size.split("x"))
-    model = build_model(args.model, frames=args.frames, height=height, width=width, num_classes=12)
+    model = build_model(
+        args.model, frames=args.frames, height=height, width=width, num_classes=NUM_CLASSES
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)
     folder = Path(tempfile.mkdtemp(prefix="saves-", dir=args.out))

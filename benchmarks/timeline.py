@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+import common
+
 HERE = Path(__file__).resolve().parent
 # `python benchmarks/figures.py --quick` runs this with these: seconds, not minutes.
 QUICK_ARGS = ["--minutes", "0.25"]
 FPS = 25.0
 HEIGHT, WIDTH = 480, 640
-DEMO = {"units": (64, 32, 16), "dropout": 0.1, "conv_filters": 32, "conv_kernel": 4,
-        "conv_stride": 4}  # fmt: skip
 
 
 def make_video(path: Path, minutes: float, unique_minutes: float = 1.0, seed: int = 0) -> Path:
@@ -115,7 +114,7 @@ def make_run(folder: Path) -> Path:
     from nightact.sources.synthetic import CLASS_NAMES
 
     keras.utils.set_random_seed(0)
-    model = build_model("cnn_gru", 8, 48, 64, len(CLASS_NAMES), **DEMO)
+    model = build_model("cnn_gru", 8, 48, 64, len(CLASS_NAMES), **common.demo_model_settings())
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
     (folder / "classes.json").write_text(json.dumps({"class_names": list(CLASS_NAMES)}))
@@ -225,7 +224,7 @@ def main() -> int:
     print(table)
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": common.machine_summary(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "video": {

@@ -25,13 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+import common
+from nightact.core.names import NUM_CLASSES
+
+# Set over nightact's own choice, which importing it made; Keras is imported later, in main().
 os.environ["KERAS_BACKEND"] = "torch"
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from machine import describe_machine, format_machine  # noqa: E402
-from train import NUM_CLASSES, _model_settings  # noqa: E402
 
 
 def main() -> int:
@@ -52,12 +52,12 @@ def main() -> int:
 
     from nightact.training.train import TrainConfig, build_and_compile
 
-    machine = describe_machine()
-    print(format_machine(machine), file=sys.stderr)
+    machine = common.describe_machine()
+    print(common.format_machine(machine), file=sys.stderr)
     rng = np.random.default_rng(0)
     clips = rng.integers(0, 60, size=(16, 10, 60, 80, 3), dtype=np.uint8)
     labels = np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, size=16)]
-    settings = _model_settings(argparse.Namespace(full_shape=False))
+    settings = common.model_settings()
     rows, loads = [], []
     for name in args.models:
         keras.utils.set_random_seed(0)

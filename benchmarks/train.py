@@ -1,7 +1,8 @@
 """Benchmark `nightact train`'s training path against the original project's training loop.
 
-Both styles train the same model (nightact.nets.models.build_model, same seed) on the same clips, read
-by the same memory-mapped batch reader (nightact.data.batches.ClipBatches), with the same batch size:
+Both styles train the same model (nightact.nets.models.build_model, same seed) on the same clips,
+read by the same memory-mapped batch reader (nightact.data.batches.ClipBatches), with the same
+batch size:
 
 - nightact: ``model.fit`` with the compiled training step, categorical cross-entropy, and the
   accuracy taken from the training forward pass, as ``nightact train`` runs it.
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -40,19 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+import common
+from nightact.core.names import MODEL_NAMES, NUM_CLASSES, ORIGINAL_MS_PER_STEP
+
 HERE = Path(__file__).resolve().parent
-MODELS = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")
 STYLES = ("nightact", "original")
-NUM_CLASSES = 12
-# The original project's published milliseconds per training step (batch 64, GPU unnamed).
-ORIGINAL_MS_PER_STEP = {
-    "simple_rnn": 130,
-    "lstm": 94,
-    "gru": 209,
-    "cnn_simple_rnn": 184,
-    "cnn_lstm": 121,
-    "cnn_gru": 263,
-}
 
 
 def make_clips(folder: Path, count: int, frames: int, height: int, width: int, seed: int):
@@ -71,12 +63,8 @@ def make_clips(folder: Path, count: int, frames: int, height: int, width: int, s
 
 
 def open_clips(folder: Path):
-    from nightact.core.store import Split
-
     clips = np.load(folder / "clips.npy", mmap_mode="r")
-    labels = np.load(folder / "labels.npy")
-    names = [f"class {index}" for index in range(NUM_CLASSES)]
-    return Split("train", clips, labels, names, [""] * len(labels))
+    return common.split_from_arrays(clips, np.load(folder / "labels.npy"))
 
 
 def worker(args) -> dict:
@@ -101,7 +89,7 @@ def worker(args) -> dict:
         frames=frames,
         height=height,
         width=width,
-        **_model_settings(args),
+        **common.model_settings(args.full_shape),
     )
     model = build_and_compile(config, NUM_CLASSES)
     batches = ClipBatches(split, args.batch_size, shuffle=True, seed=0)
@@ -163,13 +151,6 @@ def worker(args) -> dict:
     if tf.config.list_physical_devices("GPU"):
         result["peak_gpu_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return result
-
-
-def _model_settings(args) -> dict:
-    if args.full_shape:
-        return {}  # the original's: units 128/64/32, conv 256 filters, 15x15, stride 15
-    # At reduced frames the convolution shrinks with the frame, as in `nightact demo`.
-    return {"conv_filters": 64, "conv_kernel": 4, "conv_stride": 4}
 
 
 def run_one(args, model: str, style: str, data: Path) -> dict:
@@ -239,7 +220,7 @@ def format_table(results: list[dict], full_shape: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=None, choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=None, choices=MODEL_NAMES)
     parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=STYLES)
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--height", type=int, default=60)
@@ -271,7 +252,7 @@ def main() -> int:
     if args.full_shape:
         args.frames, args.height, args.width, args.batch_size = 10, 240, 320, 64
         args.mixed_precision = True
-        models = args.models or list(MODELS)
+        models = args.models or list(MODEL_NAMES)
     else:
         models = args.models or ["cnn_gru", "lstm"]
     runs = []
@@ -306,7 +287,7 @@ def main() -> int:
         "timed_epochs": args.epochs,
         "repeats": args.repeats,
         "mixed_precision": args.mixed_precision,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": common.machine_summary(),
         "seconds": time.perf_counter() - started,
         "results": results,
         "all_runs": runs,

@@ -47,3 +47,15 @@ CLASS_NAMES = (
 
 # NoctAct-HAR's number of action classes (the synthetic dataset draws the same twelve).
 NUM_CLASSES = len(CLASS_NAMES)
+
+# The original project's published milliseconds per training step (batch 64, mixed_float16, on a
+# GPU it does not name), read from the notebooks of "RNN with and without CNN"
+# (github.com/tot-alin/RNN-with-and-without-CNN). Benchmarks print them beside their own figures.
+ORIGINAL_MS_PER_STEP = {
+    "simple_rnn": 130,
+    "lstm": 94,
+    "gru": 209,
+    "cnn_simple_rnn": 184,
+    "cnn_lstm": 121,
+    "cnn_gru": 263,
+}
