@@ -4,6 +4,17 @@ import them without loading a backend.
 
 from __future__ import annotations
 
+__all__ = [
+    "CLASS_NAMES",
+    "LOSSES",
+    "MODEL_LABELS",
+    "MODEL_NAMES",
+    "NUM_CLASSES",
+    "ORIGINAL_MS_PER_STEP",
+    "VERSION",
+    "model_key",
+]
+
 # The package's version, written here only: pyproject.toml reads it (setuptools' dynamic attr).
 VERSION = "0.1.0"
 
