@@ -10,10 +10,18 @@ import pytest
 from nightact import cli
 from nightact.core.names import NUM_CLASSES
 from nightact.data.embed import EmbedConfig
+from nightact.data.leakage import LeakageConfig
 from nightact.data.prepare import PrepareConfig
 from nightact.demo import DemoConfig
+from nightact.scoring.compare import CompareConfig
+from nightact.scoring.evaluate import EvaluateConfig
+from nightact.scoring.robustness import RobustnessConfig
+from nightact.serve.export import ExportConfig
+from nightact.serve.predict import PredictConfig
+from nightact.serve.timeline import TimelineConfig
 from nightact.sources.download import DownloadConfig
 from nightact.sources.synthetic import SynthConfig
+from nightact.study import StudyConfig
 from nightact.training.train import TrainConfig
 
 
@@ -38,8 +46,44 @@ def parse(*argv: str):
             cli.embed_config,
             EmbedConfig("store", "mobilenet_v3_small", "emb"),
         ),
+        (["leakage", "store"], cli.leakage_config, LeakageConfig("store")),
+        (["evaluate", "run"], cli.evaluate_config, EvaluateConfig("run")),
+        (["robustness", "run"], cli.robustness_config, RobustnessConfig("run")),
+        # The command evaluates runs that are not yet evaluated; the Python API only when asked.
+        (
+            ["compare", "a", "b"],
+            cli.compare_config,
+            CompareConfig(("a", "b"), evaluate_missing=True),
+        ),
+        (["predict", "run", "a.mp4"], cli.predict_config, PredictConfig("run", ("a.mp4",))),
+        (
+            ["timeline", "run", "a.mp4", "--out", "o"],
+            cli.timeline_config,
+            TimelineConfig("run", "a.mp4", "o"),
+        ),
+        (
+            ["export", "run", "--format", "onnx", "--out", "m.onnx"],
+            cli.export_config,
+            ExportConfig("run", "onnx", "m.onnx"),
+        ),
+        (["study", "--data", "store", "--out", "s"], cli.study_config, StudyConfig("store", "s")),
     ],
-    ids=["synth", "prepare", "demo", "download", "train", "embed"],
+    ids=[
+        "synth",
+        "prepare",
+        "demo",
+        "download",
+        "train",
+        "embed",
+        "leakage",
+        "evaluate",
+        "robustness",
+        "compare",
+        "predict",
+        "timeline",
+        "export",
+        "study",
+    ],
 )
 def test_a_command_without_flags_builds_the_default_config(argv, build, expected):
     assert build(parse(*argv)) == expected
@@ -106,3 +150,91 @@ def test_resume_without_a_run_folder_is_refused():
         cli.train_config(parse("train", "--resume"))
     with pytest.raises(ValueError, match="--data and --model are required"):
         cli.train_config(parse("train", "--model", "gru"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "build", "expected"),
+    [
+        (
+            [
+                "evaluate", "run", "--split", "val", "--allow-validation", "--data", "other",
+                "--batch-size", "4", "--views", "2",
+            ],
+            cli.evaluate_config,
+            EvaluateConfig("run", "val", "other", 4, True, 2),
+        ),
+        (
+            ["robustness", "run", "--data", "other", "--batch-size", "5"],
+            cli.robustness_config,
+            RobustnessConfig("run", "other", 5),
+        ),
+        (
+            ["compare", "a", "b", "--out", "rep"],
+            cli.compare_config,
+            CompareConfig(("a", "b"), "rep", evaluate_missing=True),
+        ),
+        (
+            [
+                "predict", "m.onnx", "a.mp4", "videos", "--top-k", "2", "--batch-size", "4",
+                "--views", "2", "--engine", "onnx",
+            ],
+            cli.predict_config,
+            PredictConfig("m.onnx", ("a.mp4", "videos"), 2, 4, 2, "onnx"),
+        ),
+    ],
+    ids=["evaluate", "robustness", "compare", "predict"],
+)  # fmt: skip
+def test_every_flag_of_the_scoring_and_serving_commands_reaches_its_config(argv, build, expected):
+    assert build(parse(*argv)) == expected
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "config_class", "field"),
+    [
+        ("evaluate", "--split {train,val,test}", EvaluateConfig, "split"),
+        ("evaluate", "--views VIEWS", EvaluateConfig, "views"),
+        ("predict", "--top-k TOP_K", PredictConfig, "top_k"),
+        ("predict", "--batch-size BATCH_SIZE", PredictConfig, "batch_size"),
+        ("predict", "--views VIEWS", PredictConfig, "views"),
+        ("compare", "--out OUT", CompareConfig, "out"),
+    ],
+)
+def test_help_shows_the_config_default(capsys, command, flag, config_class, field):
+    with pytest.raises(SystemExit):
+        parse(command, "--help")
+    default = next(f.default for f in dataclasses.fields(config_class) if f.name == field)
+    assert _option_help(capsys.readouterr().out, flag).endswith(f"(default {default})")
+
+
+def _option_help(text: str, flag: str) -> str:
+    """The help of one option in argparse's output, on one line."""
+    entries, entry = [], []
+    for line in text.splitlines():
+        # An option's entry starts at "  -"; its help goes on in more deeply indented lines.
+        if line.startswith("  -") or not line.startswith("   "):
+            entries.append(" ".join(" ".join(entry).split()))
+            entry = []
+        entry.append(line)
+    entries.append(" ".join(" ".join(entry).split()))
+    (found,) = [entry for entry in entries if entry.startswith(flag + " ")]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["evaluate", "RUN", "--views", "0"], "views"),
+        (["evaluate", "RUN", "--batch-size", "0"], "batch_size"),
+        (["robustness", "RUN", "--batch-size", "-1"], "batch_size"),
+        (["predict", "RUN", "a.mp4", "--top-k", "0"], "top_k"),
+        (["predict", "RUN", "a.mp4", "--views", "0"], "views"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_it_before_anything_is_read(tmp_path, capsys, argv, field):
+    # RUN does not exist: the config refuses the value before any file is looked at.
+    argv = [str(tmp_path / "run") if arg == "RUN" else arg for arg in argv]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"nightact {argv[0]}: error: {field} must be at least 1, got ")
+    assert error.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

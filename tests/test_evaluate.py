@@ -10,7 +10,13 @@ import pytest
 
 from nightact.cli import main
 from nightact.scoring import stats as statistics
-from nightact.scoring.evaluate import compute_metrics, confusion_figure, evaluate, format_metrics
+from nightact.scoring.evaluate import (
+    EvaluateConfig,
+    compute_metrics,
+    confusion_figure,
+    evaluate,
+    format_metrics,
+)
 
 # Eight clips, four classes; class "d" is predicted once but never true.
 #   true   a a a b b c c c
@@ -80,6 +86,28 @@ def test_metrics_reject_mismatched_inputs():
         compute_metrics(LABELS[:-1], PROBABILITIES, NAMES)
     with pytest.raises(ValueError, match="lie in"):
         compute_metrics([0, 0, 0, 1, 1, 2, 2, 4], PROBABILITIES, NAMES)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"split": "dev"}, "split must be one of train, val, test, got 'dev'"),
+        ({"split": "val"}, "validation split chose"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"views": 0}, "views must be at least 1, got 0"),
+    ],
+)
+def test_evaluate_config_refuses_a_bad_value_naming_it(settings, message):
+    with pytest.raises(ValueError, match=message):
+        EvaluateConfig("run", **settings)
+
+
+def test_evaluate_config_keeps_paths_as_text(tmp_path):
+    config = EvaluateConfig(
+        tmp_path / "run", data=tmp_path / "store", split="val", allow_validation=True
+    )
+    assert (config.run, config.data) == (str(tmp_path / "run"), str(tmp_path / "store"))
+    assert EvaluateConfig("run", split="train").data is None
 
 
 def test_confusion_figure_keeps_long_class_names_whole(tmp_path):
@@ -155,6 +183,16 @@ def test_evaluate_agrees_with_an_independent_computation(tiny_run):
     assert (output / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert (output / "confusion_normalized.csv").exists()
     assert "walking with flashlight" in format_metrics(result)
+    # The settings beside the scores, with the batch size that was used: the run's.
+    run_batch_size = json.loads((tiny_run / "config.json").read_text())["batch_size"]
+    assert json.loads((output / "evaluate_config.json").read_text()) == {
+        "run": str(tiny_run),
+        "split": "test",
+        "data": None,
+        "batch_size": run_batch_size,
+        "allow_validation": False,
+        "views": 1,
+    }
 
 
 def test_evaluate_refuses_the_validation_split_unless_asked(tiny_run, capsys):

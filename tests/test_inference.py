@@ -14,7 +14,14 @@ from conftest import write_run_folder
 from nightact import cli
 from nightact.core.videos import read_clip, write_video
 from nightact.data.prepare import PrepareConfig, prepare
-from nightact.serve.predict import Prediction, format_predictions, load_predictor, predict_videos
+from nightact.serve.predict import (
+    PredictConfig,
+    Prediction,
+    format_predictions,
+    load_predictor,
+    predict_videos,
+    run_predict,
+)
 from nightact.sources.synthetic import CLASS_NAMES
 
 FRAMES, HEIGHT, WIDTH = 4, 24, 32
@@ -205,6 +212,46 @@ def test_bare_keras_file_and_loaded_model(run, loaded_model, videos, tmp_path):
         predict_videos(loaded_model, video, class_names=["a", "b"])
     with pytest.raises(FileNotFoundError, match="no model.keras"):
         predict_videos(tmp_path, video)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"top_k": 0}, "top_k must be at least 1, got 0"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"views": 0}, "views must be at least 1, got 0"),
+        ({"engine": "tpu"}, "engine must be one of keras, onnx, got 'tpu'"),
+        ({"engine": "onnx"}, "engine 'onnx' needs an .onnx file"),
+    ],
+)
+def test_predict_config_refuses_a_bad_value_naming_it(settings, message):
+    with pytest.raises(ValueError, match=message):
+        PredictConfig("run", ["a.mp4"], **settings)
+    with pytest.raises(ValueError, match=message):
+        predict_videos("run", ["a.mp4"], **settings)
+
+
+def test_predict_config_takes_one_video_or_many_and_reads_the_engine_off_the_model(tmp_path):
+    config = PredictConfig(tmp_path / "model.onnx", tmp_path / "a.mp4")
+    assert (config.model, config.videos) == (
+        str(tmp_path / "model.onnx"),
+        (str(tmp_path / "a.mp4"),),
+    )
+    assert config.engine == "onnx"
+    config = PredictConfig("run", (path for path in [tmp_path / "a.mp4", "folder"]))
+    assert (config.videos, config.engine) == ((str(tmp_path / "a.mp4"), "folder"), "keras")
+    # A loaded model is kept as it is; load_predictor decides what runs it.
+    loaded = object()
+    assert PredictConfig(loaded, "a.mp4").model is loaded
+
+
+def test_run_predict_is_predict_videos(run, videos):
+    video = videos / "wide.mp4"
+    config = PredictConfig(run, [video], top_k=2)
+    (from_config,) = run_predict(config, progress=False)
+    (from_keywords,) = predict_videos(run, video, top_k=2, progress=False)
+    assert len(from_config.top_k) == 2 and from_config.top_k == from_keywords.top_k
+    np.testing.assert_array_equal(from_config.probabilities, from_keywords.probabilities)
 
 
 def test_package_level_predict_survives_importing_the_module(run, videos):

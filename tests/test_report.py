@@ -22,7 +22,7 @@ import pytest
 from conftest import write_run_folder
 from nightact.cli import main
 from nightact.core.names import MODEL_LABELS, MODEL_NAMES
-from nightact.scoring.compare import compare, find_runs
+from nightact.scoring.compare import CompareConfig, compare, find_runs
 from nightact.sources.synthetic import CLASS_NAMES
 
 
@@ -181,6 +181,11 @@ def test_compare_writes_every_figure_and_lists_all_six_models(report):
         assert f"| {MODEL_LABELS[name]} |" in markdown
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (out / image).is_file(), image
+    assert json.loads((out / "compare_config.json").read_text()) == {
+        "runs": [str(out.parent / "runs")],
+        "out": str(out),
+        "evaluate_missing": False,
+    }
 
 
 def test_table_shows_mean_and_std_over_seeds(report):
@@ -261,6 +266,16 @@ def test_compare_refuses_an_unevaluated_run(fake_runs, tmp_path):
     (fake_runs / "lstm" / "evaluation" / "metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match="nightact evaluate"):
         compare([fake_runs / "lstm"], tmp_path / "report")
+
+
+def test_compare_config_needs_a_run_and_keeps_paths_as_text(tmp_path):
+    with pytest.raises(ValueError, match="runs must name at least one run folder"):
+        compare([], tmp_path / "report")
+    assert not (tmp_path / "report").exists()  # refused before the folder is made
+    config = CompareConfig([tmp_path / "a", "b"], tmp_path / "report")
+    assert config == CompareConfig(
+        (str(tmp_path / "a"), "b"), str(tmp_path / "report"), evaluate_missing=False
+    )
 
 
 def test_find_runs_expands_a_folder_of_runs(fake_runs):

@@ -130,6 +130,13 @@ def test_robustness_writes_a_csv_a_png_and_a_report_section(augmented_run, tmp_p
     evaluated = json.loads((run / "evaluation" / "metrics.json").read_text())["accuracy"]
     assert clean == pytest.approx([evaluated, evaluated])
     assert (run / "robustness" / "robustness.png").stat().st_size > 1000
+    # The settings beside the sweep, with the batch size that was used: the run's.
+    run_batch_size = json.loads((run / "config.json").read_text())["batch_size"]
+    assert json.loads((run / "robustness" / "robustness_config.json").read_text()) == {
+        "run": str(run),
+        "data": None,
+        "batch_size": run_batch_size,
+    }
     report = compare([run], tmp_path / "report")
     assert "darker and noisier" in report.read_text()
     assert (tmp_path / "report" / "robustness.png").exists()

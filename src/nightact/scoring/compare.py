@@ -12,6 +12,7 @@
       confusion.png   one test-split confusion matrix per model
       robustness.png  accuracy along the darkness and noise sweeps, one line per run, when
                       any run has RUN/robustness/ (``nightact robustness RUN``)
+      compare_config.json   the CompareConfig
 
 Several runs of the same model (different seeds) are drawn as their mean with a band of one
 standard deviation, their confusion matrices are summed, and the table shows mean +- std.
@@ -21,11 +22,13 @@ Nothing here imports Keras: a report is made from the files the runs left on dis
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import logging
 import math
 import os
 import statistics
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from nightact.nets.backbones import model_label
 
 log = logging.getLogger(__name__)
 
+CONFIG_NAME = "compare_config.json"
 FIGURES = ("loss.png", "accuracy.png", "confusion.png")
 TABLE_COLUMNS = (
     "model",
@@ -52,6 +56,21 @@ TABLE_COLUMNS = (
     "macro F1 95 % CI",
     "mean class accuracy",
 )
+
+
+@dataclass
+class CompareConfig:
+    """Everything that decides a report; saved as OUT/compare_config.json."""
+
+    runs: tuple[str, ...]  # run folders, or folders holding runs
+    out: str = "report"  # the report folder
+    evaluate_missing: bool = False  # evaluate runs not yet evaluated (loads Keras); else refuse
+
+    def __post_init__(self):
+        self.runs = tuple(str(path) for path in self.runs)
+        self.out = str(self.out)
+        if not self.runs:
+            raise ValueError("runs must name at least one run folder or folder of runs, got none")
 
 
 def find_runs(paths) -> list[Path]:
@@ -134,7 +153,9 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def compare(runs, out: str | os.PathLike, evaluate_missing: bool = False) -> Path:
+def compare(
+    runs, out: str | os.PathLike, evaluate_missing: bool = CompareConfig.evaluate_missing
+) -> Path:
     """Write the comparison report of ``runs`` (run folders, or folders of runs) to ``out``.
 
     Runs not yet evaluated (see :func:`nightact.core.runs.is_evaluated`) are refused, or, with
@@ -145,19 +166,22 @@ def compare(runs, out: str | os.PathLike, evaluate_missing: bool = False) -> Pat
 
     Holds the lock of ``out`` while it writes (a second compare into it is refused).
     """
+    return run_compare(CompareConfig(runs, out, evaluate_missing))
+
+
+def run_compare(config: CompareConfig) -> Path:
+    """Run a :class:`CompareConfig`; see :func:`compare`."""
     from nightact.core.locks import folder_lock
 
-    folders = find_runs(runs)
-    with folder_lock(out):
-        return _compare(folders, Path(out), evaluate_missing)
+    folders = find_runs(config.runs)
+    with folder_lock(config.out):
+        return _compare(config, folders)
 
 
-def _compare(folders: list[Path], out: Path, evaluate_missing: bool) -> Path:
-    if evaluate_missing:
+def _compare(config: CompareConfig, folders: list[Path]) -> Path:
+    if config.evaluate_missing:
         evaluate_runs(folders)
     loaded = [load_run(run) for run in folders]
-    if not loaded:
-        raise ValueError("compare needs at least one evaluated run")
     class_names = loaded[0]["metrics"]["class_names"]
     for run in loaded[1:]:
         if run["metrics"]["class_names"] != class_names:
@@ -165,8 +189,9 @@ def _compare(folders: list[Path], out: Path, evaluate_missing: bool) -> Path:
                 f"{run['run']}: its classes differ from {loaded[0]['run']}'s; "
                 "compare runs of the same data"
             )
-    out = Path(out)
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    files.write_json_atomic(out / CONFIG_NAME, dataclasses.asdict(config))
     rows = summarize(loaded)
     figures = {
         "loss.png": curves_figure(loaded, rows, "loss", "loss"),

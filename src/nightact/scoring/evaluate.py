@@ -13,6 +13,7 @@ predicts every clip of the store's *test* split, which training never looked at,
       confusion.csv   counts, rows = true class, columns = predicted class
       confusion_normalized.csv   the same, each row divided by its total
       confusion.png   the matrix as a picture, every class name readable
+      evaluate_config.json   the EvaluateConfig, with the batch size actually used
 
 The validation split chose the checkpoint, so scores on it are optimistic; evaluating it needs an
 explicit ``allow_validation=True`` and lands in ``RUN/evaluation-val/`` so a report never mixes it
@@ -22,21 +23,52 @@ up with test scores.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nightact.core import files, runs
+from nightact.core.store import SPLIT_NAMES
 from nightact.data.sampling import view_plan
 
 log = logging.getLogger(__name__)
 
 TOP_K = 3
+CONFIG_NAME = "evaluate_config.json"
+
+
+@dataclass
+class EvaluateConfig:
+    """Everything that decides an evaluation; saved as RUN/evaluation*/evaluate_config.json."""
+
+    run: str  # a training run folder
+    split: str = "test"  # one of SPLIT_NAMES; "val" chose the checkpoint
+    data: str | None = None  # another store with the same class names; None: the run's own
+    batch_size: int | None = None  # clips per forward pass; None: the run's training batch
+    allow_validation: bool = False  # accept split "val", whose scores are optimistic
+    views: int = 1  # softmax averaged over this many views of each clip (view_plan)
+
+    def __post_init__(self):
+        self.run = str(self.run)
+        self.data = None if self.data is None else str(self.data)
+        if self.split not in SPLIT_NAMES:
+            raise ValueError(f"split must be one of {', '.join(SPLIT_NAMES)}, got {self.split!r}")
+        if self.split == "val" and not self.allow_validation:
+            raise ValueError(
+                f"{self.run}: the validation split chose this run's checkpoint, so its scores "
+                "are optimistic; evaluate the held-out test split, or pass --allow-validation"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.views < 1:
+            raise ValueError(f"views must be at least 1, got {self.views}")
 
 
 def compute_metrics(labels, probabilities, class_names: list[str]) -> dict:
@@ -124,11 +156,11 @@ def compute_metrics(labels, probabilities, class_names: list[str]) -> dict:
 
 def evaluate(
     run: str | os.PathLike,
-    split: str = "test",
-    data: str | os.PathLike | None = None,
-    batch_size: int | None = None,
-    allow_validation: bool = False,
-    views: int = 1,
+    split: str = EvaluateConfig.split,
+    data: str | os.PathLike | None = EvaluateConfig.data,
+    batch_size: int | None = EvaluateConfig.batch_size,
+    allow_validation: bool = EvaluateConfig.allow_validation,
+    views: int = EvaluateConfig.views,
 ) -> dict:
     """Evaluate the best checkpoint of a training run and write ``RUN/evaluation/``.
 
@@ -155,41 +187,41 @@ def evaluate(
 
     Raises:
         ValueError: a damaged checkpoint (one line naming it), or a store that does not fit.
-        nightact.core.locks.FolderLockedError: another process is writing the same evaluation folder.
+        nightact.core.locks.FolderLockedError: another process is writing the same evaluation
+            folder.
     """
+    config = EvaluateConfig(run, split, data, batch_size, allow_validation, views)
+    return run_evaluate(config)
+
+
+def run_evaluate(config: EvaluateConfig) -> dict:
+    """Run an :class:`EvaluateConfig`; see :func:`evaluate`."""
     from nightact.core.locks import folder_lock
 
-    run = Path(run)
-    if split == "val":
-        if not allow_validation:
-            raise ValueError(
-                f"{run}: the validation split chose this run's checkpoint, so its scores are "
-                "optimistic; evaluate the held-out test split, or pass --allow-validation"
-            )
+    run = Path(config.run)
+    if config.split == "val":
         log.warning(
             "evaluating %s on the validation split that chose its checkpoint: "
             "these scores are optimistic, not a test result",
             run,
         )
     # Refuse a folder that is not a run before creating anything in it.
-    own_store = runs.training_store(run, required=data is None)
-    store = Path(data) if data is not None else own_store
+    own_store = runs.training_store(run, required=config.data is None)
+    store = Path(config.data) if config.data is not None else own_store
     other_store = own_store is None or store.resolve() != own_store.resolve()
     output = runs.evaluation_folder(
-        run, split, store=store.resolve().name if other_store else None, views=views
+        run, config.split, store=store.resolve().name if other_store else None, views=config.views
     )
     with folder_lock(output):
-        return _evaluate(run, split, store, output, batch_size, views)
+        return _evaluate(config, store, output)
 
 
-def _evaluate(
-    run: Path, split: str, store: Path, output: Path, batch_size: int | None, views: int
-) -> dict:
+def _evaluate(config: EvaluateConfig, store: Path, output: Path) -> dict:
     from nightact.core.store import open_split
-    from nightact.data.batches import ClipBatches
     from nightact.training.checkpoints import load_checkpoint
 
-    config = runs.read_config(run)
+    run, split = Path(config.run), config.split
+    run_config = runs.read_config(run)
     model_path = runs.model_path(run)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no checkpoint; has the run finished an epoch?")
@@ -202,7 +234,7 @@ def _evaluate(
             f"{store}: its class names differ from those {run} was trained on: "
             + class_mismatch(trained_classes, clips.class_names)
         )
-    plan = view_plan(views, clips.frames_per_segment, mirror=bool(config.get("augment")))
+    plan = view_plan(config.views, clips.frames_per_segment, bool(run_config.get("augment")))
 
     model = load_checkpoint(model_path)
     expected = tuple(model.input.shape[1:])
@@ -211,20 +243,15 @@ def _evaluate(
         raise ValueError(
             f"{store}: clips of shape {shape} do not fit {model_path}, which reads {expected}"
         )
-    batch_size = batch_size or int(config.get("batch_size", 32))
-    probabilities, milliseconds = 0.0, 0.0
-    for candidate, mirrored in plan:
-        batches = ClipBatches(clips, batch_size, candidate=candidate, mirror=mirrored)
-        view_probabilities, view_milliseconds = predict_split(model, batches)
-        probabilities = probabilities + view_probabilities / len(plan)
-        milliseconds += view_milliseconds
+    batch_size = config.batch_size or int(run_config.get("batch_size", 32))
+    probabilities, milliseconds = _predict_views(model, clips, batch_size, plan)
 
     result = compute_metrics(clips.labels, probabilities, clips.class_names)
     # Which clip each prediction is of, so that compare pairs models only on the same clips.
     result["predictions"]["paths"] = list(clips.paths)
     result = {
         "run": str(run),
-        "model": config.get("model", model.name),
+        "model": run_config.get("model", model.name),
         "split": split,
         "data": str(store),
         "parameters": int(model.count_params()),
@@ -232,11 +259,13 @@ def _evaluate(
         "checkpoint_mb": model_path.stat().st_size / 2**20,
         "inference_ms_per_clip": milliseconds,
         "inference_batch_size": batch_size,
-        "views": views,
+        "views": config.views,
         "view_plan": [{"candidate": c, "mirrored": m} for c, m in plan],
         **result,
         "output": str(output),
     }
+    used = dataclasses.replace(config, batch_size=batch_size)
+    files.write_json_atomic(output / CONFIG_NAME, dataclasses.asdict(used))
     write_evaluation(result, output)
     log.info(
         "%s on %s (%d clips): accuracy %.3f, top-3 %.3f, macro F1 %.3f, mean class accuracy "
@@ -251,6 +280,19 @@ def _evaluate(
         milliseconds,
     )
     return result
+
+
+def _predict_views(model, clips, batch_size: int, plan) -> tuple[np.ndarray, float]:
+    """Each clip's softmax averaged over the views of ``plan``; ms per clip summed over them."""
+    from nightact.data.batches import ClipBatches
+
+    probabilities, milliseconds = 0.0, 0.0
+    for candidate, mirrored in plan:
+        batches = ClipBatches(clips, batch_size, candidate=candidate, mirror=mirrored)
+        view_probabilities, view_milliseconds = predict_split(model, batches)
+        probabilities = probabilities + view_probabilities / len(plan)
+        milliseconds += view_milliseconds
+    return probabilities, milliseconds
 
 
 def class_mismatch(expected: list[str], found: list[str]) -> str:

@@ -7,6 +7,7 @@ them with one view (candidate 0, as ``evaluate`` does). Writes::
     RUN/robustness/
       robustness.csv   sweep, level, gamma, gain, noise, accuracy, clips
       robustness.png   accuracy against level, one panel per sweep (chance drawn dashed)
+      robustness_config.json   the RobustnessConfig, with the batch size actually used
 
 ``nightact compare`` draws one line per run from these files when they are present.
 """
@@ -14,9 +15,11 @@ them with one view (candidate 0, as ``evaluate`` does). Writes::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +31,29 @@ log = logging.getLogger(__name__)
 FOLDER = "robustness"
 CSV_NAME = "robustness.csv"
 PNG_NAME = "robustness.png"
+CONFIG_NAME = "robustness_config.json"
 COLUMNS = ("sweep", "level", "gamma", "gain", "noise", "accuracy", "clips")
 
 
+@dataclass
+class RobustnessConfig:
+    """Everything that decides a sweep; saved as RUN/robustness*/robustness_config.json."""
+
+    run: str  # a training run folder
+    data: str | None = None  # another store with the same class names; None: the run's own
+    batch_size: int | None = None  # clips per forward pass; None: the run's training batch
+
+    def __post_init__(self):
+        self.run = str(self.run)
+        self.data = None if self.data is None else str(self.data)
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
 def robustness(
-    run: str | os.PathLike, data: str | os.PathLike | None = None, batch_size: int | None = None
+    run: str | os.PathLike,
+    data: str | os.PathLike | None = RobustnessConfig.data,
+    batch_size: int | None = RobustnessConfig.batch_size,
 ) -> dict:
     """Score a run's best checkpoint along both sweeps; write ``RUN/robustness/``.
 
@@ -45,19 +66,24 @@ def robustness(
     Returns:
         ``{"run", "model", "data", "output", "rows"}``, the rows as :func:`sweep_accuracy` gives.
     """
-    from nightact.core import runs
+    return run_robustness(RobustnessConfig(run, data, batch_size))
+
+
+def run_robustness(config: RobustnessConfig) -> dict:
+    """Run a :class:`RobustnessConfig`; see :func:`robustness`."""
+    from nightact.core import files, runs
     from nightact.core.store import open_split
     from nightact.data.sampling import first_candidates, select_frames
     from nightact.scoring.evaluate import class_mismatch
     from nightact.training.checkpoints import load_checkpoint
 
-    run = Path(run)
-    config = runs.read_config(run)
+    run = Path(config.run)
+    run_config = runs.read_config(run)
     model_path = runs.model_path(run)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no checkpoint; has the run finished an epoch?")
-    own_store = runs.training_store(run, required=data is None)
-    store = Path(data) if data is not None else own_store
+    own_store = runs.training_store(run, required=config.data is None)
+    store = Path(config.data) if config.data is not None else own_store
     clips = open_split(store, "test")
     if len(clips) == 0:
         raise ValueError(f"{store}: the test split is empty; nothing to sweep")
@@ -68,7 +94,7 @@ def robustness(
             + class_mismatch(trained_classes, clips.class_names)
         )
     model = load_checkpoint(model_path, compile=False)
-    batch_size = batch_size or int(config.get("batch_size", 32))
+    batch_size = config.batch_size or int(run_config.get("batch_size", 32))
     segments, per_segment = clips.segments, clips.frames_per_segment
 
     class FirstCandidates:
@@ -89,11 +115,13 @@ def robustness(
     rows = sweep_accuracy(predict, FirstCandidates(), clips.labels, batch_size)
     other = own_store is None or store.resolve() != own_store.resolve()
     output = run / (f"{FOLDER}-{store.resolve().name}" if other else FOLDER)
-    title = f"{config.get('model', model.name)} ({run.name})"
+    title = f"{run_config.get('model', model.name)} ({run.name})"
     write_sweep(rows, output, title=title, chance=1.0 / len(clips.class_names))
+    used = dataclasses.replace(config, batch_size=batch_size)
+    files.write_json_atomic(output / CONFIG_NAME, dataclasses.asdict(used))
     return {
         "run": str(run),
-        "model": config.get("model", model.name),
+        "model": run_config.get("model", model.name),
         "data": str(store),
         "output": str(output),
         "rows": rows,

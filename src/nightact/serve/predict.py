@@ -10,6 +10,9 @@ An ``.onnx`` file exported by ``nightact export`` runs on the ONNX engine
 (:mod:`nightact.serve.onnx_engine`: ONNX Runtime and PyAV, no TensorFlow or Keras imported),
 with its class names and clip settings read from the file's metadata.
 
+:func:`predict_videos` takes the settings as keywords; :class:`PredictConfig` holds the same
+settings as one object (what ``nightact predict`` builds from its flags) and :func:`run_predict`
+runs it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,38 @@ from nightact.serve.predictor import Predictor, checked_class_names, engine_of
 __all__ = ["Prediction", "expand_paths", "format_predictions", "load_predictor", "predict_videos"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictConfig:
+    """Everything that decides a prediction of some videos."""
+
+    # A training run folder, a .keras or an .onnx file (kept as a str), or a loaded
+    # keras.Model or Predictor (then pass class_names).
+    model: object
+    videos: tuple[str, ...]  # video files and folders (every video inside is predicted)
+    top_k: int = 3  # the most likely classes each prediction lists
+    batch_size: int = 8  # clips per model call
+    views: int = 1  # softmax averaged over this many views of each video (view_plan)
+    engine: str | None = None  # ENGINES; None: "onnx" for a .onnx file, else "keras"
+    class_names: list[str] | None = None  # None: what load_predictor finds
+    allow_short: bool | None = None  # None: the run's store's short-clip policy
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS  # which files in a folder count as videos
+
+    def __post_init__(self):
+        videos = [self.videos] if isinstance(self.videos, (str, os.PathLike)) else self.videos
+        self.videos = tuple(str(path) for path in videos)
+        self.extensions = tuple(self.extensions)
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.views < 1:
+            raise ValueError(f"views must be at least 1, got {self.views}")
+        # A loaded model is taken as it is (load_predictor); a path says which engine it needs.
+        if isinstance(self.model, (str, os.PathLike)):
+            self.model = str(self.model)
+            self.engine = engine_of(self.model, self.engine)
 
 
 @dataclass
@@ -172,14 +207,14 @@ def expand_paths(
 def predict_videos(
     model,
     paths: str | os.PathLike | Iterable[str | os.PathLike],
-    top_k: int = 3,
-    batch_size: int = 8,
-    class_names: list[str] | None = None,
-    allow_short: bool | None = None,
-    extensions: Iterable[str] = VIDEO_EXTENSIONS,
+    top_k: int = PredictConfig.top_k,
+    batch_size: int = PredictConfig.batch_size,
+    class_names: list[str] | None = PredictConfig.class_names,
+    allow_short: bool | None = PredictConfig.allow_short,
+    extensions: Iterable[str] = PredictConfig.extensions,
     progress: bool = True,
-    views: int = 1,
-    engine: str | None = None,
+    views: int = PredictConfig.views,
+    engine: str | None = PredictConfig.engine,
 ) -> list[Prediction]:
     """Predict the action in each video; one :class:`Prediction` per video, in input order.
 
@@ -200,19 +235,22 @@ def predict_videos(
     A video that cannot be used (missing, not a video, too short under the run's policy) gets a
     Prediction with ``error`` set; the others are still predicted.
     """
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    predictor = load_predictor(model, class_names, allow_short, engine)
-    plan = view_plan(views, predictor.frames_per_segment, predictor.mirror)
+    config = PredictConfig(
+        model, paths, top_k, batch_size, views, engine, class_names, allow_short, extensions
+    )
+    return run_predict(config, progress=progress)
+
+
+def run_predict(config: PredictConfig, progress: bool = True) -> list[Prediction]:
+    """Run a :class:`PredictConfig`; see :func:`predict_videos`."""
+    predictor = load_predictor(config.model, config.class_names, config.allow_short, config.engine)
+    plan = view_plan(config.views, predictor.frames_per_segment, predictor.mirror)
     # Candidates are decoded only when a view needs one beyond the first.
-    per_segment = predictor.frames_per_segment if views > 1 else 1
-    items = expand_paths(paths, extensions)
+    per_segment = predictor.frames_per_segment if config.views > 1 else 1
+    items = expand_paths(config.videos, config.extensions)
     # No point padding a handful of videos up to a large batch.
-    batch_size = max(1, min(batch_size, len(items)))
+    batch_size = max(1, min(config.batch_size, len(items)))
+    top_k = config.top_k
     predictions: list[Prediction | None] = [None] * len(items)
     pending: list[tuple[int, np.ndarray]] = []
 
