@@ -16,8 +16,8 @@ pytest.importorskip("tf2onnx")
 
 from nightact.core.backend import choose_backend  # noqa: E402
 
-# Exports run under TensorFlow (nightact.serve.export says why); make test runs this file again in its
-# TensorFlow leg. tests/test_backend.py checks the export command from the default backend.
+# Exports run under TensorFlow (nightact.serve.export says why); make test runs this file again in
+# its TensorFlow leg. tests/test_backend.py checks the export command from the default backend.
 pytestmark = pytest.mark.skipif(
     choose_backend() != "tensorflow", reason="exports run in-process under TensorFlow only"
 )

@@ -1,4 +1,4 @@
-"""Tests of nightact.serve.timeline on real videos: joined synthetic actions, barcodes, live streams."""
+"""nightact.serve.timeline on real videos: joined synthetic actions, barcodes, live streams."""
 
 from __future__ import annotations
 

@@ -36,8 +36,34 @@ import numpy as np
 
 from nightact.core import files
 from nightact.core import runs as run_files
+from nightact.core.locks import folder_lock
 from nightact.core.names import MODEL_NAMES, model_key
 from nightact.nets.backbones import model_label
+from nightact.scoring.evaluate import draw_confusion, evaluate
+from nightact.scoring.robustness import FOLDER, read_sweep, sweep_figure
+from nightact.scoring.stats import compare_predictions, comparisons_to_json
+
+__all__ = [
+    "CONFIG_NAME",
+    "FIGURES",
+    "ROBUSTNESS_FIGURE",
+    "ROBUSTNESS_TITLE",
+    "TABLE_COLUMNS",
+    "compare",
+    "CompareConfig",
+    "confusion_grid_figure",
+    "curves_figure",
+    "evaluate_runs",
+    "find_runs",
+    "load_run",
+    "paired_tests",
+    "render_html",
+    "render_markdown",
+    "robustness_sweeps",
+    "run_compare",
+    "summarize",
+    "table_cells",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +130,6 @@ def evaluate_runs(folders: list[Path]) -> list[Path]:
     """Evaluate, on the test split, each run whose evaluation is missing or stale; return them."""
     missing = [run for run in folders if not run_files.is_evaluated(run)]
     if missing:
-        from nightact.scoring.evaluate import evaluate
-
         for run in missing:
             log.info("evaluating %s on its test split first", run)
             evaluate(run)
@@ -171,8 +195,6 @@ def compare(
 
 def run_compare(config: CompareConfig) -> Path:
     """Run a :class:`CompareConfig`; see :func:`compare`."""
-    from nightact.core.locks import folder_lock
-
     folders = find_runs(config.runs)
     with folder_lock(config.out):
         return _compare(config, folders)
@@ -201,8 +223,6 @@ def _compare(config: CompareConfig, folders: list[Path]) -> Path:
     sections = list(_SECTIONS)
     sweeps = robustness_sweeps(folders)
     if sweeps:
-        from nightact.scoring.robustness import sweep_figure
-
         figures[ROBUSTNESS_FIGURE] = sweep_figure(sweeps, chance=1.0 / len(class_names))
         sections.append((ROBUSTNESS_FIGURE, ROBUSTNESS_TITLE))
     else:
@@ -232,8 +252,6 @@ def paired_tests(runs: list[dict], rows: list[dict]) -> dict:
     Returns ``comparisons`` (see :func:`nightact.scoring.stats.comparisons_to_json`), ``runs``
     used, ``left_out`` and ``sentences`` for people.
     """
-    from nightact.scoring.stats import compare_predictions, comparisons_to_json
-
     by_path = {run["run"]: run for run in runs}
     chosen, left_out = {}, []
     reference = None
@@ -355,8 +373,6 @@ def confusion_grid_figure(runs: list[dict], rows: list[dict], class_names: list[
     """
     from matplotlib.figure import Figure
 
-    from nightact.scoring.evaluate import draw_confusion
-
     count = len(rows)
     columns = min(3, count)
     lines = math.ceil(count / columns)
@@ -438,8 +454,6 @@ def table_cells(row: dict) -> list[str]:
 
 def robustness_sweeps(folders: list[Path]) -> dict[str, list[dict]]:
     """The ``nightact robustness`` rows of each run that has them, labelled by run folder."""
-    from nightact.scoring.robustness import FOLDER, read_sweep
-
     sweeps = {}
     for run in folders:
         rows = read_sweep(Path(run) / FOLDER)

@@ -35,8 +35,25 @@ from pathlib import Path
 import numpy as np
 
 from nightact.core import files, runs
-from nightact.core.store import SPLIT_NAMES
+from nightact.core.locks import folder_lock
+from nightact.core.store import SPLIT_NAMES, open_split
 from nightact.data.sampling import view_plan
+from nightact.scoring.stats import metric_intervals
+
+__all__ = [
+    "CONFIG_NAME",
+    "TOP_K",
+    "class_mismatch",
+    "compute_metrics",
+    "confusion_figure",
+    "draw_confusion",
+    "evaluate",
+    "EvaluateConfig",
+    "format_metrics",
+    "predict_split",
+    "run_evaluate",
+    "write_evaluation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +135,6 @@ def compute_metrics(labels, probabilities, class_names: list[str]) -> dict:
         warnings.simplefilter("ignore", UserWarning)
         mean_class_accuracy = metrics.balanced_accuracy_score(labels, predicted)
     top_k = min(TOP_K, num_classes)
-    from nightact.scoring.stats import metric_intervals
-
     # Seeded bootstrap over the test clips: the same predictions always give the same interval.
     intervals = metric_intervals(labels, predicted, num_classes)
     return {
@@ -196,8 +211,6 @@ def evaluate(
 
 def run_evaluate(config: EvaluateConfig) -> dict:
     """Run an :class:`EvaluateConfig`; see :func:`evaluate`."""
-    from nightact.core.locks import folder_lock
-
     run = Path(config.run)
     if config.split == "val":
         log.warning(
@@ -217,7 +230,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
 
 
 def _evaluate(config: EvaluateConfig, store: Path, output: Path) -> dict:
-    from nightact.core.store import open_split
+    # Imported here: training.checkpoints imports Keras.
     from nightact.training.checkpoints import load_checkpoint
 
     run, split = Path(config.run), config.split
@@ -284,6 +297,7 @@ def _evaluate(config: EvaluateConfig, store: Path, output: Path) -> dict:
 
 def _predict_views(model, clips, batch_size: int, plan) -> tuple[np.ndarray, float]:
     """Each clip's softmax averaged over the views of ``plan``; ms per clip summed over them."""
+    # Imported here: data.batches imports Keras.
     from nightact.data.batches import ClipBatches
 
     probabilities, milliseconds = 0.0, 0.0

@@ -1,7 +1,7 @@
 """``nightact robustness RUN``: accuracy as the test clips get darker and noisier.
 
-Each level of :data:`nightact.scoring.darkness.SWEEPS` (a darkness sweep of gamma and gain, and a noise
-sweep) is applied to every test clip, deterministically, and the run's best checkpoint scores
+Each level of :data:`nightact.scoring.darkness.SWEEPS` (a darkness sweep of gamma and gain, and a
+noise sweep) is applied to every test clip, deterministically, and the run's best checkpoint scores
 them with one view (candidate 0, as ``evaluate`` does). Writes::
 
     RUN/robustness/
@@ -24,7 +24,27 @@ from pathlib import Path
 
 import numpy as np
 
+from nightact.core import files, runs
+from nightact.core.store import open_split
+from nightact.data.sampling import first_candidates, select_frames
 from nightact.scoring.darkness import SWEEPS, Degradation, degrade
+from nightact.scoring.evaluate import class_mismatch
+
+__all__ = [
+    "COLUMNS",
+    "CONFIG_NAME",
+    "CSV_NAME",
+    "FOLDER",
+    "PNG_NAME",
+    "format_sweep",
+    "read_sweep",
+    "robustness",
+    "RobustnessConfig",
+    "run_robustness",
+    "sweep_accuracy",
+    "sweep_figure",
+    "write_sweep",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +91,7 @@ def robustness(
 
 def run_robustness(config: RobustnessConfig) -> dict:
     """Run a :class:`RobustnessConfig`; see :func:`robustness`."""
-    from nightact.core import files, runs
-    from nightact.core.store import open_split
-    from nightact.data.sampling import first_candidates, select_frames
-    from nightact.scoring.evaluate import class_mismatch
+    # Imported here: training.checkpoints imports Keras.
     from nightact.training.checkpoints import load_checkpoint
 
     run = Path(config.run)
@@ -170,15 +187,13 @@ def sweep_accuracy(predict, clips, labels, batch_size: int = 32, seed: int = 0) 
 
 def write_sweep(rows: list[dict], folder: str | os.PathLike, title: str = "", chance=None) -> Path:
     """Write robustness.csv and robustness.png into ``folder``; return the folder."""
-    from nightact.core.files import write_text_atomic
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(folder / CSV_NAME, buffer.getvalue())
+    files.write_text_atomic(folder / CSV_NAME, buffer.getvalue())
     figure = sweep_figure({title or "model": rows}, chance=chance)
     figure.savefig(folder / PNG_NAME, dpi=110, bbox_inches="tight")
     return folder

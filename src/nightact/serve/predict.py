@@ -135,6 +135,7 @@ def load_predictor(
             raise FileNotFoundError(f"{path}: no such run folder or .keras file")
         else:
             raise ValueError(f"{path}: expected a training run folder or a .keras model file")
+        # Imported here: training.checkpoints imports Keras; the ONNX path never needs it.
         from nightact.training.checkpoints import load_checkpoint
 
         model = load_checkpoint(model_path, compile=False)
