@@ -16,7 +16,7 @@
       .lock           held while a process trains into RUN (:mod:`nightact.core.locks`)
 
 Every file is written atomically (a temporary name, fsync, rename), so a kill at any instant
-costs at most the epoch in progress; see docs/robustness.md.
+costs at most the epoch in progress; see docs/failures.md.
 
 On an embedding store (``nightact embed``, :mod:`nightact.data.embed`) the model is a recurrent head
 (``simple_rnn``, ``lstm`` or ``gru``) over the cached frame features, and the run also holds::
