@@ -426,7 +426,12 @@ def write_video(
                 stream.pix_fmt = "yuv420p"
                 options = {}
                 if codec == "libx264":
-                    options = {"crf": str(crf), "preset": preset}
+                    # One thread and no threaded lookahead: with either, x264 now and then
+                    # encodes the same frames to another bitstream (so other pixels) when the
+                    # machine is busy, which made synthetic datasets and the demo's figures
+                    # unrepeatable. Callers that write many videos (synth) use one process per CPU.
+                    options = {"crf": str(crf), "preset": preset, "x264-params": "sync-lookahead=0"}
+                    stream.codec_context.thread_count = 1
                 if keyframe_interval:
                     stream.codec_context.gop_size = keyframe_interval
                 stream.options = options
