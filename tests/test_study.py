@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from nightact.cli import main
-from nightact.study import StudyConfig, train_command
+from nightact.cli import build_parser, main, study_config, train_config
+from nightact.study import TRAIN_SETTINGS, StudyConfig, train_command
+from nightact.training.train import TrainConfig
 
 
 def test_the_grid_and_its_train_commands(tmp_path):
@@ -25,6 +26,57 @@ def test_the_grid_and_its_train_commands(tmp_path):
     assert "--preset" not in command and "--batch-size" not in command
 
 
+# A value other than TrainConfig's default for every setting a study can pass on.
+TRAIN_VALUES = {
+    "epochs": 7,
+    "batch_size": 12,
+    "learning_rate": 3e-3,
+    "loss": "msle",
+    "mixed_precision": True,
+    "early_stopping": 4,
+    "workers": 3,
+    "devices": 2,
+    "units": (64, 32, 16),
+    "dropout": 0.1,
+    "conv_filters": 32,
+    "conv_kernel": 4,
+    "conv_stride": 4,
+    "unroll": True,
+    "augment": False,
+    "xla": False,
+    "fine_tune": 2,
+    "fine_tune_epochs": 3,
+    "fine_tune_learning_rate": 2e-5,
+}
+
+
+def test_every_train_setting_reaches_the_runs_through_train_s_own_flags(tmp_path):
+    assert set(TRAIN_VALUES) == set(TRAIN_SETTINGS)
+    defaults = TrainConfig(data="s", model="gru", out="o")
+    assert all(getattr(defaults, name) != value for name, value in TRAIN_VALUES.items())
+    config = StudyConfig(data="store", out=tmp_path, models=("gru",), train=TRAIN_VALUES)
+    # The run's command line, read back by the real `nightact train` parser.
+    command = train_command(config, "gru", 5)
+    trained = train_config(build_parser().parse_args(command[3:]))
+    for name, value in TRAIN_VALUES.items():
+        assert getattr(trained, name) == value, name
+    assert (trained.model, trained.seed, trained.data) == ("gru", 5, "store")
+
+
+def test_the_study_command_passes_train_flags_on(tmp_path):
+    arguments = ["study", "--data", "store", "--out", str(tmp_path), "--seeds", "0,1"]
+    arguments += ["--lr", "0.003", "--units", "64,32,16", "--conv-kernel", "4", "--no-augment"]
+    config = study_config(build_parser().parse_args([*arguments, "--epochs", "12"]))
+    assert config.epochs == 12 and config.seeds == (0, 1)
+    assert config.train == {
+        "learning_rate": 0.003,
+        "units": (64, 32, 16),
+        "conv_kernel": 4,
+        "augment": False,
+    }
+    assert study_config(build_parser().parse_args(arguments[:5])).train == {}
+
+
 def test_bad_grids_are_refused():
     with pytest.raises(ValueError, match="unknown model"):
         StudyConfig(data="s", out="o", models=("gru", "transformer"))
@@ -32,6 +84,8 @@ def test_bad_grids_are_refused():
         StudyConfig(data="s", out="o", seeds=())
     with pytest.raises(ValueError, match="need 4 GPUs; 2 given"):
         StudyConfig(data="s", out="o", parallel=2, devices=2, gpus=(0, 1))
+    with pytest.raises(ValueError, match="train settings seed cannot be set"):
+        StudyConfig(data="s", out="o", train={"seed": 3})
 
 
 @pytest.mark.slow

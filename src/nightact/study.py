@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nightact.core import files
@@ -35,12 +35,38 @@ from nightact.core.names import MODEL_NAMES
 from nightact.scoring.compare import compare
 
 __all__ = [
+    "TRAIN_SETTINGS",
     "study",
     "StudyConfig",
     "train_command",
+    "train_flag",
 ]
 
 log = logging.getLogger(__name__)
+
+# The TrainConfig fields a study may set for all its runs (the others are the grid's own: data,
+# model, out, seed; or decided by train itself: resume, backend, the store's shape).
+TRAIN_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "loss",
+    "mixed_precision",
+    "early_stopping",
+    "workers",
+    "devices",
+    "units",
+    "dropout",
+    "conv_filters",
+    "conv_kernel",
+    "conv_stride",
+    "unroll",
+    "augment",
+    "xla",
+    "fine_tune",
+    "fine_tune_epochs",
+    "fine_tune_learning_rate",
+)
 
 
 @dataclass
@@ -57,6 +83,9 @@ class StudyConfig:
     devices: int | None = None  # devices per run; None: train's default (every GPU, or 1 CPU)
     parallel: int = 1  # runs at the same time
     gpus: tuple[int, ...] = ()  # GPU ids to share out between the parallel runs; (): no pinning
+    # Any other `nightact train` setting, the same for every run: TrainConfig field -> value,
+    # e.g. {"learning_rate": 3e-3, "units": (64, 32, 16)}. Passed on as train's own flags.
+    train: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data, self.out = str(self.data), str(self.out)
@@ -71,6 +100,13 @@ class StudyConfig:
             )
         if not self.seeds:
             raise ValueError("a study needs at least one seed")
+        self.train = dict(self.train)
+        unknown = sorted(set(self.train) - set(TRAIN_SETTINGS))
+        if unknown:
+            raise ValueError(
+                f"train settings {', '.join(unknown)} cannot be set for a study; "
+                f"choose from {', '.join(TRAIN_SETTINGS)}"
+            )
         if self.parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {self.parallel}")
         if self.gpus and len(self.gpus) < self.parallel * (self.devices or 1):
@@ -88,15 +124,36 @@ def train_command(config: StudyConfig, model: str, seed: int) -> list[str]:
     command = [sys.executable, "-m", "nightact.cli", "train", "--quiet", "--resume"]
     command += ["--data", config.data, "--model", model, "--seed", str(seed)]
     command += ["--out", str(Path(config.out) / "runs" / f"{model}-seed{seed}")]
-    for flag, value in [
-        ("--preset", config.preset),
-        ("--epochs", config.epochs),
-        ("--batch-size", config.batch_size),
-        ("--devices", config.devices),
-    ]:
+    if config.preset is not None:
+        command += ["--preset", config.preset]
+    settings = {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "devices": config.devices,
+        **config.train,
+    }
+    for name, value in settings.items():
         if value is not None:
-            command += [flag, str(value)]
+            command += train_flag(name, value)
     return command
+
+
+def train_flag(name: str, value) -> list[str]:
+    """``nightact train``'s flag (and value) that sets TrainConfig field ``name`` to ``value``.
+
+    The flag is the field's name in kebab case (``learning_rate`` is ``--lr``); switches are given
+    only when on (``xla`` is the one that is on by default: ``--no-xla``), ``augment`` either way.
+    """
+    if name == "augment":
+        return ["--augment" if value else "--no-augment"]
+    if name == "xla":
+        return [] if value else ["--no-xla"]
+    flag = "--lr" if name == "learning_rate" else "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag] if value else []
+    if isinstance(value, (tuple, list)):
+        return [flag, ",".join(str(part) for part in value)]
+    return [flag, str(value)]
 
 
 def study(config: StudyConfig) -> Path:

@@ -12,7 +12,7 @@ import dataclasses
 from nightact.cli.options import build_config, layer_widths, numbers, option, words
 from nightact.core.names import LOSSES, MODEL_NAMES
 from nightact.demo import DemoConfig, format_demo_result, run_demo
-from nightact.study import StudyConfig, study
+from nightact.study import TRAIN_SETTINGS, StudyConfig, study
 from nightact.training.train import PRESETS, TrainConfig, make_config, train
 
 __all__ = [
@@ -30,15 +30,9 @@ def add_train_parser(subparsers) -> None:
         "train", help="train one model on a prepared store (best checkpoint, history, resume)"
     )
     _add_run_flags(parser)
+    _add_optimisation_flags(parser)
     _add_device_flags(parser)
     _add_architecture_flags(parser)
-    parser.add_argument(
-        "--no-xla",
-        dest="xla",
-        action="store_false",
-        default=None,
-        help="do not compile the training step with XLA (on by default where the model allows)",
-    )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar; one log line per epoch"
     )
@@ -46,12 +40,27 @@ def add_train_parser(subparsers) -> None:
 
 
 def _add_run_flags(parser) -> None:
-    """What to train on, where it goes, and how: data, model, run folder, optimisation, resume."""
+    """What to train on and where it goes: data, model, run folder, preset, seed, resume."""
     parser.add_argument("--data", default=None, help="a prepared store (nightact prepare)")
     parser.add_argument("--model", choices=MODEL_NAMES, default=None)
     parser.add_argument(
         "--out", default=None, help="run folder (default runs/MODEL-YYYYmmdd-HHMMSS)"
     )
+    _add_preset_flag(parser)
+    option(parser, "--seed", TrainConfig, "seed of weights and shuffling", type=int)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last finished epoch",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard the run already in --out first (its checkpoint, history and backups)",
+    )
+
+
+def _add_preset_flag(parser) -> None:
     parser.add_argument(
         "--preset",
         choices=list(PRESETS),
@@ -59,6 +68,10 @@ def _add_run_flags(parser) -> None:
         help="start from the original project's settings: 10x240x320 store, batch 64, 50 "
         "epochs, Adam 1e-4, MSLE, mixed_float16 on a GPU; other flags override them",
     )
+
+
+def _add_optimisation_flags(parser) -> None:
+    """How a run optimises: epochs, batch, learning rate, loss, precision, stopping, XLA."""
     option(parser, "--epochs", TrainConfig, "epochs to train", type=int)
     option(parser, "--batch-size", TrainConfig, "clips per batch", type=int)
     option(
@@ -78,7 +91,6 @@ def _add_run_flags(parser) -> None:
         "mixed_float16 compute (for GPUs)",
         action="store_true",
     )
-    option(parser, "--seed", TrainConfig, "seed of weights and shuffling", type=int)
     option(
         parser,
         "--early-stopping",
@@ -89,14 +101,11 @@ def _add_run_flags(parser) -> None:
         none="off",
     )
     parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted run in --out from its last finished epoch",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="discard the run already in --out first (its checkpoint, history and backups)",
+        "--no-xla",
+        dest="xla",
+        action="store_false",
+        default=None,
+        help="do not compile the training step with XLA (on by default where the model allows)",
     )
 
 
@@ -205,16 +214,18 @@ def _demo_command(args) -> int:
 
 def add_study_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "study", help="a grid of runs (models x seeds), resumable, ending in compare's report"
+        "study",
+        help="a grid of runs (models x seeds), resumable, ending in compare's report; "
+        "every train flag applies to all runs",
     )
     parser.add_argument("--data", required=True, help="a prepared store")
     parser.add_argument("--out", required=True, help="the study folder (runs/, logs/, report/)")
     option(parser, "--models", StudyConfig, "comma-separated models", type=words)
     option(parser, "--seeds", StudyConfig, "comma-separated seeds", type=numbers)
-    parser.add_argument("--preset", choices=list(PRESETS), default=None, help="a train preset")
-    option(parser, "--epochs", StudyConfig, "per run", type=int, none="train's")
-    option(parser, "--batch-size", StudyConfig, "global batch", type=int, none="train's")
-    option(parser, "--devices", StudyConfig, "per run", type=int, none="every GPU, or 1 CPU")
+    _add_preset_flag(parser)
+    _add_optimisation_flags(parser)
+    _add_device_flags(parser)
+    _add_architecture_flags(parser)
     option(parser, "--parallel", StudyConfig, "runs at the same time", type=int)
     parser.add_argument(
         "--gpus",
@@ -226,7 +237,14 @@ def add_study_parser(subparsers) -> None:
 
 
 def study_config(args) -> StudyConfig:
-    return build_config(args, StudyConfig)
+    """The StudyConfig of the flags; the train flags given go to every run (``train``)."""
+    own = {field.name for field in dataclasses.fields(StudyConfig)}
+    train = {
+        name: getattr(args, name)
+        for name in TRAIN_SETTINGS
+        if name not in own and getattr(args, name, None) is not None
+    }
+    return build_config(args, StudyConfig, train=train or None)
 
 
 def _study_command(args) -> int:
