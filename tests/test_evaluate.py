@@ -157,8 +157,12 @@ def test_confusion_cells_show_the_count_and_the_percentage_of_the_true_class():
         (2, 1): "399\n100%",
     }
     assert {text.get_fontsize() for text in cells.values()} == {7}
-    # Light text on the dark cell (399 of 400), dark text elsewhere.
-    assert cells[(2, 1)].get_color() == "white" and cells[(0, 0)].get_color() == "black"
+    # Light text on dark cells (over 60 % of the row), dark text on light ones.
+    assert [cells[key].get_color() for key in ((0, 0), (1, 0), (2, 1))] == [
+        "white",
+        "black",
+        "white",
+    ]
 
 
 # --- evaluate() on a real run ---------------------------------------------------------------------

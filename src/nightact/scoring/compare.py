@@ -9,7 +9,8 @@
       report.json     the table's numbers, per model and per run
       loss.png        training and validation loss per epoch, one line per model
       accuracy.png    training and validation accuracy per epoch
-      confusion.png   one test-split confusion matrix per model
+      confusion.png   one test-split confusion matrix per model, two per row where they fit;
+                      each cell: clips and the percentage of the true class
       robustness.png  accuracy along the darkness and noise sweeps, one line per run, when
                       any run has RUN/robustness/ (``nightact robustness RUN``)
       compare_config.json   the CompareConfig
@@ -81,6 +82,8 @@ FIGURE_DPI = 100
 REPORT_WIDTH_PX = 1280
 FIGURE_FONT = 10
 CELL_FONT = 9
+_SUPTITLE_FONT = 11
+_TITLE_INCHES = 0.45  # room for a matrix's title, or the grid's
 TABLE_COLUMNS = (
     "model",
     "runs",
@@ -617,8 +620,6 @@ code {{ font-size: 0.9em; }}
 """
 
 
-_TITLE_INCHES = 0.45  # a matrix's title, or the grid's
-_SUPTITLE_FONT = 11
 ROBUSTNESS_FIGURE = "robustness.png"
 ROBUSTNESS_TITLE = "Robustness: test accuracy as the clips get darker and noisier"
 _SECTIONS = (

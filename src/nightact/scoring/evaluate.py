@@ -12,7 +12,8 @@ predicts every clip of the store's *test* split, which training never looked at,
       per_class.csv   class, precision, recall, f1, support
       confusion.csv   counts, rows = true class, columns = predicted class
       confusion_normalized.csv   the same, each row divided by its total
-      confusion.png   the matrix as a picture, every class name readable
+      confusion.png   the matrix as a picture, every class name readable, each cell its count
+                      and the percentage of its true class
       evaluate_config.json   the EvaluateConfig, with the batch size actually used
 
 The validation split chose the checkpoint, so scores on it are optimistic; evaluating it needs an
