@@ -7,6 +7,7 @@ numbers in the table can be checked against values known in advance; no model is
 from __future__ import annotations
 
 import base64
+import html
 import html.parser
 import json
 import os
@@ -14,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,16 @@ import pytest
 from conftest import write_run_folder
 from nightact.cli import main
 from nightact.core.names import MODEL_LABELS, MODEL_NAMES
-from nightact.scoring.compare import CompareConfig, compare, find_runs
+from nightact.scoring.compare import (
+    FIGURE_DPI,
+    REPORT_WIDTH_PX,
+    CompareConfig,
+    compare,
+    confusion_grid_figure,
+    find_runs,
+    load_run,
+    summarize,
+)
 from nightact.sources.synthetic import CLASS_NAMES
 
 
@@ -295,6 +306,105 @@ def test_compare_command(fake_runs, tmp_path, capsys):
     assert "| GRU |" in markdown and "| LSTM |" in markdown and "| SimpleRNN |" not in markdown
 
 
+# Text in a figure shown at its own size (one PNG pixel per CSS pixel) must be at least this tall,
+# in CSS pixels: about the smallest that reads without leaning in (the page's own text is 16).
+LEGIBLE_PX = 11
+
+
+def _report_grid(report: Path):
+    """The report's confusion grid figure, drawn again from the runs it was made of."""
+    runs = [load_run(run) for run in find_runs([report.parent.parent / "runs"])]
+    rows = summarize(runs)
+    return confusion_grid_figure(runs, rows, runs[0]["metrics"]["class_names"]), runs, rows
+
+
+def _smallest_font_points(figure) -> float:
+    """The smallest font of any text the figure shows (hidden grid places aside)."""
+    from matplotlib.text import Text
+
+    return min(
+        text.get_fontsize()
+        for text in figure.findobj(Text)
+        if text.get_visible()
+        and text.get_text().strip()
+        and (text.axes is None or text.axes.get_visible())
+    )
+
+
+def test_confusion_grid_fits_the_page_with_legible_text_and_whole_cells(report):
+    from matplotlib import image
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure, runs, rows = _report_grid(report)
+    # Twelve classes, six models: two matrices side by side, three grid rows.
+    shown = [axis for axis in figure.axes if axis.get_visible()]
+    assert len(shown) == 6
+    assert len({round(axis.get_position().x0, 3) for axis in shown}) == 2
+    # The saved picture is no wider than the report's column, so a browser does not shrink it...
+    saved = image.imread(report.parent / "confusion.png")
+    assert saved.shape[1] <= REPORT_WIDTH_PX
+    # ...and at its own size its smallest text, the cells' numbers, is legible.
+    assert _smallest_font_points(figure) * FIGURE_DPI / 72 >= LEGIBLE_PX
+
+    figure.set_dpi(FIGURE_DPI)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    gru = next(row for row in rows if row["model"] == "cnn_gru")
+    pooled = sum(np.array(run["metrics"]["confusion"]) for run in runs if run["run"] in gru["runs"])
+    axis = shown[[row["model"] for row in rows].index("cnn_gru")]
+    assert (
+        axis.get_title()
+        == f"CNN + GRU: {100 * np.trace(pooled) / pooled.sum():.1f} %, 3 runs pooled"
+    )
+    # Every matrix of the grid has cells of this size.
+    corner = axis.transData.transform([(-0.5, -0.5), (0.5, 0.5)])
+    cell_width, cell_height = np.abs(corner[1] - corner[0])
+    for text in axis.texts:
+        column, row = map(round, text.get_position())
+        count = pooled[row, column]
+        assert text.get_text() == f"{count}\n{100 * count / pooled[row].sum():.0f}%"
+        # The two lines sit inside their cell, with room to spare around them.
+        box = text.get_window_extent(renderer)
+        assert box.width < 0.95 * cell_width and box.height < 0.95 * cell_height, text
+    assert len(axis.texts) == np.count_nonzero(pooled)
+    # Long names stay whole, inside the figure, and neighbours do not run into each other.
+    left = shown[4]  # lowest left: names below and beside it
+    names = [label.get_text() for label in left.get_yticklabels()]
+    assert names == [label.get_text() for label in left.get_xticklabels()] == list(CLASS_NAMES)
+    for label in left.get_xticklabels() + left.get_yticklabels():
+        box = label.get_window_extent(renderer)
+        assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1, label.get_text()
+        assert figure.bbox.y0 <= box.y0 and box.y1 <= figure.bbox.y1, label.get_text()
+    rows_boxes = [label.get_window_extent(renderer) for label in left.get_yticklabels()]
+    for upper, lower in zip(rows_boxes[:-1], rows_boxes[1:], strict=True):
+        assert lower.y1 < upper.y0
+    # The names below are parallel lines at 45 degrees, one cell apart along the axis: measured
+    # across them, neighbours are a cell width over the square root of 2 apart, which must hold a
+    # line of text.
+    columns_boxes = [label.get_window_extent(renderer) for label in left.get_xticklabels()]
+    for first, second in zip(columns_boxes[:-1], columns_boxes[1:], strict=True):
+        assert first.x1 < second.x1
+    line_height = 1.2 * left.get_xticklabels()[0].get_fontsize() * FIGURE_DPI / 72
+    assert cell_width / np.sqrt(2) > line_height
+
+
+# Added to a copy of the report, after the page has loaded: what the browser laid out, written
+# into the DOM that --dump-dom prints (the report itself has no script).
+_MEASURE = """<script>
+addEventListener("load", () => {
+  const figures = Array.from(document.images, (image) => ({
+    alt: image.alt,
+    natural: image.naturalWidth,
+    rendered: image.getBoundingClientRect().width,
+  }));
+  const measured = {window: innerWidth, text: document.body.innerText, figures};
+  document.body.dataset.measured = encodeURIComponent(JSON.stringify(measured));
+});
+</script>
+"""
+
+
 def _chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
         path = shutil.which(name)
@@ -319,18 +429,24 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
         "--disable-sync",
         "--hide-scrollbars",
     ]
+    measured_page = tmp_path / "measured.html"
+    measured_page.write_text(
+        report.read_text(encoding="utf-8").replace("</body>", _MEASURE + "</body>"),
+        encoding="utf-8",
+    )
+    window = "--window-size=1400,2000"
     with tempfile.TemporaryDirectory() as profile:
-        common = [browser, *flags, f"--user-data-dir={profile}"]
+        common = [browser, *flags, f"--user-data-dir={profile}", window]
         env = {**os.environ, "HOME": profile}
         subprocess.run(
-            [*common, f"--screenshot={screenshot}", "--window-size=1400,2000", report.as_uri()],
+            [*common, f"--screenshot={screenshot}", report.as_uri()],
             check=True,
             capture_output=True,
             timeout=120,
             env=env,
         )
         dom = subprocess.run(
-            [*common, "--dump-dom", report.as_uri()],
+            [*common, "--dump-dom", measured_page.as_uri()],
             check=True,
             capture_output=True,
             text=True,
@@ -341,6 +457,30 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     # The browser parsed the table: every model's name is in the rendered document.
     for name in MODEL_NAMES:
         assert f"<td>{MODEL_LABELS[name]}</td>" in dom
+    found = re.search(r'data-measured="([^"]*)"', dom)
+    assert found, "the measuring script did not run"
+    measured = json.loads(urllib.parse.unquote(html.unescape(found.group(1))))
+    assert measured["window"] == 1400
+
+    # The confusion matrices' smallest text, as the browser shows it: its size in the PNG (points
+    # at the dpi the PNG records) times the scale at which the page draws the picture.
+    from PIL import Image
+
+    figures = {figure["alt"]: figure for figure in measured["figures"]}
+    confusion = figures["Confusion matrices"]
+    with Image.open(report.parent / "confusion.png") as png:
+        assert confusion["natural"] == png.width
+        dpi = png.info["dpi"][0]
+    scale = confusion["rendered"] / confusion["natural"]
+    points = _smallest_font_points(_report_grid(report)[0])
+    assert points / 72 * dpi * scale >= LEGIBLE_PX, (points, dpi, scale)
+
+    # No Markdown reaches the reader as literal characters; run paths are shown as code.
+    text = measured["text"]
+    assert "`" not in text and "**" not in text
+    assert str(report.parent.parent / "runs" / "gru") in text
+    assert "<code>" in dom.split("Which differences are real", 1)[1].split("<h2>Runs", 1)[0]
+
     # The embedded figures were decoded and drawn: the curves and matrices are the only strongly
     # coloured things on the page (text is black and grey), and they cover a good part of it.
     from matplotlib import image

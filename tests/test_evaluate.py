@@ -14,6 +14,7 @@ from nightact.scoring.evaluate import (
     EvaluateConfig,
     compute_metrics,
     confusion_figure,
+    draw_confusion,
     evaluate,
     format_metrics,
 )
@@ -138,6 +139,30 @@ def test_confusion_figure_keeps_long_class_names_whole(tmp_path):
     boxes = [label.get_window_extent(renderer) for label in axis.get_xticklabels()]
     for left, right in zip(boxes[:-1], boxes[1:], strict=True):
         assert left.x0 < right.x0
+
+
+def test_confusion_cells_show_the_count_and_the_percentage_of_the_true_class():
+    from matplotlib.figure import Figure
+
+    # Row 0: 2 of 3 and 1 of 3; row 1: 1 of 400 (under 1 %) and 399 of 400; row 2: no clips.
+    confusion = np.array([[2, 1, 0], [1, 0, 399], [0, 0, 0]])
+    axis = Figure().subplots()
+    draw_confusion(axis, confusion, ["a", "b", "c"], fontsize=10, cell_fontsize=7)
+    cells = {tuple(map(round, text.get_position())): text for text in axis.texts}
+    # Keyed (column, row); empty cells are left blank so that the errors stand out.
+    assert {key: text.get_text() for key, text in cells.items()} == {
+        (0, 0): "2\n67%",
+        (1, 0): "1\n33%",
+        (0, 1): "1\n<1%",
+        (2, 1): "399\n100%",
+    }
+    assert {text.get_fontsize() for text in cells.values()} == {7}
+    # Light text on dark cells (over 60 % of the row), dark text on light ones.
+    assert [cells[key].get_color() for key in ((0, 0), (1, 0), (2, 1))] == [
+        "white",
+        "black",
+        "white",
+    ]
 
 
 # --- evaluate() on a real run ---------------------------------------------------------------------

@@ -9,7 +9,8 @@
       report.json     the table's numbers, per model and per run
       loss.png        training and validation loss per epoch, one line per model
       accuracy.png    training and validation accuracy per epoch
-      confusion.png   one test-split confusion matrix per model
+      confusion.png   one test-split confusion matrix per model, two per row where they fit;
+                      each cell: clips and the percentage of the true class
       robustness.png  accuracy along the darkness and noise sweeps, one line per run, when
                       any run has RUN/robustness/ (``nightact robustness RUN``)
       compare_config.json   the CompareConfig
@@ -28,6 +29,7 @@ import logging
 import math
 import os
 import statistics
+import textwrap
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,8 +46,12 @@ from nightact.scoring.robustness import FOLDER, read_sweep, sweep_figure
 from nightact.scoring.stats import compare_predictions, comparisons_to_json
 
 __all__ = [
+    "CELL_FONT",
     "CONFIG_NAME",
+    "FIGURE_DPI",
+    "FIGURE_FONT",
     "FIGURES",
+    "REPORT_WIDTH_PX",
     "ROBUSTNESS_FIGURE",
     "ROBUSTNESS_TITLE",
     "TABLE_COLUMNS",
@@ -69,6 +75,15 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "compare_config.json"
 FIGURES = ("loss.png", "accuracy.png", "confusion.png")
+# The figures are saved at FIGURE_DPI; the confusion matrices are drawn no wider than
+# REPORT_WIDTH_PX, which fits the HTML's 1300 px column, so a browser shows them at their own size
+# and their text at FIGURE_FONT points is 14 px on the page (CELL_FONT, in the cells: 12.5 px).
+FIGURE_DPI = 100
+REPORT_WIDTH_PX = 1280
+FIGURE_FONT = 10
+CELL_FONT = 9
+_SUPTITLE_FONT = 11
+_TITLE_INCHES = 0.45  # room for a matrix's title, or the grid's
 TABLE_COLUMNS = (
     "model",
     "runs",
@@ -229,7 +244,7 @@ def _compare(config: CompareConfig, folders: list[Path]) -> Path:
         # A report rewritten after its runs lost their sweeps must not show a stale picture.
         (out / ROBUSTNESS_FIGURE).unlink(missing_ok=True)
     for name, figure in figures.items():
-        figure.savefig(out / name, dpi=100, bbox_inches="tight")
+        figure.savefig(out / name, dpi=FIGURE_DPI, bbox_inches="tight")
     context = _context(loaded)
     context["paired"] = paired_tests(loaded, rows)
     files.write_json_atomic(out / "report.json", {**context, "models": rows})
@@ -293,17 +308,22 @@ def paired_tests(runs: list[dict], rows: list[dict]) -> dict:
     return result
 
 
-def _paired_lines(paired: dict) -> list[str]:
-    lines = list(paired.get("sentences", []))
+def _paired_lines(paired: dict, text=str, code=lambda path: f"`{path}`") -> list[str]:
+    """The paired tests in sentences; ``text`` escapes words, ``code`` marks up a run's path.
+
+    The defaults write Markdown; the HTML report passes ``html.escape`` and a ``<code>`` element,
+    so that no Markdown syntax reaches a browser as literal characters.
+    """
+    lines = [text(line) for line in paired.get("sentences", [])]
     if not lines:
-        lines.append("Paired tests need at least two models with per-clip test predictions.")
+        lines.append(text("Paired tests need at least two models with per-clip test predictions."))
     if paired.get("runs") and len(paired["runs"]) > 1:
         lines.append(
-            "Each model is represented by its first run (lowest seed): "
-            + ", ".join(f"{label} `{run}`" for label, run in paired["runs"].items())
+            text("Each model is represented by its first run (lowest seed): ")
+            + ", ".join(f"{text(label)} {code(run)}" for label, run in paired["runs"].items())
             + "."
         )
-    lines += [f"Left out: {reason}." for reason in paired.get("left_out", [])]
+    lines += [text(f"Left out: {reason}.") for reason in paired.get("left_out", [])]
     return lines
 
 
@@ -366,20 +386,29 @@ def _curve(histories: list[list[dict]], key: str):
 
 
 def confusion_grid_figure(runs: list[dict], rows: list[dict], class_names: list[str]):
-    """One test-split confusion matrix per model, in a grid of up to three columns.
+    """One test-split confusion matrix per model, two side by side where they fit.
 
-    Runs of the same model are pooled (their counts summed). The class names are written once
+    Runs of the same model are pooled (their counts summed). Each cell shows its clip count and
+    the percentage of its true class (the colour). The figure is sized from the number of classes
+    and the longest class name so that, saved at :data:`FIGURE_DPI`, it is no wider than the
+    report's column: a browser then shows it at its own size, text at :data:`FIGURE_FONT` points
+    (:data:`CELL_FONT` in the cells) instead of shrinking it. The class names are written once
     per row and column of the grid, where they have room to be read whole.
     """
     from matplotlib.figure import Figure
 
-    count = len(rows)
-    columns = min(3, count)
+    count, classes = len(rows), len(class_names)
+    plan = _confusion_plan(count, class_names)
+    columns, matrix = plan["columns"], plan["matrix"]
     lines = math.ceil(count / columns)
-    side = max(3.5, 0.4 * len(class_names) + 1.2)
-    figure = Figure(figsize=(side * columns + 2.5, side * lines + 2.0), layout="constrained")
+    figure = Figure(
+        figsize=(
+            columns * matrix + plan["names"],
+            lines * (matrix + _TITLE_INCHES) + plan["names_below"] + _TITLE_INCHES,
+        ),
+        layout="compressed",
+    )
     axes = np.atleast_1d(figure.subplots(lines, columns, squeeze=False)).reshape(lines, columns)
-    image = None
     for index, row in enumerate(rows):
         line, column = divmod(index, columns)
         axis = axes[line, column]
@@ -388,25 +417,66 @@ def confusion_grid_figure(runs: list[dict], rows: list[dict], class_names: list[
         ]
         pooled = np.sum(matrices, axis=0)
         # Names at the left of each grid row, and under the lowest matrix of each grid column.
-        lowest = index + columns >= count
-        image = draw_confusion(
+        draw_confusion(
             axis,
             pooled,
             class_names,
-            show_x_names=lowest,
+            show_x_names=index + columns >= count,
             show_y_names=column == 0,
-            fontsize=8,
+            fontsize=FIGURE_FONT,
+            cell_fontsize=min(CELL_FONT, CELL_FONT * matrix / (classes * plan["cell"])),
         )
         accuracy = np.trace(pooled) / max(pooled.sum(), 1)
         runs_note = f", {len(matrices)} runs pooled" if len(matrices) > 1 else ""
-        axis.set_title(f"{row['label']}: {100 * accuracy:.1f} %{runs_note}", fontsize=10)
+        axis.set_title(f"{row['label']}: {100 * accuracy:.1f} %{runs_note}", fontsize=11)
     for index in range(count, lines * columns):
         axes.flat[index].set_visible(False)
-    if image is not None:
-        colorbar = figure.colorbar(image, ax=axes, shrink=0.6)
-        colorbar.set_label("fraction of the true class")
-    figure.suptitle("Confusion matrices on the test split (rows: true class)", fontsize=12)
+    title = (
+        "Confusion matrices on the test split (rows: true class; each cell: clips, and the "
+        "percentage of the true class, which sets its colour)"
+    )
+    # Wrapped to the figure's width (a character is about 0.6 em): a title wider than the grid
+    # would widen the saved picture, and the browser would shrink it all to fit the page.
+    characters = int(figure.get_figwidth() * 72 / (0.6 * _SUPTITLE_FONT))
+    figure.suptitle(textwrap.fill(title, max(characters, 30)), fontsize=_SUPTITLE_FONT)
     return figure
+
+
+def _confusion_plan(count: int, class_names: list[str]) -> dict:
+    """Inches of the grid: columns, one matrix's side, one cell, and the names beside and below.
+
+    A cell must hold "100%" under a count at :data:`CELL_FONT`; two matrices go side by side when
+    two such matrices and the names fit in the report's width, else one per row (they then shrink,
+    and their cell text with them, only past about 24 classes).
+    """
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    def inches(text: str, size: float) -> float:
+        width, _, _ = TextToPath().get_text_width_height_descent(
+            text, FontProperties(size=size), ismath=False
+        )
+        return width / 72
+
+    longest = max(inches(name, FIGURE_FONT) for name in class_names)
+    # The names, the tick marks and the axis label beside or below them.
+    names = longest + 2.2 * FIGURE_FONT / 72
+    cell = inches("100%", CELL_FONT) + 0.5 * CELL_FONT / 72
+    # Saving with bbox_inches="tight" pads the picture by pad_inches on each side.
+    width = REPORT_WIDTH_PX / FIGURE_DPI - 2 * rcParams["savefig.pad_inches"]
+    classes = len(class_names)
+    columns = 2 if count > 1 and 2 * classes * cell + names <= width else 1
+    # Roomier cells where the page allows it, as in evaluate's own figure.
+    matrix = min(classes * max(cell, 0.55), (width - names) / columns)
+    return {
+        "columns": columns,
+        "matrix": matrix,
+        "cell": cell,
+        "names": names,
+        # Names written at 45 degrees: their height is their length over the square root of 2.
+        "names_below": longest / math.sqrt(2) + names - longest,
+    }
 
 
 # --- the table and the documents -----------------------------------------------------------------
@@ -503,9 +573,10 @@ def render_html(rows: list[dict], context: dict, images: dict[str, bytes], secti
         for run, seed in zip(row["runs"], row["seeds"], strict=True)
     )
     context_html = "\n".join(f"<p>{escape(line)}</p>" for line in _context_lines(context))
-    paired_items = "\n".join(
-        f"<li>{escape(line)}</li>" for line in _paired_lines(context.get("paired", {}))
+    paired_lines = _paired_lines(
+        context.get("paired", {}), text=escape, code=lambda path: f"<code>{escape(path)}</code>"
     )
+    paired_items = "\n".join(f"<li>{line}</li>" for line in paired_lines)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -559,7 +630,7 @@ _SECTIONS = (
 _TABLE_NOTE = (
     "Scores are on the held-out test split, which chose nothing (the checkpoint is the epoch "
     "with the best validation accuracy). Mean class accuracy is the mean of the per-class "
-    "recalls. Size is that of the weights, in MB of 2**20 bytes. Seconds per epoch is "
+    "recalls. Size is that of the weights, in MB of 2^20 = 1,048,576 bytes. Seconds per epoch is "
     "the median over epochs, validation included. Inference is the model's forward pass alone, "
     "per clip, at the training batch size. With several runs of a model: mean ± standard "
     "deviation. 95 % CI: a bootstrap over the test clips (2,000 resamples, seeded); with several "

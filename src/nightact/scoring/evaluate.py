@@ -12,7 +12,8 @@ predicts every clip of the store's *test* split, which training never looked at,
       per_class.csv   class, precision, recall, f1, support
       confusion.csv   counts, rows = true class, columns = predicted class
       confusion_normalized.csv   the same, each row divided by its total
-      confusion.png   the matrix as a picture, every class name readable
+      confusion.png   the matrix as a picture, every class name readable, each cell its count
+                      and the percentage of its true class
       evaluate_config.json   the EvaluateConfig, with the batch size actually used
 
 The validation split chose the checkpoint, so scores on it are optimistic; evaluating it needs an
@@ -404,12 +405,21 @@ def confusion_figure(confusion, class_names: list[str], title: str = ""):
 
 
 def draw_confusion(
-    axis, confusion, class_names: list[str], show_x_names=True, show_y_names=True, fontsize=9
+    axis,
+    confusion,
+    class_names: list[str],
+    show_x_names=True,
+    show_y_names=True,
+    fontsize=9,
+    cell_fontsize=None,
 ):
-    """Draw a confusion matrix on ``axis``: colour = row fraction, text = clip count.
+    """Draw a confusion matrix on ``axis``: colour = row fraction, text = clip count over it.
 
-    Long class names stay whole: the predicted-class names are rotated and anchored at their
-    end, and callers save with ``bbox_inches="tight"`` so nothing is cut at the figure's edge.
+    Each non-empty cell reads its count and, below, the percentage of its true class (the row),
+    at ``cell_fontsize`` points (default ``fontsize - 1``); empty cells stay blank so the errors
+    stand out. Long class names stay whole: the predicted-class names are rotated and anchored
+    at their end, and callers save with ``bbox_inches="tight"`` so nothing is cut at the
+    figure's edge.
     """
     confusion = np.asarray(confusion)
     totals = confusion.sum(axis=1, keepdims=True)
@@ -423,12 +433,12 @@ def draw_confusion(
     axis.set_yticks(ticks)
     if show_x_names:
         axis.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor")
-        axis.set_xlabel("predicted class")
+        axis.set_xlabel("predicted class", fontsize=fontsize)
     else:
         axis.set_xticklabels([])
     if show_y_names:
         axis.set_yticklabels(class_names)
-        axis.set_ylabel("true class")
+        axis.set_ylabel("true class", fontsize=fontsize)
     else:
         axis.set_yticklabels([])
     axis.tick_params(labelsize=fontsize)
@@ -442,11 +452,12 @@ def draw_confusion(
             axis.text(
                 column,
                 row,
-                _count_text(count),
+                f"{_count_text(count)}\n{_percent_text(fractions[row, column])}",
                 ha="center",
                 va="center",
                 color=colour,
-                fontsize=fontsize - 1,
+                fontsize=fontsize - 1 if cell_fontsize is None else cell_fontsize,
+                linespacing=1.1,
             )
     return image
 
@@ -454,6 +465,13 @@ def draw_confusion(
 def _count_text(count) -> str:
     value = float(count)
     return str(int(value)) if math.isclose(value, round(value)) else f"{value:.1f}"
+
+
+def _percent_text(fraction: float) -> str:
+    # No space before the sign: "100%" must fit a cell a little over three digits wide.
+    if 0 < fraction < 0.005:
+        return "<1%"
+    return f"{100 * fraction:.0f}%"
 
 
 def _weights_megabytes(model) -> float:
