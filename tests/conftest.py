@@ -12,6 +12,7 @@ import pytest
 # First, before any test module imports Keras: nightact picks the backend the suite runs under
 # (the user's default: JAX on a CPU; KERAS_BACKEND, as make test's TensorFlow leg sets it, wins).
 import nightact  # noqa: F401
+from nightact.core.videos import write_video
 
 # Real footage nobody on the project made; present in the team's checkout, absent in a user's.
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
@@ -76,6 +77,67 @@ def write_barcode_video(
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
+
+
+def remux_mp4(source: Path, target: Path, faststart: bool = True, trim_frames: int = 0) -> Path:
+    """Copy a video's packets into an MP4 without re-encoding, as ``ffmpeg -c copy`` does.
+
+    ``faststart`` puts the index (the moov box) before the frames, as streaming sites serve
+    files. ``trim_frames`` moves the first frames' timestamps below zero, so the muxer writes an
+    edit list that hides them: what a stream-copy cut between keyframes leaves behind.
+    """
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(source)) as reader, av.open(str(target), "w", options=options) as writer:
+        stream = reader.streams.video[0]
+        copy = writer.add_stream_from_template(stream)
+        step = round(1 / (stream.average_rate * stream.time_base))
+        for packet in reader.demux(stream):
+            if packet.dts is None:  # the demuxer's closing flush packet
+                continue
+            packet.pts -= trim_frames * step
+            packet.dts -= trim_frames * step
+            packet.stream = copy
+            writer.mux(packet)
+    return target
+
+
+def decodable_frames(path: Path) -> int:
+    """Frames that decode front to back, up to the first error, counted with PyAV alone."""
+    count = 0
+    with av.open(str(path)) as container:
+        try:
+            for _ in container.decode(video=0):
+                count += 1
+        except av.FFmpegError:
+            pass
+    return count
+
+
+def cut_file(path: Path, keep: float = 0.5) -> Path:
+    """Keep the first ``keep`` of a file's bytes, as an interrupted download or copy does."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def write_truncated_mp4(path: Path, count: int = 49, trim_frames: int = 0) -> Path:
+    """A barcode MP4 from the real encoder, remuxed with its index first, then cut in half.
+
+    The index still promises ``count`` frames (less ``trim_frames`` hidden by an edit list); about
+    half of them decode. Noise on the bars keeps the frames large next to the index, so the cut
+    falls among the frames, while each frame still reads back as its number.
+    """
+    rng = np.random.default_rng(count)
+    frames = []
+    for index in range(count):
+        bars = barcode_frame(index)
+        noise = rng.integers(0, 70, bars.shape, dtype=np.uint8)
+        frames.append(np.where(bars > 127, 255 - noise, noise))
+    whole = path.with_name(f"{path.stem}.whole.mp4")
+    write_video(whole, frames)
+    remux_mp4(whole, path, trim_frames=trim_frames)
+    whole.unlink()
+    return cut_file(path)
 
 
 def make_synthetic_store(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import types
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_run_folder
+from conftest import decodable_frames, write_run_folder, write_truncated_mp4
 from nightact import cli
 from nightact.core.videos import read_clip, write_video
 from nightact.data.prepare import PrepareConfig, prepare
@@ -149,6 +150,7 @@ def test_real_clips(run, loaded_model, shared_videos):
     assert "README.md" not in names
     for prediction in predictions:
         assert_valid(prediction, 2)
+        assert prediction.warning is None, prediction.path
     # Small clips keep the direct check quick; the decoding path is the same for every file.
     for prediction in predictions:
         if Path(prediction.path).name in (
@@ -157,6 +159,31 @@ def test_real_clips(run, loaded_model, shared_videos):
         ):
             direct = direct_probabilities(loaded_model, Path(prediction.path))
             np.testing.assert_allclose(prediction.probabilities, direct, atol=1e-6)
+
+
+def test_a_truncated_or_short_video_is_predicted_with_one_warning(
+    run, loaded_model, videos, tmp_path, caplog, capsys
+):
+    cut = write_truncated_mp4(tmp_path / "cut.mp4", count=49)
+    decoded = decodable_frames(cut)
+    note = f"truncated: only {decoded} of the 49 frames its index promises decode"
+    short = f"only 2 decodable frames; repeated the last to make {FRAMES}"
+    paths = [cut, videos / "wide.mp4", videos / "short.mp4"]
+    with caplog.at_level(logging.WARNING, logger="nightact.serve.predict"):
+        predictions = predict_videos(run, paths, progress=False)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{cut}: {note}",
+        f"{videos / 'short.mp4'}: {short}",
+    ]
+    assert [prediction.warning for prediction in predictions] == [note, None, short]
+    # Predicted all the same, from the frames that decode.
+    assert_valid(predictions[0], 3)
+    direct = direct_probabilities(loaded_model, cut)
+    np.testing.assert_allclose(predictions[0].probabilities, direct, atol=1e-6)
+
+    assert cli.main(["predict", str(run), str(cut), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["warning"], row["error"]) == (note, None)
 
 
 def test_short_clip_policy_follows_the_runs_store(run, videos, tmp_path):

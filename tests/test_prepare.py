@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,10 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_barcode, write_barcode_video
+from conftest import decodable_frames, read_barcode, write_barcode_video, write_truncated_mp4
 from nightact.cli import main
-from nightact.core.store import MANIFEST_COLUMNS, open_split, read_manifest, read_store_info
-from nightact.core.videos import read_clip, write_video
+from nightact.core.store import (
+    MANIFEST_COLUMNS,
+    STORED_STATUSES,
+    open_split,
+    read_manifest,
+    read_store_info,
+)
+from nightact.core.videos import read_clip, sample_indices, write_video
 from nightact.data.prepare import PrepareConfig, prepare, write_preview
 from nightact.data.splits import assign_splits, index_videos, split_counts
 
@@ -148,7 +155,7 @@ def test_bad_files_are_reported_and_skipped_while_the_rest_is_prepared(source, t
     stored = sum(len(open_split(out, name)) for name in ("train", "val", "test"))
     assert stored == 12
     for row in rows.values():
-        assert (row["row"] == "") == (row["status"] not in ("ok", "short"))
+        assert (row["row"] == "") == (row["status"] not in STORED_STATUSES)
 
 
 def test_nothing_preparable_exits_non_zero(tmp_path, capsys):
@@ -176,6 +183,42 @@ def test_short_clips_follow_the_policy(tmp_path):
     assert skipped.prepared == 2
     statuses = {row["path"]: row["status"] for row in read_manifest(tmp_path / "skip")}
     assert statuses["a/short.mp4"] == "skipped"
+
+
+def test_a_truncated_file_is_stored_marked_warned_about_and_counted(tmp_path, caplog):
+    src = tmp_path / "src"
+    write_barcode_video(src / "a" / "long.mp4", 20)
+    write_barcode_video(src / "b" / "long.mp4", 20)
+    # Its index is intact and promises 49 frames; about half of them are still in the file.
+    cut = write_truncated_mp4(src / "a" / "cut.mp4", count=49)
+    decoded = decodable_frames(cut)
+    note = f"only {decoded} of the 49 frames its index promises decode"
+    settings = dict(split=(1.0, 0.0, 0.0), height=64, width=96, check_leakage=False)
+    with caplog.at_level(logging.WARNING, logger="nightact.data.prepare"):
+        kept = prepare(_config(src, tmp_path / "kept", **settings))
+    assert [record.getMessage() for record in caplog.records] == [f"truncated a/cut.mp4: {note}"]
+    row = {row["path"]: row for row in read_manifest(tmp_path / "kept")}["a/cut.mp4"]
+    assert row["status"] == "truncated" and row["error"] == note
+    assert (int(row["decoded_frames"]), int(row["header_frames"])) == (decoded, 49)
+    # Stored, and sampled over the frames that decode.
+    train = open_split(tmp_path / "kept", "train")
+    assert kept.prepared == len(train) == 3
+    stored = train.frames[train.paths.index("a/cut.mp4")]
+    assert [read_barcode(frame) for frame in stored] == sample_indices(decoded, 4)
+    assert kept.status_counts == {"truncated": 1}
+    assert "1 file(s) not stored as is (1 truncated):" in kept.table()
+    assert f"  [truncated] a/cut.mp4: {note}" in kept.table()
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nightact.data.prepare"):
+        skipped = prepare(_config(src, tmp_path / "skip", short_clips="skip", **settings))
+    reason = f"{note} (--short-clips skip)"
+    assert [record.getMessage() for record in caplog.records] == [f"skipped a/cut.mp4: {reason}"]
+    row = {row["path"]: row for row in read_manifest(tmp_path / "skip")}["a/cut.mp4"]
+    assert (row["status"], row["error"], row["row"]) == ("skipped", reason, "")
+    assert skipped.prepared == 2
+    assert "a/cut.mp4" not in open_split(tmp_path / "skip", "train").paths
+    assert skipped.status_counts == {"skipped": 1}
 
 
 def test_second_run_does_nothing_and_other_settings_are_refused(source, tmp_path):

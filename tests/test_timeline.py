@@ -20,7 +20,14 @@ import av
 import numpy as np
 import pytest
 
-from conftest import read_barcode, write_barcode_video
+from conftest import (
+    cut_file,
+    decodable_frames,
+    read_barcode,
+    remux_mp4,
+    write_barcode_video,
+    write_truncated_mp4,
+)
 from nightact.core.videos import VideoError, count_frames, read_clip, sample_indices, write_video
 from nightact.serve.timeline import (
     UNCERTAIN,
@@ -288,6 +295,42 @@ def test_too_few_frames_in_a_window_is_said_clearly(run, tmp_path, caplog):
     reasons = {window["reason"] for window in read_json(tmp_path / "skip")["skipped_windows"]}
     assert all("fewer than the model's 8" in reason for reason in reasons)
     assert "slow.mp4: window 0.0-1.4 s skipped: 6 frames, fewer than the model's 8" in caplog.text
+
+
+def test_a_truncated_file_is_warned_about_in_one_line(run, tmp_path, caplog):
+    cut = write_truncated_mp4(tmp_path / "cut.mp4", count=49)
+    decoded = decodable_frames(cut)
+    note = f"truncated: only {decoded} of the 49 frames its index promises decode"
+    predictor = load_engine(run)
+    config = TimelineConfig(str(run), str(cut), str(tmp_path / "cut"), window=0.4)
+    with caplog.at_level(logging.WARNING, logger="nightact.serve.timeline"):
+        [result] = run_timeline(config, predictor, progress=False)
+    [warning] = [record.getMessage() for record in caplog.records]
+    assert warning.startswith(f"{cut}: {note}")
+    assert warning.endswith(f"; the timeline ends at {result.media_seconds:.1f} s")
+    assert result.warning.startswith(note) and result.windows > 0
+    assert read_json(tmp_path / "cut")["result"]["warning"] == result.warning
+
+    # Whole files, and one whose edit list hides 5 frames, are read without a word.
+    whole = write_barcode_video(tmp_path / "whole.mp4", 49)
+    trimmed = remux_mp4(whole, tmp_path / "trimmed.mp4", trim_frames=5)
+    caplog.clear()
+    for video in (whole, trimmed):
+        config = dataclasses.replace(config, source=str(video), out=str(tmp_path / video.stem))
+        with caplog.at_level(logging.WARNING, logger="nightact.serve.timeline"):
+            [result] = run_timeline(config, predictor, progress=False)
+        assert result.warning is None and result.windows > 0
+    assert result.decoded_frames == 44
+    assert caplog.records == []
+
+    # A Matroska header counts no frames: a cut one promises nothing and is not called truncated.
+    cut_mkv = cut_file(write_barcode_video(tmp_path / "cut.mkv", 60))
+    config = dataclasses.replace(config, source=str(cut_mkv), out=str(tmp_path / "mkv"))
+    with caplog.at_level(logging.WARNING, logger="nightact.serve.timeline"):
+        [result] = run_timeline(config, predictor, progress=False)
+    assert 0 < result.decoded_frames < 60 and result.windows > 0
+    assert "truncated" not in (result.warning or "")
+    assert len(caplog.records) <= 1  # at most the decoder's error, once
 
 
 def test_a_missing_or_broken_file_names_the_file(run, tmp_path):

@@ -8,13 +8,18 @@ import av
 import numpy as np
 import pytest
 
-from conftest import read_barcode
+from conftest import cut_file, decodable_frames, read_barcode, remux_mp4, write_truncated_mp4
 from nightact.core.videos import (
+    TRUNCATION_TOLERANCE_FRACTION,
+    TRUNCATION_TOLERANCE_FRAMES,
     VideoError,
     count_frames,
+    is_truncated,
     letterbox,
+    promised_frames,
     read_clip,
     sample_indices,
+    truncation_note,
     write_video,
 )
 from nightact.sources.synthetic import CLASS_NAMES, SynthConfig, synthetic_frames
@@ -97,6 +102,80 @@ def test_truncated_stream_samples_only_what_decodes(barcode_video, tmp_path):
     assert clip.indices == sample_indices(clip.decoded_frames, 10)
     # Every frame is the one asked for: no stale or repeated frames from a failed seek.
     assert [read_barcode(frame) for frame in clip.frames] == clip.indices
+    # A Matroska header counts no frames, so it promises nothing and nothing is flagged.
+    assert clip.header_frames == 0 and clip.promised_frames == 0
+    assert not clip.truncated
+
+
+def test_faststart_mp4_cut_in_half_is_truncated(tmp_path):
+    # The index comes first, so the file still opens and promises all 49 frames.
+    path = write_truncated_mp4(tmp_path / "cut.mp4", count=49)
+    clip = read_clip(path, frames=10, height=64, width=96)
+    assert clip.header_frames == 49 and clip.promised_frames == 49
+    # What really decodes, not the packets demuxed (the last one is cut off mid-frame).
+    assert clip.decoded_frames == decodable_frames(path)
+    assert 5 < clip.decoded_frames < 40
+    assert clip.truncated and not clip.short
+    assert promised_frames(path) == 49
+    # Sampled over what decodes, every frame the one asked for.
+    assert clip.indices == sample_indices(clip.decoded_frames, 10)
+    assert [read_barcode(frame) for frame in clip.frames] == clip.indices
+
+
+def test_a_whole_faststart_mp4_is_not_truncated(tmp_path):
+    whole = write_video(
+        tmp_path / "whole.mp4", [np.full((32, 48, 3), i, np.uint8) for i in range(30)]
+    )
+    path = remux_mp4(whole, tmp_path / "fast.mp4")
+    clip = read_clip(path, frames=10, height=32, width=48)
+    assert clip.decoded_frames == clip.header_frames == clip.promised_frames == 30
+    assert not clip.truncated
+
+
+def test_frames_an_edit_list_hides_are_not_truncation(tmp_path, barcode_video):
+    # The first 5 frames sit before the edit list's start: demuxed, decoded, never shown.
+    path = remux_mp4(barcode_video(count=49), tmp_path / "trimmed.mp4", trim_frames=5)
+    clip = read_clip(path, frames=10, height=64, width=96)
+    assert clip.header_frames == 49
+    assert clip.decoded_frames == clip.promised_frames == 44
+    assert not clip.truncated
+    assert [read_barcode(frame) for frame in clip.frames] == [5 + i for i in clip.indices]
+    # Cut in half, the same file is truncated, measured against the 44 frames it shows.
+    cut = write_truncated_mp4(tmp_path / "trimmed-cut.mp4", count=49, trim_frames=5)
+    clip = read_clip(cut, frames=10, height=64, width=96)
+    assert clip.promised_frames == promised_frames(cut) == 44
+    assert clip.truncated and clip.decoded_frames == decodable_frames(cut) < 40
+
+
+def test_avi_cut_in_half_is_truncated(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (40, 48, 64, 3), dtype=np.uint8)
+    path = cut_file(write_video(tmp_path / "cut.avi", frames, codec="mpeg4"))
+    clip = read_clip(path, frames=8, height=48, width=64)
+    assert clip.header_frames == clip.promised_frames == 40
+    assert 0 < clip.decoded_frames == decodable_frames(path) < 30
+    assert clip.truncated
+
+
+@pytest.mark.parametrize(
+    ("decoded", "promised", "truncated"),
+    [
+        (49, 49, False),
+        (50, 49, False),  # more frames than the header said: not damage
+        (47, 49, False),  # within the fixed tolerance of a couple of frames
+        (46, 49, True),
+        (560, 565, False),  # within 1% of a long clip
+        (559, 565, True),
+        (0, 0, False),  # no promise (Matroska, WebM): never flagged
+        (10, 0, False),
+    ],
+)
+def test_truncation_rule(decoded, promised, truncated):
+    assert is_truncated(decoded, promised) == truncated
+    assert TRUNCATION_TOLERANCE_FRAMES == 2 and TRUNCATION_TOLERANCE_FRACTION == 0.01
+
+
+def test_truncation_note_gives_both_counts():
+    assert truncation_note(24, 49) == "only 24 of the 49 frames its index promises decode"
 
 
 @pytest.mark.parametrize(
@@ -122,10 +201,14 @@ def test_missing_file_raises_a_video_error(tmp_path):
 
 
 def test_mp4_cut_before_its_index_is_reported(barcode_video):
+    # The encoder writes the index last: cut off, the file cannot be opened at all.
     path = barcode_video(count=30)
     path.write_bytes(path.read_bytes()[:-200])
-    with pytest.raises(VideoError):
+    with pytest.raises(VideoError, match="not a readable video") as caught:
         read_clip(path)
+    assert caught.value.path == str(path)
+    with pytest.raises(VideoError):
+        promised_frames(path)
 
 
 def test_count_frames_ignores_the_header(barcode_video):
@@ -238,6 +321,31 @@ def test_every_shared_real_clip_decodes_to_n_frames(shared_videos):
         assert not clip.short, path.name
         assert clip.indices == sample_indices(clip.decoded_frames, 10), path.name
         assert clip.frames.max() > 0, path.name
+        # Real footage, variable frame rate and rotation included, is whole.
+        assert not clip.truncated, path.name
+        if clip.header_frames:
+            assert clip.promised_frames == clip.decoded_frames, path.name
+
+
+def test_real_clips_cut_in_half_are_truncated_where_their_index_promises(shared_videos, tmp_path):
+    # The MP4s remuxed with their index first, the AVI and WebM as they are; then cut in half.
+    cases = {}
+    for path in sorted(shared_videos.iterdir()):
+        if path.suffix == ".mp4":
+            cases[path.name] = remux_mp4(path, tmp_path / path.name)
+        elif path.suffix in (".avi", ".webm"):
+            cases[path.name] = tmp_path / path.name
+            cases[path.name].write_bytes(path.read_bytes())
+    assert len(cases) >= 5
+    for name, path in cases.items():
+        whole = read_clip(path, frames=10, height=30, width=40)
+        assert not whole.truncated, name
+        cut_file(path)
+        clip = read_clip(path, frames=10, height=30, width=40)
+        assert clip.decoded_frames < whole.decoded_frames, name
+        # WebM promises no count (header 0): a cut WebM is sampled over what decodes, unflagged.
+        assert clip.truncated == (name != "quirk_no_duration.webm"), name
+        assert clip.promised_frames == whole.promised_frames, name
 
 
 def test_webm_without_duration_is_counted_from_its_packets(shared_videos):

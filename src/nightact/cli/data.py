@@ -55,7 +55,8 @@ def add_prepare_parser(subparsers) -> None:
         parser,
         "--short-clips",
         PrepareConfig,
-        "a clip with fewer decodable frames than --frames: repeat its last sampled frame "
+        "a clip with fewer decodable frames than --frames, or a truncated file (fewer frames "
+        "decode than its index promises): keep it (repeating its last frame where it is short) "
         "or skip it; either way it is recorded in the manifest",
         choices=SHORT_CLIP_POLICIES,
     )

@@ -39,6 +39,7 @@ __all__ = [
     "PARTIAL",
     "SHORT_CLIP_POLICIES",
     "SPLIT_NAMES",
+    "STATUSES",
     "STORED_STATUSES",
     "STORE_FILE",
     "MANIFEST_FILE",
@@ -79,13 +80,17 @@ MANIFEST_COLUMNS = (
     "indices",  # frame indices used, space-separated
     "file_size",
     "sha256",
-    "status",  # ok, short (stored, last frame repeated), skipped, failed, ignored
-    "error",  # why a file was skipped, failed or ignored; a note for short clips
+    "status",  # one of STATUSES
+    "error",  # why a file was skipped, failed or ignored; a note for short and truncated clips
     "group",  # clips of one group share a split (--group-by); the path itself when ungrouped
 )
 
 
-STORED_STATUSES = ("ok", "short")
+# Every status a manifest row can have: ok; short (stored, last frame repeated); truncated
+# (stored from the frames that decode, fewer than the container's index promises); skipped,
+# failed, ignored (not stored). STORED_STATUSES are those whose clip is in its split's array.
+STATUSES = ("ok", "short", "truncated", "skipped", "failed", "ignored")
+STORED_STATUSES = ("ok", "short", "truncated")
 
 
 # Where a store is written until it is complete (prepare and embed both).

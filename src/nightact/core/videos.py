@@ -4,7 +4,10 @@ One code path turns a video file into the model's input, used by `prepare` and b
 
 1. Demux the video stream's packets without decoding them and count the frames from the packets.
    Container headers lie (a WebM without a duration reports 0 frames; OpenCV reports a huge
-   negative number for it), so the header count is recorded but never trusted.
+   negative number for it), so the header count is recorded but never trusted to sample by. Where
+   the container indexes its frames (an MP4 or MOV sample table, an AVI's frame count) it is a
+   promise, though: a file that decodes fewer frames than that, beyond a small tolerance, is
+   marked truncated (:func:`is_truncated`).
 2. Pick N frame indices with the original project's rule ``int(i * total / N)``, the last one
    clamped to ``total - 1``.
 3. Decode only the groups of pictures that hold a wanted frame: seek to the keyframe before it
@@ -36,17 +39,22 @@ import numpy as np
 
 __all__ = [
     "INTERPOLATION",
+    "TRUNCATION_TOLERANCE_FRACTION",
+    "TRUNCATION_TOLERANCE_FRAMES",
     "VIDEO_EXTENSIONS",
     "Clip",
     "count_frames",
     "find_videos",
     "fitted_size",
     "frame_to_picture",
+    "is_truncated",
     "letterbox",
     "open_video",
     "pad_centred",
+    "promised_frames",
     "read_clip",
     "sample_indices",
+    "truncation_note",
     "VideoError",
     "visible_files",
     "write_video",
@@ -59,6 +67,12 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 
 # swscale's area-averaging filter: the right choice for the large downscales we do.
 INTERPOLATION = "AREA"
+
+# A file is truncated when the frames that decode fall short of what its index promises by more
+# than max(FRAMES, FRACTION x the promise). Decoders may drop a few leading pictures of an open
+# group of pictures in a healthy file; a cut-off file loses far more.
+TRUNCATION_TOLERANCE_FRAMES = 2
+TRUNCATION_TOLERANCE_FRACTION = 0.01
 
 
 def visible_files(folder: str | os.PathLike) -> list[Path]:
@@ -107,6 +121,30 @@ class Clip:
     rotation: int  # degrees counter-clockwise applied to make the picture upright
     indices: list[int] = field(default_factory=list)  # frame indices used, in order
     short: bool = False  # fewer decodable frames than N: the last one is repeated
+    # Frames the container's index promises to show (header count less edit-list trims);
+    # 0 when it promises nothing (Matroska, WebM, MPEG-TS, a fragmented MP4).
+    promised_frames: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        """Fewer frames decode than the container's index promises: a cut-off or damaged file."""
+        return is_truncated(self.decoded_frames, self.promised_frames)
+
+
+def is_truncated(decoded: int, promised: int) -> bool:
+    """Whether ``decoded`` frames fall short of the ``promised`` ones beyond the tolerance.
+
+    ``promised`` 0 means the container promises nothing, and nothing is ever truncated then.
+    """
+    if promised <= 0:
+        return False
+    tolerance = max(TRUNCATION_TOLERANCE_FRAMES, TRUNCATION_TOLERANCE_FRACTION * promised)
+    return promised - decoded > tolerance
+
+
+def truncation_note(decoded: int, promised: int) -> str:
+    """The one-line reason given for a truncated file, by prepare, predict and timeline."""
+    return f"only {decoded} of the {promised} frames its index promises decode"
 
 
 def sample_indices(total: int, count: int) -> list[int]:
@@ -202,7 +240,21 @@ def count_frames(path: str | os.PathLike) -> int:
     """Count the video frames by demuxing packets (no decoding); headers are not trusted."""
     path = Path(path)
     with open_video(path) as container:
-        return len(_packet_index(path, container))
+        return len(_packet_index(path, container)[0])
+
+
+def promised_frames(path: str | os.PathLike) -> int:
+    """The frames a video's container index promises to show; 0 when it promises none.
+
+    The header's frame count (an MP4 or MOV sample table, an AVI's frame count), less the
+    packets an edit list trims and the index entries that carry no picture. Demuxes the file
+    once, without decoding.
+    """
+    path = Path(path)
+    with open_video(path) as container:
+        header_frames = int(container.streams.video[0].frames or 0)
+        packets, empty = _packet_index(path, container)
+    return _promise(header_frames, packets, empty)
 
 
 @dataclass
@@ -214,18 +266,31 @@ class _Packet:
     discard: bool
 
 
-def _packet_index(path: Path, container) -> list[_Packet]:
-    """Every frame-carrying packet of the video stream, in decode order, without decoding."""
+def _packet_index(path: Path, container) -> tuple[list[_Packet], int]:
+    """Every frame-carrying packet of the video stream, in decode order, without decoding; and
+    how many index entries carried no data (an AVI's dropped-frame markers)."""
     stream = container.streams.video[0]
     packets = []
+    empty = 0
     try:
         for packet in container.demux(stream):
-            # The demuxer ends with an empty flush packet; it carries no frame.
             if packet.size > 0:
                 packets.append(_Packet(packet.pts, packet.is_keyframe, packet.is_discard))
+            elif packet.dts is not None:
+                empty += 1
+            # The demuxer ends with an empty flush packet without timestamps; it is no entry.
     except av.FFmpegError as error:
         log.debug("%s: demuxing stopped early: %s", path, error)
-    return packets
+    return packets, empty
+
+
+def _promise(header_frames: int, packets: list[_Packet], empty: int) -> int:
+    """Frames the index promises to show: the header's count less the entries that never show
+    a picture (edit-list trims, empty entries); 0 when the header promises nothing."""
+    if header_frames <= 0:
+        return 0
+    trimmed = sum(packet.discard for packet in packets)
+    return max(0, header_frames - trimmed - empty)
 
 
 def read_clip(
@@ -244,6 +309,9 @@ def read_clip(
     decodable frames; with N to N*K-1 some candidates repeat. A short clip's N frames (every
     decodable one, then the last repeated) each fill all K candidates of their segment.
 
+    A file that decodes fewer frames than its index promises comes back sampled over the frames
+    that decode, with ``truncated`` set (:func:`is_truncated`).
+
     Raises :class:`VideoError` naming the file and the reason when it cannot be used: missing,
     empty, not a video, no decodable frame, or (with ``allow_short=False``) fewer than N
     decodable frames.
@@ -258,15 +326,18 @@ def read_clip(
         pixel_aspect = stream.sample_aspect_ratio or Fraction(1)
         if pixel_aspect <= 0:
             pixel_aspect = Fraction(1)
-        packets = _packet_index(path, container)
+        packets, empty = _packet_index(path, container)
     total = len(packets)
     if total == 0:
         raise VideoError(path, "no video frames in the file")
 
     segments, frames = frames, frames * frames_per_segment
     wanted = sample_indices(total, frames)
+    promised = _promise(header_frames, packets, empty)
     seeked = None
-    if total > frames:
+    # A file already short of its index is decoded in full: its last packets may be cut off
+    # mid-frame, and only a full decode says how many frames are really there.
+    if total > frames and not is_truncated(total, promised):
         seeked = _decode_by_seeking(path, packets, wanted, height, width, pixel_aspect)
     if seeked is not None:
         kept, rotation = seeked
@@ -311,6 +382,7 @@ def read_clip(
         rotation=rotation,
         indices=wanted,
         short=short,
+        promised_frames=promised,
     )
 
 

@@ -53,12 +53,13 @@ from nightact.core.store import (
     PARTIAL,
     SHORT_CLIP_POLICIES,
     SPLIT_NAMES,
+    STATUSES,
     STORE_FILE,
     STORED_STATUSES,
     open_split,
     read_manifest,
 )
-from nightact.core.videos import VIDEO_EXTENSIONS, VideoError, read_clip
+from nightact.core.videos import VIDEO_EXTENSIONS, VideoError, read_clip, truncation_note
 from nightact.data.groups import assign_grouped_splits, assign_groups, parse_group_by
 from nightact.data.leakage import LeakageConfig, check_store, write_report
 from nightact.data.splits import Entry, assign_splits, index_videos
@@ -77,6 +78,9 @@ log = logging.getLogger(__name__)
 
 _JOURNAL = "journal.jsonl"
 _PLAN = "plan.json"
+# A short clip is an expected property of a dataset, listed in the summary; every other status
+# but ok (a damaged, skipped, failed file) gets a warning line as it is found.
+_UNREMARKED_STATUSES = ("ok", "short")
 
 
 @dataclass
@@ -158,12 +162,18 @@ class PrepareSummary:
     store: str
     class_names: list[str]
     counts: dict[str, dict[str, int]]  # class -> split -> stored clips
-    problems: list[dict]  # manifest rows with status short, skipped, failed or ignored
+    problems: list[dict]  # manifest rows with status short, truncated, skipped, failed, ignored
     prepared: int  # clips stored in all splits
     processed_now: int = 0  # clips decoded by this run (0 when everything was already done)
     seconds: float = 0.0
     already_done: bool = False
     leakage: dict | None = None  # nightact.data.leakage summary of the check at the end, if it ran
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        """How many files have each status other than ok, in the order of STATUSES."""
+        counts = Counter(row["status"] for row in self.problems)
+        return {status: counts[status] for status in STATUSES if counts[status]}
 
     def table(self) -> str:
         name_width = max([len("class"), *(len(name) for name in self.class_names)])
@@ -179,8 +189,9 @@ class PrepareSummary:
         cells = "  ".join(f"{totals.get(s, 0):>6}" for s in SPLIT_NAMES)
         lines.append(f"{'total':<{name_width}}  {cells}  {sum(totals.values()):>6}")
         if self.problems:
+            counted = ", ".join(f"{count} {status}" for status, count in self.status_counts.items())
             lines.append("")
-            lines.append(f"{len(self.problems)} file(s) not stored as is:")
+            lines.append(f"{len(self.problems)} file(s) not stored as is ({counted}):")
             for row in self.problems:
                 lines.append(f"  [{row['status']}] {row['path']}: {row['error']}")
         lines.append("")
@@ -397,7 +408,7 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
             journal.flush()
             os.fsync(journal.fileno())
             done[result["path"]] = result
-            if result["status"] not in STORED_STATUSES:
+            if result["status"] not in _UNREMARKED_STATUSES:
                 log.warning("%s %s: %s", result["status"], result["path"], result["error"])
             progress.update(1)
 
@@ -496,26 +507,34 @@ def _prepare_one(job: ClipJob) -> dict:
             indices=" ".join(str(index) for index in clip.indices),
             sha256=files.sha256_of(source),
         )
-        if clip.short and job.short_clips == "skip":
-            result.update(
-                status="skipped",
-                error=f"only {clip.decoded_frames} decodable frames, fewer than {frames} "
-                "(--short-clips skip)",
+        if (clip.short or clip.truncated) and job.short_clips == "skip":
+            reason = (
+                truncation_note(clip.decoded_frames, clip.promised_frames)
+                if clip.truncated
+                else f"only {clip.decoded_frames} decodable frames, fewer than {frames}"
             )
+            result.update(status="skipped", error=f"{reason} (--short-clips skip)")
             return result
         _write_row(str(Path(job.partial) / f"{split}.npy"), row, clip.frames)
-        if clip.short:
-            result.update(
-                status="short",
-                error=f"only {clip.decoded_frames} decodable frames; the last one is repeated",
-            )
-        else:
-            result["status"] = "ok"
+        result.update(_stored_status(clip))
     except VideoError as error:
         result["error"] = error.reason
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the whole run.
         result["error"] = f"unexpected {type(error).__name__}: {error}"
     return result
+
+
+def _stored_status(clip) -> dict:
+    """Status and note of a stored clip: truncated (the file is damaged) outranks short."""
+    if clip.truncated:
+        note = truncation_note(clip.decoded_frames, clip.promised_frames)
+        if clip.short:
+            note += "; the last one is repeated"
+        return {"status": "truncated", "error": note}
+    if clip.short:
+        note = f"only {clip.decoded_frames} decodable frames; the last one is repeated"
+        return {"status": "short", "error": note}
+    return {"status": "ok"}
 
 
 def _read_journal(journal_path: Path, src: Path) -> dict[str, dict]:

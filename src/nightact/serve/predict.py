@@ -28,7 +28,14 @@ from tqdm import tqdm
 
 from nightact.core import runs
 from nightact.core.store import read_store_info
-from nightact.core.videos import VIDEO_EXTENSIONS, VideoError, find_videos, read_clip
+from nightact.core.videos import (
+    VIDEO_EXTENSIONS,
+    Clip,
+    VideoError,
+    find_videos,
+    read_clip,
+    truncation_note,
+)
 from nightact.data.sampling import select_frames, view_plan
 from nightact.serve.onnx_engine import load_onnx_predictor
 from nightact.serve.predictor import Predictor, checked_class_names, engine_of
@@ -79,13 +86,16 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (num_classes,) float32, in class_names order
     error: str | None = None  # None when the video was predicted
     class_names: list[str] = field(default_factory=list, repr=False)
+    # Predicted, but from a damaged or short video: truncated (fewer frames decode than its
+    # index promises) or fewer frames than the model reads (the last one repeated).
+    warning: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict: path, top_k, probabilities by class name, error."""
+        """A JSON-ready dict: path, top_k, probabilities by class name, error, warning."""
         probabilities = None
         if self.probabilities is not None:
             probabilities = {
@@ -97,6 +107,7 @@ class Prediction:
             "top_k": [{"class": name, "probability": float(p)} for name, p in self.top_k],
             "probabilities": probabilities,
             "error": self.error,
+            "warning": self.warning,
         }
 
 
@@ -234,7 +245,9 @@ def predict_videos(
         engine: ``keras`` or ``onnx`` (see :func:`engine_of`); by default what the model needs.
 
     A video that cannot be used (missing, not a video, too short under the run's policy) gets a
-    Prediction with ``error`` set; the others are still predicted.
+    Prediction with ``error`` set; the others are still predicted. One predicted from a damaged
+    file (fewer frames decode than its index promises) or a short one gets ``warning`` set, and
+    the same line is logged as a warning.
     """
     config = PredictConfig(
         model, paths, top_k, batch_size, views, engine, class_names, allow_short, extensions
@@ -254,6 +267,7 @@ def run_predict(config: PredictConfig, progress: bool = True) -> list[Prediction
     top_k = config.top_k
     predictions: list[Prediction | None] = [None] * len(items)
     pending: list[tuple[int, np.ndarray]] = []
+    warnings: dict[int, str | None] = {}
 
     for index, (path, error) in enumerate(tqdm(items, unit="video", disable=not progress)):
         if error is None:
@@ -269,13 +283,9 @@ def run_predict(config: PredictConfig, progress: bool = True) -> list[Prediction
             except VideoError as video_error:
                 error = video_error.reason
             else:
-                if clip.short:
-                    log.warning(
-                        "%s: only %d decodable frames; repeated the last to make %d",
-                        path,
-                        clip.decoded_frames,
-                        predictor.frames,
-                    )
+                warnings[index] = _clip_warning(clip, predictor.frames)
+                if warnings[index] is not None:
+                    log.warning("%s: %s", path, warnings[index])
                 pending.append((index, clip.frames))
         if error is not None:
             # Returned in the result, so only worth a debug line here.
@@ -285,7 +295,20 @@ def run_predict(config: PredictConfig, progress: bool = True) -> list[Prediction
             _predict_batch(predictor, pending, items, predictions, top_k, batch_size, plan)
     if pending:
         _predict_batch(predictor, pending, items, predictions, top_k, batch_size, plan)
+    for index, warning in warnings.items():
+        predictions[index].warning = warning
     return predictions
+
+
+def _clip_warning(clip: Clip, frames: int) -> str | None:
+    """The one warning line a decoded clip deserves: truncated, short, both, or none."""
+    repeated = f"repeated the last to make {frames}"
+    if clip.truncated:
+        note = f"truncated: {truncation_note(clip.decoded_frames, clip.promised_frames)}"
+        return f"{note}; {repeated}" if clip.short else note
+    if clip.short:
+        return f"only {clip.decoded_frames} decodable frames; {repeated}"
+    return None
 
 
 def _predict_batch(

@@ -14,7 +14,8 @@ plus one batch of clips, whatever the length of the video. Writes::
                             start, end (seconds from the first frame), label, probability,
                             top1, top1_probability, ..., topK, topK_probability
       timeline.json         settings, class names, every window (smoothed and raw
-                            probabilities), skipped and dropped windows, why it stopped
+                            probabilities), skipped and dropped windows, why it stopped, and
+                            a warning for a damaged file (fewer frames than its index promises)
       timeline.png          time on x, one row per class, probability as colour, label on top
       annotated.mp4         with annotate=True: every frame with the current label drawn on it
 
@@ -59,8 +60,11 @@ from nightact.core.videos import (
     VideoError,
     find_videos,
     frame_to_picture,
+    is_truncated,
     open_video,
+    promised_frames,
     sample_indices,
+    truncation_note,
 )
 from nightact.serve.predict import load_predictor
 from nightact.serve.predictor import engine_of
@@ -160,6 +164,9 @@ class TimelineResult:
     wall_seconds: float = 0.0
     stopped: str = "end of stream"  # or "interrupted", "stream lost: ..."
     error: str | None = None
+    # A damaged file, read to its end: fewer frames decode than its index promises, or the
+    # decoder stopped at an error. The timeline ends where the frames do.
+    warning: str | None = None
 
     @property
     def realtime_factor(self) -> float:
@@ -303,6 +310,8 @@ class _FrameSource:
         self.fps = 0.0
         self.size = (0, 0)  # (height, width) of the first frame
         self.duration: float | None = None  # files: from the container, for the progress bar
+        self.header_frames = 0  # files: the frame count in the container's header
+        self.decode_error: str | None = None  # files: why decoding stopped before the end
         self.stopped = "end of stream"
         self._offset = 0.0  # added to this connection's times so they continue the last one's
         self._last_time = -math.inf
@@ -355,6 +364,29 @@ class _FrameSource:
             log.warning("%s: stream stopped; reconnecting in %.1f s", self.source, wait)
             time.sleep(wait)
 
+    def damage(self) -> str | None:
+        """For a file read to its end: why it is damaged, in one line, or None when it is not.
+
+        Truncated when fewer frames decoded than its index promises
+        (:func:`nightact.core.videos.is_truncated`), and the decoder's error, if one stopped it.
+        """
+        if self.live:
+            return None
+        note = None
+        # The header's count is an upper bound of the promise: only a shortfall from it is worth
+        # demuxing the file again to subtract edit-list trims.
+        if is_truncated(self.decoded, self.header_frames):
+            try:
+                promised = promised_frames(self.source)
+            except VideoError as error:
+                log.debug("%s: index not read again: %s", self.source, error.reason)
+                promised = 0
+            if is_truncated(self.decoded, promised):
+                note = f"truncated: {truncation_note(self.decoded, promised)}"
+        if self.decode_error is not None:
+            note = f"{note} ({self.decode_error})" if note else self.decode_error
+        return note
+
     def _decode(self, container) -> Iterator[_Frame]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -363,6 +395,8 @@ class _FrameSource:
             self.duration = float(stream.duration * stream.time_base)
         elif not self.live and container.duration:
             self.duration = container.duration / av.time_base
+        if not self.live:
+            self.header_frames = int(stream.frames or 0)
         pixel_aspect = stream.sample_aspect_ratio or Fraction(1)
         if pixel_aspect <= 0:
             pixel_aspect = Fraction(1)
@@ -386,8 +420,12 @@ class _FrameSource:
                 self.decoded += 1
                 yield _Frame(self.decoded - 1, moment, frame, pixel_aspect)
         except av.FFmpegError as error:
-            # A damaged tail or a dropped connection: keep what decoded before it.
-            log.warning("%s: decoding stopped after %d frames: %s", self.source, local, error)
+            # A damaged tail or a dropped connection: keep what decoded before it. A file's is
+            # told once, at its end, with what its index promised (damage()).
+            if self.live:
+                log.warning("%s: decoding stopped after %d frames: %s", self.source, local, error)
+            else:
+                self.decode_error = f"decoding stopped after {local} frames: {error}"
             if not self.live and local == 0:
                 raise VideoError(self.source, f"no frame could be decoded ({error})") from error
         if not self.live and local == 0:
@@ -551,6 +589,7 @@ class _SourceRun:
         try:
             self._read_all()
             result.stopped = self.frames.stopped
+            result.warning = self.frames.damage()
         except KeyboardInterrupt:
             result.stopped = "interrupted"
             log.warning("%s: interrupted; writing what was computed", self.source)
@@ -700,6 +739,13 @@ class _SourceRun:
         )
         result.wall_seconds = time.monotonic() - self.started
         self.writer.close(result, result.media_seconds)
+        if result.warning is not None:
+            log.warning(
+                "%s: %s; the timeline ends at %.1f s",
+                self.source,
+                result.warning,
+                result.media_seconds,
+            )
         log.info(
             "%s: %d windows, %d skipped, %d dropped, %.1f s of video at %.1fx real time (%s)",
             self.source,
