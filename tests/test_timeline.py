@@ -352,7 +352,16 @@ def test_a_folder_gets_one_timeline_per_video(run, tmp_path):
         Path("night/b"),
     ]
     first, second = (read_json(Path(result.out))["windows"] for result in results)
-    assert first == second and len(first) >= 1
+    assert len(first) == len(second) >= 1
+    # The same video twice: the same windows and labels. The probabilities agree to rounding
+    # only: XLA on a CPU may sum in another order from one call to the next (seen: 1e-4 apart).
+    for one, other in zip(first, second, strict=True):
+        numbers = ("probabilities", "raw_probabilities")
+        assert {key: value for key, value in one.items() if key not in numbers} == {
+            key: value for key, value in other.items() if key not in numbers
+        }
+        for key in numbers:
+            np.testing.assert_allclose(one[key], other[key], atol=1e-3)
     assert (tmp_path / "out" / "night" / "b" / "timeline.png").is_file()
 
 
