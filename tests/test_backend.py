@@ -58,6 +58,8 @@ def test_an_nvidia_gpu_changes_nothing_jax_still_wins(no_keras_yet, no_gpu, tmp_
     gpus = tmp_path / "gpus"
     (gpus / "0000:01:00.0").mkdir(parents=True)
     monkeypatch.setattr(backend, "NVIDIA_GPUS", gpus)
+    (tmp_path / "nvidiactl").touch()
+    monkeypatch.setattr(backend, "NVIDIA_DEVICES", (tmp_path / "nvidiactl",))
     assert backend.nvidia_gpu_present()
     monkeypatch.setattr(backend, "nvidia_gpu_present", lambda: pytest.fail("GPU asked"))
     choice = backend.explain_backend()
@@ -108,6 +110,33 @@ def test_the_unused_gpu_warning_is_one_line_naming_the_fix(name, fix):
     assert "\n" not in warning
     assert f"Keras' {name} backend sees no GPU" in warning
     assert warning.split("to use the GPU: ")[1].startswith(fix)
+
+
+def test_a_gpu_listed_in_proc_counts_only_with_its_device_files(no_gpu, tmp_path, monkeypatch):
+    """A container started without GPU access sees the host's GPUs in /proc, not /dev/nvidia*."""
+    gpus = tmp_path / "gpus"
+    (gpus / "0000:01:00.0").mkdir(parents=True)
+    monkeypatch.setattr(backend, "NVIDIA_GPUS", gpus)
+    monkeypatch.setattr(backend, "NVIDIA_DEVICES", (tmp_path / "nvidiactl", tmp_path / "nvidia0"))
+    assert not backend.nvidia_gpu_present()
+    (tmp_path / "nvidia0").touch()
+    assert backend.nvidia_gpu_present()
+
+
+@pytest.mark.parametrize(
+    ("name", "environ", "hidden"),
+    [
+        ("jax", {}, None),
+        ("jax", {"CUDA_VISIBLE_DEVICES": "-1"}, "CUDA_VISIBLE_DEVICES=-1"),
+        ("tensorflow", {"CUDA_VISIBLE_DEVICES": ""}, "CUDA_VISIBLE_DEVICES="),
+        ("jax", {"CUDA_VISIBLE_DEVICES": "0,1"}, None),
+        ("jax", {"JAX_PLATFORMS": "cpu"}, "JAX_PLATFORMS=cpu"),
+        ("jax", {"JAX_PLATFORMS": "cuda,cpu"}, None),
+        ("tensorflow", {"JAX_PLATFORMS": "cpu"}, None),
+    ],
+)
+def test_gpus_hidden_on_purpose(name, environ, hidden):
+    assert backend.gpus_hidden_by(name, environ) == hidden
 
 
 def test_nvidia_smi_is_asked_when_proc_says_nothing(no_gpu, tmp_path):

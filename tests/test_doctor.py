@@ -36,6 +36,10 @@ def fake_gpu(monkeypatch, tmp_path):
     gpus = tmp_path / "gpus"
     (gpus / "0000:01:00.0").mkdir(parents=True)
     monkeypatch.setattr(backend, "NVIDIA_GPUS", gpus)
+    (tmp_path / "nvidiactl").touch()
+    monkeypatch.setattr(backend, "NVIDIA_DEVICES", (tmp_path / "nvidiactl",))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
     bin_folder = tmp_path / "bin"
     bin_folder.mkdir()
     script = bin_folder / "nvidia-smi"
@@ -75,6 +79,16 @@ def test_a_gpu_the_cpu_only_jax_cannot_see_is_a_problem_naming_the_fix(fake_gpu,
     text = doctor.format_diagnosis(diagnosis)
     assert "NVIDIA    NVIDIA H200, driver 580.65.06" in text
     assert text.splitlines()[-1] == f"warning   {backend.unused_gpu_warning('jax')}"
+
+
+def test_a_gpu_hidden_on_purpose_is_no_problem(fake_gpu, monkeypatch):
+    monkeypatch.setattr(doctor, "BACKENDS", ("jax",))
+    monkeypatch.setattr(doctor, "_importable", lambda name: True)
+    monkeypatch.setitem(doctor.PROBES, "jax", fake_probe([["cpu", "cpu"]]))
+    diagnosis = doctor.diagnose(environ={"CUDA_VISIBLE_DEVICES": "-1"})
+    assert diagnosis.nvidia.present
+    assert diagnosis.uses == "jax on the CPU (the GPUs are hidden by CUDA_VISIBLE_DEVICES=-1)"
+    assert diagnosis.problems == []
 
 
 def test_a_cuda_plugin_that_did_not_start_says_why(fake_gpu, monkeypatch):

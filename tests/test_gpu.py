@@ -27,9 +27,14 @@ def first_check(monkeypatch):
 
 @pytest.fixture
 def fake_gpu(monkeypatch, tmp_path):
+    """The driver's /proc entry for one GPU and its device file; no GPU hidden on purpose."""
     gpus = tmp_path / "gpus"
     (gpus / "0000:01:00.0").mkdir(parents=True)
     monkeypatch.setattr(backend, "NVIDIA_GPUS", gpus)
+    (tmp_path / "nvidiactl").touch()
+    monkeypatch.setattr(backend, "NVIDIA_DEVICES", (tmp_path / "nvidiactl",))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
 
 
 @pytest.fixture
@@ -66,6 +71,15 @@ def test_no_gpu_no_warning(first_check, no_gpu, cpu_only_backend, caplog):
     assert caplog.records == []
 
 
+def test_a_gpu_hidden_on_purpose_is_not_warned_about(
+    first_check, fake_gpu, cpu_only_backend, monkeypatch, caplog
+):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    with caplog.at_level(logging.WARNING, logger=gpu.__name__):
+        assert not gpu.warn_if_gpu_unused()
+    assert caplog.records == []
+
+
 def test_a_process_without_keras_is_not_asked_and_keeps_its_check(
     first_check, fake_gpu, cpu_only_backend, monkeypatch, caplog
 ):
@@ -93,7 +107,13 @@ def fake_nvidia_smi(folder: Path) -> Path:
 
 
 def run_nightact(*argv: str, path_first: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PATH": f"{path_first}{os.pathsep}{os.environ['PATH']}"}
+    """``nightact ARGV`` with PATH_FIRST ahead on PATH and no GPU hidden on purpose."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("CUDA_VISIBLE_DEVICES", "JAX_PLATFORMS")
+    }
+    environment["PATH"] = f"{path_first}{os.pathsep}{os.environ['PATH']}"
     return subprocess.run(
         [sys.executable, "-m", "nightact.cli", *argv],
         env=environment,

@@ -37,10 +37,12 @@ from pathlib import Path
 __all__ = [
     "CHOICE_MARKER",
     "CUDA_INSTALL",
+    "NVIDIA_DEVICES",
     "NVIDIA_GPUS",
     "BackendChoice",
     "choose_backend",
     "explain_backend",
+    "gpus_hidden_by",
     "imported_keras",
     "nvidia_gpu_present",
     "prefer_backend",
@@ -49,6 +51,9 @@ __all__ = [
 ]
 
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+# The device files a process reaches an NVIDIA GPU through. A container started without GPU access
+# still sees the host's GPUs under /proc/driver/nvidia, but not these (JAX asks the same files).
+NVIDIA_DEVICES = (Path("/dev/nvidiactl"), Path("/dev/nvidia0"))
 
 # What gives each backend an NVIDIA GPU: nightact's `cuda` extra brings JAX's CUDA 12 plugin with
 # its CUDA libraries (docs/backends.md says why CUDA 12); the other two have their own builds.
@@ -73,9 +78,10 @@ class BackendChoice:
 
 
 def nvidia_gpu_present() -> bool:
-    """Whether the machine has an NVIDIA GPU, asked of the driver, not of a backend."""
+    """Whether this process can reach an NVIDIA GPU, asked of the driver, not of a backend."""
     try:
-        if NVIDIA_GPUS.is_dir() and any(NVIDIA_GPUS.iterdir()):
+        listed = NVIDIA_GPUS.is_dir() and any(NVIDIA_GPUS.iterdir())
+        if listed and any(device.exists() for device in NVIDIA_DEVICES):
             return True
     except OSError:
         pass
@@ -87,6 +93,22 @@ def nvidia_gpu_present() -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return listed.returncode == 0 and "GPU" in listed.stdout
+
+
+def gpus_hidden_by(backend: str, environ=None) -> str | None:
+    """The setting that hides the GPUs from ``backend`` on purpose, or None.
+
+    ``CUDA_VISIBLE_DEVICES`` empty or ``-1``, or (for JAX) ``JAX_PLATFORMS`` without ``cuda``:
+    a GPU hidden so is not one to warn about.
+    """
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    platforms = environ.get("JAX_PLATFORMS", "")
+    if backend == "jax" and platforms and not {"cuda", "gpu"} & set(platforms.split(",")):
+        return f"JAX_PLATFORMS={platforms}"
+    return None
 
 
 def imported_keras():

@@ -191,6 +191,9 @@ def probe_devices(name: str, timeout: float = DEFAULT_TIMEOUT) -> BackendDevices
     environment = dict(os.environ)
     # TensorFlow's C++ start-up lines are not the answer; its errors still reach stderr.
     environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # JAX reserves 75 % of a GPU's memory once it uses it; a probe needs none, and a training
+    # run may hold that GPU.
+    environment.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     started = time.perf_counter()
     try:
         done = subprocess.run(
@@ -219,12 +222,12 @@ def diagnose(timeout: float = DEFAULT_TIMEOUT, environ=None) -> Diagnosis:
     choice = backend.explain_backend(environ)
     versions = installed_versions()
     installed = [name for name in BACKENDS if _importable(name)]
-    with ThreadPoolExecutor(max_workers=len(BACKENDS)) as pool:
+    with ThreadPoolExecutor(max_workers=len(BACKENDS) + 1) as pool:
         nvidia = pool.submit(nvidia_driver)
         answers = list(pool.map(lambda name: probe_devices(name, timeout), installed))
         nvidia = nvidia.result()
     devices = {answer.backend: answer for answer in answers}
-    uses, problems = _verdict(choice.backend, devices, nvidia, versions)
+    uses, problems = _verdict(choice.backend, devices, nvidia, versions, environ)
     return Diagnosis(
         nightact=VERSION,
         python=platform.python_version(),
@@ -250,7 +253,7 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _verdict(chosen: str, devices: dict, nvidia: NvidiaDriver, versions: dict):
+def _verdict(chosen: str, devices: dict, nvidia: NvidiaDriver, versions: dict, environ=None):
     """The devices Keras will use, in words, and the problems found."""
     answer = devices.get(chosen)
     if answer is None:
@@ -262,7 +265,10 @@ def _verdict(chosen: str, devices: dict, nvidia: NvidiaDriver, versions: dict):
         uses = f"{chosen} on {len(answer.gpus)} GPU(s): {', '.join(answer.gpus)}"
     else:
         uses = f"{chosen} on the CPU"
-        if nvidia.present:
+        hidden = backend.gpus_hidden_by(chosen, environ)
+        if nvidia.present and hidden:
+            uses += f" (the GPUs are hidden by {hidden})"
+        elif nvidia.present:
             problems.append(backend.unused_gpu_warning(chosen))
             plugins = [name for name in OPTIONAL_PACKAGES if versions.get(name)]
             if chosen == "jax" and plugins and answer.note:

@@ -56,8 +56,11 @@ def warn_if_gpu_unused() -> bool:
     if _checked or keras is None:
         return False
     _checked = True
-    if not backend_choice.nvidia_gpu_present() or backend_sees_gpu():
+    name = keras.config.backend()
+    if backend_choice.gpus_hidden_by(name) or not backend_choice.nvidia_gpu_present():
         return False
-    warning = backend_choice.unused_gpu_warning(keras.config.backend())
+    if backend_sees_gpu():
+        return False
+    warning = backend_choice.unused_gpu_warning(name)
     log.warning("%s (`nightact doctor` shows what each backend sees)", warning)
     return True
