@@ -9,16 +9,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Extras for `make demo`: `make demo EXTRAS=cuda` on an NVIDIA GPU (JAX's CUDA build,
+# docs/backends.md).
+EXTRAS ?=
+EXTRAS_SPEC := $(if $(EXTRAS),[$(EXTRAS)])
+STAMP := $(VENV)/.installed$(if $(EXTRAS),-$(EXTRAS))
+
 # A stamp per install flavour, so `make demo` after `make test` does not reinstall.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.$(EXTRAS_SPEC)'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(STAMP)
 	$(BIN)/nightact demo
 
 # ruff, then the import contract in pyproject.toml ([tool.importlinter]): the pipeline's layers,

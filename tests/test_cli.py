@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 from nightact import cli
+from nightact.core.doctor import DEFAULT_TIMEOUT
 from nightact.core.names import NUM_CLASSES
 from nightact.data.embed import EmbedConfig
 from nightact.data.leakage import LeakageConfig
@@ -238,3 +239,12 @@ def test_a_bad_value_is_one_line_naming_it_before_anything_is_read(tmp_path, cap
     assert error.startswith(f"nightact {argv[0]}: error: {field} must be at least 1, got ")
     assert error.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_doctor_flags_and_a_bad_timeout(capsys):
+    args = parse("doctor", "--json", "--timeout", "30")
+    assert (args.json, args.timeout) == (True, 30.0)
+    assert (parse("doctor").json, parse("doctor").timeout) == (False, DEFAULT_TIMEOUT)
+    assert cli.main(["doctor", "--timeout", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error == "nightact doctor: error: timeout must be positive, got 0\n"

@@ -12,6 +12,7 @@ function that runs it::
     training.py  train, demo, study
     scoring.py   evaluate, robustness, compare
     serve.py     predict, timeline, export
+    doctor.py    doctor (the backend, versions and devices)
 
 Keras and the backend are imported only when a command needs them, so `nightact prepare --help`
 starts in a fraction of a second.
@@ -25,7 +26,7 @@ import os
 import sys
 
 from nightact import __version__
-from nightact.cli import data, nets, scoring, serve, sources, training
+from nightact.cli import data, doctor, nets, scoring, serve, sources, training
 from nightact.cli.data import embed_config, leakage_config, prepare_config
 from nightact.cli.nets import models_settings
 from nightact.cli.scoring import compare_config, evaluate_config, robustness_config
@@ -75,6 +76,7 @@ COMMANDS = (
     serve.add_predict_parser,
     serve.add_timeline_parser,
     serve.add_export_parser,
+    doctor.add_doctor_parser,
 )
 
 # Errors the user can fix: one clear line and exit status 2, not a traceback.

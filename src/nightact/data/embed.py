@@ -58,6 +58,7 @@ from nightact.core.store import (
     open_split,
     read_store_record,
 )
+from nightact.nets import gpu
 from nightact.nets.backbones import backbone_spec, build_backbone, same_weights, weights_record
 
 __all__ = [
@@ -269,7 +270,9 @@ def _finished_record(out: Path) -> dict | None:
 
 def _build_backbone(config: EmbedConfig, splits: dict[str, Split]):
     height, width = splits["train"].frames.shape[-3:-1]
-    return build_backbone(config.backbone, int(height), int(width), config.weights)
+    backbone = build_backbone(config.backbone, int(height), int(width), config.weights)
+    gpu.warn_if_gpu_unused()
+    return backbone
 
 
 def _embed_chunks(

@@ -39,6 +39,7 @@ from nightact.core import files, runs
 from nightact.core.locks import folder_lock
 from nightact.core.store import SPLIT_NAMES, open_split
 from nightact.data.sampling import view_plan
+from nightact.nets import gpu
 from nightact.scoring.stats import metric_intervals
 
 __all__ = [
@@ -251,6 +252,7 @@ def _evaluate(config: EvaluateConfig, store: Path, output: Path) -> dict:
     plan = view_plan(config.views, clips.frames_per_segment, bool(run_config.get("augment")))
 
     model = load_checkpoint(model_path)
+    gpu.warn_if_gpu_unused()
     expected = tuple(model.input.shape[1:])
     shape = (clips.segments, *clips.frames.shape[2:])
     if expected != shape:

@@ -27,6 +27,7 @@ import numpy as np
 from nightact.core import files, runs
 from nightact.core.store import open_split
 from nightact.data.sampling import first_candidates, select_frames
+from nightact.nets import gpu
 from nightact.scoring.darkness import SWEEPS, Degradation, degrade
 from nightact.scoring.evaluate import class_mismatch
 
@@ -111,6 +112,7 @@ def run_robustness(config: RobustnessConfig) -> dict:
             + class_mismatch(trained_classes, clips.class_names)
         )
     model = load_checkpoint(model_path, compile=False)
+    gpu.warn_if_gpu_unused()
     batch_size = config.batch_size or int(run_config.get("batch_size", 32))
     segments, per_segment = clips.segments, clips.frames_per_segment
 

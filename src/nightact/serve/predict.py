@@ -37,6 +37,7 @@ from nightact.core.videos import (
     truncation_note,
 )
 from nightact.data.sampling import select_frames, view_plan
+from nightact.nets import gpu
 from nightact.serve.onnx_engine import load_onnx_predictor
 from nightact.serve.predictor import Predictor, checked_class_names, engine_of
 
@@ -258,6 +259,7 @@ def predict_videos(
 def run_predict(config: PredictConfig, progress: bool = True) -> list[Prediction]:
     """Run a :class:`PredictConfig`; see :func:`predict_videos`."""
     predictor = load_predictor(config.model, config.class_names, config.allow_short, config.engine)
+    gpu.warn_if_gpu_unused()  # Keras' engine only: the ONNX engine never loads Keras
     plan = view_plan(config.views, predictor.frames_per_segment, predictor.mirror)
     # Candidates are decoded only when a view needs one beyond the first.
     per_segment = predictor.frames_per_segment if config.views > 1 else 1

@@ -66,6 +66,7 @@ from nightact.core.videos import (
     sample_indices,
     truncation_note,
 )
+from nightact.nets import gpu
 from nightact.serve.predict import load_predictor
 from nightact.serve.predictor import engine_of
 
@@ -209,6 +210,7 @@ def run_timeline(config: TimelineConfig, predictor=None, progress: bool = True):
         _require_pillow()
     if predictor is None:
         predictor = load_engine(config.model, config.engine)
+    gpu.warn_if_gpu_unused()  # Keras' engine only: the ONNX engine never loads Keras
     window = config.window or default_window_seconds(config.model, predictor)
     stride = config.stride or window / 2
     resolved = dataclasses.replace(config, window=window, stride=stride)

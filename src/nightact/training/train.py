@@ -64,6 +64,7 @@ from nightact.core.store import (
     source_store,
 )
 from nightact.data.augment import AugmentConfig
+from nightact.nets import gpu
 from nightact.nets.backbones import build_backbone, network_of, weights_record
 from nightact.training import devices
 
@@ -335,6 +336,7 @@ def train(
             return finished
         train_split, val_split = open_splits(config)
         config, setup = use_devices(config)
+        gpu.warn_if_gpu_unused()  # after the device setup: JAX fixes its devices on first use
         # Under MirroredStrategy every variable must be made in its scope, the optimizer's too,
         # which the free-space check and a resume build.
         with setup.scope():
@@ -911,19 +913,4 @@ def read_history(run: str | os.PathLike) -> list[dict]:
 
 def gpu_available() -> bool:
     """Whether the active Keras backend sees a GPU."""
-    import keras
-
-    backend = keras.config.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    if backend == "jax":
-        import jax
-
-        return any(device.platform == "gpu" for device in jax.devices())
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    return False
+    return gpu.backend_sees_gpu()
