@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+comma := ,
 
 .PHONY: demo test lint bench figures clean
 
@@ -10,9 +11,12 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Extras for `make demo`: `make demo EXTRAS=cuda` on an NVIDIA GPU (JAX's CUDA build,
-# docs/backends.md).
+# docs/backends.md). The demo's install always takes the export extra (tf2onnx, onnx, ONNX
+# Runtime: about 115 MB beside TensorFlow's 1.9 GB, no other new dependency), so every command the
+# README shows works after `make demo`, `export --format onnx` and `predict --engine onnx`
+# included. The test extras hold it too.
 EXTRAS ?=
-EXTRAS_SPEC := $(if $(EXTRAS),[$(EXTRAS)])
+EXTRAS_SPEC := [export$(if $(EXTRAS),$(comma)$(EXTRAS))]
 STAMP := $(VENV)/.installed$(if $(EXTRAS),-$(EXTRAS))
 
 # A stamp per install flavour, so `make demo` after `make test` does not reinstall.

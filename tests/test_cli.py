@@ -146,6 +146,12 @@ def test_flags_reach_the_config_and_help_shows_the_dataclass_defaults(capsys):
         assert f"(default {default})" in text, flag
 
 
+def test_verbose_goes_before_or_after_the_command():
+    assert parse("-v", "models").verbose and parse("models", "--verbose").verbose
+    assert parse("--verbose", "prepare", "videos", "store", "-v").verbose
+    assert not parse("models").verbose and not parse("prepare", "videos", "store").verbose
+
+
 def test_resume_without_a_run_folder_is_refused():
     with pytest.raises(ValueError, match="--resume needs --out"):
         cli.train_config(parse("train", "--resume"))

@@ -276,7 +276,13 @@ def test_paired_tests_leave_out_runs_without_predictions(fake_runs, tmp_path):
 def test_compare_refuses_an_unevaluated_run(fake_runs, tmp_path):
     (fake_runs / "lstm" / "evaluation" / "metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match="nightact evaluate"):
+        compare([fake_runs / "lstm"], tmp_path / "new" / "report")
+    # Refused inside its lock: neither the lock file nor the folders made for it stay.
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "report").mkdir()
+    with pytest.raises(FileNotFoundError, match="nightact evaluate"):
         compare([fake_runs / "lstm"], tmp_path / "report")
+    assert list((tmp_path / "report").iterdir()) == []
 
 
 def test_compare_config_needs_a_run_and_keeps_paths_as_text(tmp_path):
@@ -304,6 +310,7 @@ def test_compare_command(fake_runs, tmp_path, capsys):
     assert str(out / "report.html") in capsys.readouterr().out
     markdown = (out / "report.md").read_text()
     assert "| GRU |" in markdown and "| LSTM |" in markdown and "| SimpleRNN |" not in markdown
+    assert not (out / ".lock").exists()  # let go of, and removed, at the end
 
 
 # Text in a figure shown at its own size (one PNG pixel per CSS pixel) must be at least this tall,

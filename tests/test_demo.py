@@ -16,8 +16,8 @@ def test_a_demo_folder_refuses_other_settings(tmp_path):
 
     with pytest.raises(ValueError, match="epochs=.* there"):
         run_demo(DemoConfig(out=tmp_path, epochs=DemoConfig.epochs + 1))
-    # Nothing was started (the folder's lock file is held by no one now).
-    assert sorted(path.name for path in tmp_path.iterdir()) == [".lock", "demo_config.json"]
+    # Nothing was started, and the folder's lock file went with the lock.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo_config.json"]
 
 
 @pytest.mark.slow

@@ -232,6 +232,21 @@ def test_evaluate_refuses_the_validation_split_unless_asked(tiny_run, capsys):
     assert (tiny_run / "evaluation-val" / "metrics.json").exists()
 
 
+def test_a_failed_evaluation_leaves_no_folder_and_none_keeps_a_lock_file(
+    tiny_run, tmp_path, capsys
+):
+    before = sorted(path.name for path in tiny_run.iterdir())
+    # One view per candidate and orientation at most: refused once its folder is locked.
+    assert main(["evaluate", str(tiny_run), "--views", "5"]) == 2
+    assert "5 views asked" in capsys.readouterr().err
+    (tmp_path / "not-a-store").mkdir()
+    assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "not-a-store")]) == 2
+    assert "not-a-store" in capsys.readouterr().err
+    assert sorted(path.name for path in tiny_run.iterdir()) == before
+    # Training and the evaluations that finished let go of their locks and removed the files.
+    assert list(tiny_run.rglob(".lock")) == []
+
+
 def test_evaluate_command(tiny_run, capsys):
     assert main(["evaluate", str(tiny_run)]) == 0
     printed = capsys.readouterr().out

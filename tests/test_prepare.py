@@ -266,6 +266,80 @@ def test_interrupted_run_resumes_without_redoing_finished_clips(source, tmp_path
         assert len(list(csv.DictReader(handle))) == 18
 
 
+# Each job a quarter of a second slower, in the spawned workers too (they import this module by
+# name), so that a Ctrl-C lands while most clips are still to do, however fast the machine.
+SLOW_JOBS = """
+import time
+from nightact.data import prepare
+real_prepare_one = prepare._prepare_one
+def slow_prepare_one(job):
+    time.sleep(0.25)
+    return real_prepare_one(job)
+"""
+
+# `nightact prepare` with the slow jobs, SIGINT handled as a terminal's Ctrl-C: a process started
+# in the background by a non-interactive shell inherits SIGINT ignored, and Python then installs
+# no KeyboardInterrupt handler. The command notices the Ctrl-C half a second late, as one busy
+# writing a row would, which leaves any worker that reacts to it the time to show it.
+INTERRUPTIBLE_PREPARE = """
+import signal, sys, time
+def noticed_late(signum, frame):
+    time.sleep(0.5)
+    raise KeyboardInterrupt
+signal.signal(signal.SIGINT, noticed_late)
+import slow_jobs
+from nightact.data import prepare
+prepare._prepare_one = slow_jobs.slow_prepare_one
+from nightact.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_stops_prepare_and_its_workers_in_one_line_and_a_rerun_resumes(tmp_path):
+    src = _make_source(tmp_path / "src")
+    (tmp_path / "slow_jobs.py").write_text(SLOW_JOBS)
+    out = tmp_path / "store"
+    command = [
+        sys.executable, "-c", INTERRUPTIBLE_PREPARE, "prepare", str(src), str(out),
+        "--frames", "4", "--size", "16x24", "--workers", "2",
+    ]  # fmt: skip
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), str(tmp_path)]),
+        "TQDM_DISABLE": "1",  # the progress bar is not what this test reads
+    }
+    # Its own process group, which a terminal's Ctrl-C reaches whole: the command and workers.
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True
+    )
+    journal = out / ".partial" / "journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines() == ["nightact prepare: interrupted; run it again to resume"]
+    finished = len(journal.read_text().splitlines())
+    assert 2 <= finished < 18, "the run should have been stopped part way"
+    # The workers went with the command, and its lock file with its lock.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("worker processes outlived the interrupted command")
+    assert not (out / ".lock").exists()
+
+    resumed = prepare(_config(src, out))
+    assert resumed.processed_now == 18 - finished and resumed.prepared == 18
+
+
 def test_a_source_file_changed_since_it_was_journaled_is_prepared_again(tmp_path, monkeypatch):
     import nightact.data.prepare as dataset
 

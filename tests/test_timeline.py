@@ -333,12 +333,37 @@ def test_a_truncated_file_is_warned_about_in_one_line(run, tmp_path, caplog):
     assert len(caplog.records) <= 1  # at most the decoder's error, once
 
 
-def test_a_missing_or_broken_file_names_the_file(run, tmp_path):
+def test_a_missing_or_broken_file_names_the_file_and_leaves_nothing(run, tmp_path):
     with pytest.raises(VideoError, match=r"absent\.mp4: file not found"):
-        timeline(run, tmp_path / "absent.mp4", tmp_path / "out", progress=False)
+        timeline(run, tmp_path / "absent.mp4", tmp_path / "new" / "out", progress=False)
     (tmp_path / "text.mp4").write_text("not a video")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("the user's")
     with pytest.raises(VideoError, match=r"text\.mp4: not a readable video"):
-        timeline(run, tmp_path / "text.mp4", tmp_path / "out2", progress=False)
+        timeline(run, tmp_path / "text.mp4", tmp_path / "kept", progress=False)
+    # No empty timeline, no folder made for it; a folder that was there keeps only its own.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "text.mp4"]
+    assert [path.name for path in (tmp_path / "kept").iterdir()] == ["notes.txt"]
+
+
+def test_a_run_that_fails_part_way_leaves_no_file(run, long_video, tmp_path):
+    video, _ = long_video
+    predictor = load_engine(run)
+    calls = []
+
+    class BreaksOnTheThirdBatch:
+        def predict_on_batch(self, clips):
+            calls.append(len(clips))
+            if len(calls) == 3:
+                raise RuntimeError("the accelerator went away")
+            return predictor.model.predict_on_batch(clips)
+
+    broken = dataclasses.replace(predictor, model=BreaksOnTheThirdBatch())
+    config = TimelineConfig(str(run), str(video), str(tmp_path / "out"), batch_size=1)
+    with pytest.raises(RuntimeError, match="went away"):
+        run_timeline(config, broken, progress=False)
+    # Two rows had been written to the CSV before the failure; none of it stays.
+    assert len(calls) == 3 and list(tmp_path.iterdir()) == []
 
 
 def test_a_folder_gets_one_timeline_per_video(run, tmp_path):
@@ -346,16 +371,21 @@ def test_a_folder_gets_one_timeline_per_video(run, tmp_path):
     write_long_video(folder / "a.mp4", [("Run", 1)])
     write_long_video(folder / "night" / "b.mp4", [("Run", 1)])
     (folder / "notes.txt").write_text("not a video")
+    (folder / "broken" / "c.mp4").parent.mkdir()
+    (folder / "broken" / "c.mp4").write_text("not a video either")
     results = timeline(run, folder, tmp_path / "out", progress=False)
     assert [Path(result.out).relative_to(tmp_path / "out") for result in results] == [
         Path("a"),
+        Path("broken/c"),
         Path("night/b"),
     ]
-    first, second = (read_json(Path(result.out))["windows"] for result in results)
-    assert len(first) == len(second) >= 1
+    first, broken, second = results
+    assert first.windows >= 1
+    windows = [read_json(Path(result.out))["windows"] for result in (first, second)]
+    assert len(windows[0]) == len(windows[1])
     # The same video twice: the same windows and labels. The probabilities agree to rounding
     # only: XLA on a CPU may sum in another order from one call to the next (seen: 1e-4 apart).
-    for one, other in zip(first, second, strict=True):
+    for one, other in zip(*windows, strict=True):
         numbers = ("probabilities", "raw_probabilities")
         assert {key: value for key, value in one.items() if key not in numbers} == {
             key: value for key, value in other.items() if key not in numbers
@@ -363,6 +393,9 @@ def test_a_folder_gets_one_timeline_per_video(run, tmp_path):
         for key in numbers:
             np.testing.assert_allclose(one[key], other[key], atol=1e-3)
     assert (tmp_path / "out" / "night" / "b" / "timeline.png").is_file()
+    # The broken video is reported, and leaves no folder of empty files.
+    assert broken.windows == 0 and "not a readable video" in broken.error
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a", "night"]
 
 
 # --- live sources ------------------------------------------------------------------------------
@@ -498,12 +531,14 @@ def test_ctrl_c_stops_a_live_timeline_with_its_files_written(onnx_model, tmp_pat
             text=True,
             env={**os.environ, "PYTHONPATH": str(SRC)},
         )
-        csv_path = out / "timeline.csv"
+        # The rows come as they are predicted, under the partial name until the run ends.
+        rows = out / ".timeline.partial.csv"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if csv_path.is_file() and len(csv_path.read_text().splitlines()) >= 2:
+            if rows.is_file() and len(rows.read_text().splitlines()) >= 2:
                 break
             time.sleep(0.2)
+        assert not (out / "timeline.csv").exists()
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
@@ -512,8 +547,13 @@ def test_ctrl_c_stops_a_live_timeline_with_its_files_written(onnx_model, tmp_pat
     assert document["result"]["stopped"] == "interrupted"
     assert len(document["windows"]) >= 1
     assert document["windows"][-1]["end"] < 15.0  # stopped well before the stream's end
-    assert len(csv_path.read_text().splitlines()) == len(document["windows"]) + 1
-    assert (out / "timeline.png").is_file()
+    assert len((out / "timeline.csv").read_text().splitlines()) == len(document["windows"]) + 1
+    assert sorted(path.name for path in out.iterdir()) == [
+        "timeline.csv",
+        "timeline.json",
+        "timeline.png",
+        "timeline_config.json",
+    ]
 
 
 def test_a_stream_that_never_opens_stops_after_bounded_retries(run, tmp_path, caplog):
@@ -521,12 +561,13 @@ def test_a_stream_that_never_opens_stops_after_bounded_retries(run, tmp_path, ca
         url = server.url
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="nightact.serve.timeline"):
-        [result] = timeline(run, url, tmp_path, reconnects=2, progress=False)
+        [result] = timeline(run, url, tmp_path / "live", reconnects=2, progress=False)
     # Two waits, 0.5 s then 1 s, then it gives up.
     assert 1.4 < time.monotonic() - started < 30
     assert result.stopped.startswith("stream lost: 2 reconnects failed")
     assert caplog.text.count("retrying in") == 2
-    assert read_json(tmp_path)["windows"] == [] and (tmp_path / "timeline.csv").is_file()
+    # Not one frame: no empty timeline, and not the folder made for it.
+    assert result.windows == 0 and list(tmp_path.iterdir()) == []
 
 
 # --- the command line --------------------------------------------------------------------------

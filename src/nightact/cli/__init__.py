@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from nightact import __version__
@@ -33,8 +32,10 @@ from nightact.cli.scoring import compare_config, evaluate_config, robustness_con
 from nightact.cli.serve import export_config, predict_config, timeline_config
 from nightact.cli.sources import download_config, synth_config
 from nightact.cli.training import demo_config, study_config, train_config
+from nightact.core.extras import MissingPackageError
 from nightact.core.files import DiskFullError, DiskSpaceError
 from nightact.core.locks import FolderLockedError
+from nightact.core.quiet import quiet_backends
 from nightact.nets.backbones import WeightsUnavailableError
 
 __all__ = [
@@ -89,7 +90,11 @@ USER_ERRORS = (
     FolderLockedError,
     DiskSpaceError,
     DiskFullError,
+    MissingPackageError,
 )
+
+
+VERBOSE_HELP = "log debug messages, and show the backends' start-up lines"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,18 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recognise human actions in night-time video with recurrent networks.",
     )
     parser.add_argument("--version", action="version", version=f"nightact {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_parser in COMMANDS:
         add_parser(subparsers)
+    # Also after the command (`nightact models -v`), where users type it; SUPPRESS keeps the
+    # value given before the command when it is not repeated after it.
+    for command in subparsers.choices.values():
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter (no CUDA driver, CPU instruction sets) hides our own
-    # output; warnings and errors still show. A user's own setting wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    # Before any command imports Keras: the backends' start-up lines hide our own output
+    # (nightact.core.quiet says which, and how); --verbose shows them. A user's settings win.
+    quiet_backends(verbose=args.verbose)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -31,7 +31,9 @@ __all__ = [
     "gigabytes",
     "human_size",
     "is_disk_full",
+    "make_folders",
     "open_atomic",
+    "remove_empty_folders",
     "remove_partial",
     "replace_atomic",
     "sha256_of",
@@ -201,6 +203,35 @@ def remove_partial(path: str | os.PathLike) -> int:
     written = file_size(path)
     Path(path).unlink(missing_ok=True)
     return written
+
+
+def make_folders(folder: str | os.PathLike) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those this call created, deepest first.
+
+    With :func:`remove_empty_folders`, a command that fails removes the folders it made.
+    """
+    folder = Path(folder)
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as :func:`make_folders` lists them) while empty.
+
+    A folder that holds anything is kept, and so are the ones above it.
+    """
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: something was written there
+            return
 
 
 def free_space(folder: str | os.PathLike) -> int:

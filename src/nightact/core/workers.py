@@ -10,8 +10,11 @@ script that calls these functions at its top level needs the usual
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
 __all__ = [
@@ -30,7 +33,8 @@ def map_unordered(function: Callable, jobs: Iterable, workers: int | None = None
 
     With one worker (or one job) the jobs run here, in order, with no process started.
     ``function`` must be a module-level function and the jobs picklable. An exception in a job
-    is raised here, and the pool is terminated when the caller stops iterating.
+    is raised here, and the pool is terminated when the caller stops iterating. The workers
+    ignore Ctrl-C: the caller gets the KeyboardInterrupt, and stopping it ends the pool.
     """
     jobs = list(jobs)
     count = worker_count(workers, len(jobs))
@@ -38,5 +42,37 @@ def map_unordered(function: Callable, jobs: Iterable, workers: int | None = None
         for job in jobs:
             yield function(job)
         return
-    with multiprocessing.get_context("spawn").Pool(count) as pool:
+    with _ignoring_sigint():
+        pool = multiprocessing.get_context("spawn").Pool(count, initializer=_ignore_sigint)
+    with pool:
         yield from pool.imap_unordered(function, jobs)
+
+
+def _ignore_sigint() -> None:
+    """In each worker: Ctrl-C is the parent's to handle (it stops the pool), not the workers'.
+
+    A terminal sends SIGINT to the whole process group, so without this every worker would
+    print its own KeyboardInterrupt traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _ignoring_sigint() -> Iterator[None]:
+    """Ignore SIGINT here while the workers start, so they inherit it ignored from the start.
+
+    A worker sets it ignored itself (:func:`_ignore_sigint`) only once its interpreter has
+    started; a Ctrl-C before that would print a traceback from its start-up. A Ctrl-C in these
+    few milliseconds of starting processes is lost (press it again). Only the main thread may
+    change a signal's handler: elsewhere the workers rely on their initializer alone.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    # None: a handler set outside Python, which could not be put back.
+    if previous is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nightact.core import files, runs
+from nightact.core import extras, files, runs
 from nightact.core.store import open_split
 from nightact.serve.onnx_engine import ONNX_METADATA_KEY, read_onnx_metadata
 from nightact.serve.predict import load_predictor
@@ -78,6 +78,9 @@ FORMATS = ("onnx", "saved_model", "litert")
 # The name Keras' model.export gives each format.
 _KERAS_FORMATS = {"onnx": "onnx", "saved_model": "tf_saved_model", "litert": "litert"}
 _SUFFIXES = {"onnx": ".onnx", "saved_model": "", "litert": ".tflite"}
+# The optional packages (the export extra) a format needs: Keras' ONNX export goes through
+# tf2onnx and onnx, and ONNX Runtime runs the file to check it.
+_PACKAGES = {"onnx": ("tf2onnx", "onnx", "onnxruntime")}
 # Where the metadata lives inside or beside each format (ONNX: the metadata property
 # nightact.serve.onnx_engine.ONNX_METADATA_KEY).
 SAVED_MODEL_METADATA = Path("assets.extra") / "nightact.json"
@@ -181,9 +184,13 @@ def export_model(
         ExportError: the format cannot be exported faithfully for this model (the reason says
             why: conversion failed, the runtime cannot run it, or the numbers differ).
         FileExistsError: ``out`` exists and ``overwrite`` is false.
+        nightact.core.extras.MissingPackageError: the format needs a package of the export
+            extra that is not installed.
     """
     source = str(model) if isinstance(model, (str, os.PathLike)) else "<in memory>"
     _require_tensorflow(format, source)
+    for module in _PACKAGES.get(format, ()):
+        extras.require(module, f"exporting to {format}", extra="export")
     config = ExportConfig(source, format, out, tolerance, test_clips, random_clips, seed, overwrite)
     out = Path(out)
     if out.exists() and not overwrite:

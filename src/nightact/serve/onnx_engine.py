@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nightact.core import extras
 from nightact.serve.predictor import Predictor
 
 __all__ = ["ONNX_METADATA_KEY", "OnnxModel", "load_onnx_predictor", "read_onnx_metadata"]
@@ -39,8 +40,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime
-
+        onnxruntime = _onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX file")
@@ -70,6 +70,11 @@ class OnnxModel:
         return self.session.run(None, {self.input_name: clips})[0]
 
 
+def _onnxruntime():
+    # Optional (the onnx extra): imported on call, and refused in one line where it is missing.
+    return extras.require("onnxruntime", "the ONNX engine", extra="onnx")
+
+
 def _dimension(size) -> int | None:
     # A symbolic dimension (the dynamic batch) comes back as a name or None.
     return size if isinstance(size, int) else None
@@ -82,9 +87,7 @@ def _metadata(session) -> dict:
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict:
     """The nightact metadata of an ``.onnx`` file ({} for a file nightact did not write)."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return _metadata(session)
 
 

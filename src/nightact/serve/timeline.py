@@ -19,6 +19,9 @@ plus one batch of clips, whatever the length of the video. Writes::
       timeline.png          time on x, one row per class, probability as colour, label on top
       annotated.mp4         with annotate=True: every frame with the current label drawn on it
 
+Each file is written under a hidden partial name (``.timeline.partial.csv`` takes the rows as
+they come, so a live run can be followed there) and all are renamed into place together at the
+end: a run that fails, or a source that never gives a frame, leaves no file and no folder it made.
 A folder as SOURCE gives one such OUT/<video path without suffix>/ per video inside it.
 
 Live sources (``rtsp://``, ``http://`` ... URLs, ``/dev/video*``, a named pipe) are read as they
@@ -36,6 +39,7 @@ live viewer could know at that moment), so labels lag the action by up to one wi
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import io
@@ -54,7 +58,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from nightact.core import files, runs
+from nightact.core import extras, files, runs
 from nightact.core.store import STORED_STATUSES, read_manifest
 from nightact.core.videos import (
     VideoError,
@@ -81,6 +85,7 @@ __all__ = [
     "draw_timeline",
     "is_live_source",
     "load_engine",
+    "partial_name",
     "run_timeline",
     "timeline",
     "training_clip_seconds",
@@ -217,9 +222,12 @@ def run_timeline(config: TimelineConfig, predictor=None, progress: bool = True):
     log.info("window %.2f s, stride %.2f s", window, stride)
     results = []
     for source, out, live in _sources(resolved):
-        out.mkdir(parents=True, exist_ok=True)
-        files.write_json_atomic(out / CONFIG_NAME, dataclasses.asdict(resolved))
-        results.append(_SourceRun(resolved, predictor, source, out, live, progress).run())
+        created = files.make_folders(out)
+        try:
+            results.append(_SourceRun(resolved, predictor, source, out, live, progress).run())
+        finally:
+            # A source that left no files leaves no folder made for it either.
+            files.remove_empty_folders(created)
     return results
 
 
@@ -586,7 +594,12 @@ class _SourceRun:
         self.warned_short = False
 
     def run(self) -> TimelineResult:
-        """Read the source to its end (or Ctrl-C, or a lost stream) and write every file."""
+        """Read the source to its end (or Ctrl-C, or a lost stream) and write every file.
+
+        The files take their real names only once all of them are written. A source that fails,
+        or that gives no frame at all (a stream that never opened), leaves none of them: its
+        result says why.
+        """
         result = self.result
         try:
             self._read_all()
@@ -603,16 +616,22 @@ class _SourceRun:
         except VideoError as error:
             result.error = error.reason
             result.stopped = f"error: {error.reason}"
+            self._discard()
             if self.live or not Path(self.config.source).is_dir():
-                self.writer.close(result, self.sampler.last_time or 0.0)
                 raise
             log.error("%s", error)
+            return result
+        except BaseException:
+            self._discard()
+            raise
         finally:
             if self.bar is not None:
                 self.bar.close()
-            if self.annotator is not None:
-                self.annotator.close()
         self._summarise()
+        if self.frames.decoded:
+            self._commit()
+        else:
+            self._discard()
         return result
 
     def _read_all(self) -> None:
@@ -733,14 +752,13 @@ class _SourceRun:
         pending.clear()
 
     def _summarise(self) -> None:
-        """The run's counts and times into its result, timeline.json and .png, and the log."""
+        """The run's counts and times into its result, and the log."""
         result, frames = self.result, self.frames
         result.decoded_frames = frames.decoded
         result.media_seconds = (self.sampler.last_time or 0.0) + (
             1.0 / frames.fps if frames.fps else 0
         )
         result.wall_seconds = time.monotonic() - self.started
-        self.writer.close(result, result.media_seconds)
         if result.warning is not None:
             log.warning(
                 "%s: %s; the timeline ends at %.1f s",
@@ -758,6 +776,33 @@ class _SourceRun:
             result.realtime_factor,
             result.stopped,
         )
+
+    def _commit(self) -> None:
+        """Finish every file under its partial name, then rename them all into place."""
+        try:
+            moves = self.writer.finish(self.result, self.result.media_seconds)
+            if self.annotator is not None:
+                moves.append(self.annotator.finish())
+            config = partial_name(self.out / CONFIG_NAME)
+            files.write_json_atomic(config, dataclasses.asdict(self.config))
+            moves.append((config, self.out / CONFIG_NAME))
+            for partial, final in moves:
+                files.replace_atomic(partial, final)
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        """Remove every partial file of this source: a failed run leaves nothing new."""
+        self.writer.discard()
+        if self.annotator is not None:
+            self.annotator.discard()
+        files.remove_partial(partial_name(self.out / CONFIG_NAME))
+
+
+def partial_name(path: Path) -> Path:
+    """Where a timeline file is written until the run is complete: hidden, suffix kept."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
 def _waited(fps: float) -> float:
@@ -777,7 +822,10 @@ class _TimelineWriter:
         self.recent: collections.deque[np.ndarray] = collections.deque(maxlen=config.smooth)
         self.rows: list[dict] = []
         self.skipped: list[dict] = []
-        self.handle = open(out / "timeline.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115
+        # Rows are written as they come (a live run can be followed), under the partial name.
+        self.paths = [out / name for name in ("timeline.csv", "timeline.json", "timeline.png")]
+        rows_file = partial_name(self.paths[0])
+        self.handle = open(rows_file, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self.csv = csv.writer(self.handle)
         header = ["start", "end", "label", "probability"]
         for rank in range(1, self.top_k + 1):
@@ -823,14 +871,15 @@ class _TimelineWriter:
     def current_label(self) -> tuple[str, float] | None:
         return (self.rows[-1]["label"], self.rows[-1]["probability"]) if self.rows else None
 
-    def close(self, result: TimelineResult, duration: float) -> None:
-        if self.handle.closed:
-            return
+    def finish(self, result: TimelineResult, duration: float) -> list[tuple[Path, Path]]:
+        """Close the CSV and write the JSON and PNG, all under partial names; return the moves
+        (partial, real name) that put them in place."""
         self.handle.close()
+        csv_path, json_path, png_path = self.paths
         summary = dataclasses.asdict(result)
         summary["realtime_factor"] = result.realtime_factor
         files.write_json_atomic(
-            self.out / "timeline.json",
+            partial_name(json_path),
             {
                 "source": self.source,
                 "model": self.config.model,
@@ -842,10 +891,18 @@ class _TimelineWriter:
                 "skipped_windows": self.skipped,
             },
         )
+        moves = [(partial_name(path), path) for path in (csv_path, json_path)]
         try:
-            draw_timeline(self.rows, self.class_names, self.out / "timeline.png", duration)
+            draw_timeline(self.rows, self.class_names, partial_name(png_path), duration)
+            moves.append((partial_name(png_path), png_path))
         except ImportError:
             log.warning("matplotlib is not installed: timeline.png not drawn")
+        return moves
+
+    def discard(self) -> None:
+        self.handle.close()
+        for path in self.paths:
+            files.remove_partial(partial_name(path))
 
 
 def draw_timeline(rows: list[dict], class_names: list[str], path: Path, duration: float) -> None:
@@ -910,7 +967,7 @@ class _Annotator:
         from PIL import ImageFont
 
         self.path = path
-        self.temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self.temporary = partial_name(path)
         self.container = av.open(str(self.temporary), mode="w")
         self.stream = self.container.add_stream(
             "libx264", rate=Fraction(fps).limit_denominator(1001)
@@ -935,15 +992,18 @@ class _Annotator:
             image = image.crop((0, 0, self.stream.width, self.stream.height))
         self.container.mux(self.stream.encode(av.VideoFrame.from_image(image)))
 
-    def close(self) -> None:
+    def finish(self) -> tuple[Path, Path]:
+        """Flush the encoder and close the file; return the move that puts it in place."""
         self.container.mux(self.stream.encode(None))
         self.container.close()
-        files.replace_atomic(self.temporary, self.path)
+        return self.temporary, self.path
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):  # closed already, or broken: it goes either way
+            self.container.close()
+        files.remove_partial(self.temporary)
 
 
 def _require_pillow() -> None:
     # Pillow is optional: this asks for it before any frame is read, not at import.
-    try:
-        import PIL  # noqa: F401
-    except ImportError as error:
-        raise ImportError("annotate needs Pillow: pip install pillow") from error
+    extras.require("PIL", "annotate", package="pillow")
