@@ -1,17 +1,9 @@
-"""The prepared clip store: index class folders, split them, stream clips to disk, open splits.
+"""``nightact prepare SRC STORE``: decode, sample and letterbox class-named videos into a store.
 
-A store is a folder written by :func:`prepare` (``nightact prepare SRC STORE``)::
-
-    STORE/
-      store.json          written last: the config, class names, split sizes, source fingerprint.
-                          A store without it is unfinished and is never opened.
-      classes.json        {"class_names": [...]}: label i is class_names[i], folders sorted by name.
-      manifest.csv        one row per file found under SRC/<class>/ (see MANIFEST_COLUMNS).
-      train.npy           uint8 (n, frames, height, width, 3), RGB, one row per clip; also val.npy,
-      train_labels.npy    test.npy and their int64 labels. Open with np.load(mmap_mode="r").
-      prepare_config.json the PrepareConfig, as JSON.
-      leakage.csv         near-duplicate pairs across splits, from the check after the store is
-      leakage.json        complete (nightact.data.leakage; skipped with check_leakage=False).
+:func:`prepare` indexes ``SRC/<class>/**`` and draws the stratified split
+(:mod:`nightact.data.splits`), then streams every clip into its row of the store, whose files and
+format :mod:`nightact.core.store` describes and reads; at the end it looks for near-duplicates
+across splits (:mod:`nightact.data.leakage`; ``check_leakage=False`` skips it).
 
 With ``group_by`` (``--group-by``), the split is drawn over groups (:mod:`nightact.data.groups`),
 each clip's group is in the manifest's ``group`` column, and the groups are kept in the plan so an
