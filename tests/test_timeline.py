@@ -8,6 +8,7 @@ import http.server
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -369,7 +370,10 @@ def test_a_run_that_fails_part_way_leaves_no_file(run, long_video, tmp_path):
 def test_a_folder_gets_one_timeline_per_video(run, tmp_path):
     folder = tmp_path / "videos"
     write_long_video(folder / "a.mp4", [("Run", 1)])
-    write_long_video(folder / "night" / "b.mp4", [("Run", 1)])
+    # A copy, not a second encode: at this tiny size (48x64) x264 may encode the same frames a
+    # little differently after other work in the process (tests/test_videos.py says more).
+    (folder / "night").mkdir()
+    shutil.copyfile(folder / "a.mp4", folder / "night" / "b.mp4")
     (folder / "notes.txt").write_text("not a video")
     (folder / "broken" / "c.mp4").parent.mkdir()
     (folder / "broken" / "c.mp4").write_text("not a video either")
@@ -383,15 +387,7 @@ def test_a_folder_gets_one_timeline_per_video(run, tmp_path):
     assert first.windows >= 1
     windows = [read_json(Path(result.out))["windows"] for result in (first, second)]
     assert len(windows[0]) == len(windows[1])
-    # The same video twice: the same windows and labels. The probabilities agree to rounding
-    # only: XLA on a CPU may sum in another order from one call to the next (seen: 1e-4 apart).
-    for one, other in zip(*windows, strict=True):
-        numbers = ("probabilities", "raw_probabilities")
-        assert {key: value for key, value in one.items() if key not in numbers} == {
-            key: value for key, value in other.items() if key not in numbers
-        }
-        for key in numbers:
-            np.testing.assert_allclose(one[key], other[key], atol=1e-3)
+    assert windows[0] == windows[1]  # the same file twice: the same timeline
     assert (tmp_path / "out" / "night" / "b" / "timeline.png").is_file()
     # The broken video is reported, and leaves no folder of empty files.
     assert broken.windows == 0 and "not a readable video" in broken.error
