@@ -5,7 +5,8 @@ in its own process with its own time limit, inside one overall budget, and ``OUT
 rewritten after each part, so a part that fails or hangs costs only its own box::
 
     OUT/
-      gpu.json        environment, then one entry per part: "models", "loader", "parallel"
+      gpu.json        environment, then one entry per part: "models", "kernels", "loader",
+                      "parallel"
       loader.json     benchmarks/loader.py's own report
       gpu.log         everything the parts printed (gpu.sh writes it)
       nvidia-smi.txt  (gpu.sh writes it)
@@ -16,17 +17,26 @@ Parts, in order of importance (a later part gets what time is left):
    and what is missing;
 2. models: each of the six at 10 x 240x320, batch 64, mixed_float16, timed with ``model.fit`` on
    random uint8 clips from a memory-mapped file read by nightact's ``ClipBatches``, after one
-   untimed warm-up epoch (tracing, compilation): ms per step and clips/s;
-3. loader: ``benchmarks/loader.py`` with 1, 2, 4, 8 readers, warm and cold;
-4. parallel: cnn_gru on 2 devices against 1, at the same global batch, where 2 devices exist.
+   untimed warm-up epoch (tracing, compilation): ms per step and clips/s. The LSTM models run
+   the kernel ``lstm_kernel="auto"`` picks, as ``nightact train`` does;
+3. kernels: lstm and cnn_lstm (those of ``--models``) under mixed_float16, mixed_bfloat16 and
+   float32 with each LSTM kernel (``scan``, ``cudnn-float32``, ``cudnn``; see docs/backends.md),
+   built and compiled as ``nightact train`` does, timed with ``train_on_batch`` on one batch
+   already on the device, so only the step is measured: the median step in ms, and the first
+   step (tracing, compilation) in seconds. A kernel that fails (Keras' cuDNN LSTM under 16 bits
+   on JAX) is recorded with its error. One process per model; each result is kept as it comes;
+4. loader: ``benchmarks/loader.py`` with 1, 2, 4, 8 readers, warm and cold;
+5. parallel: cnn_gru on 2 devices against 1, at the same global batch, where 2 devices exist.
 
-``--smoke`` runs every part at a tiny shape, for checking the code path on a CPU (there, 2
-logical CPU devices stand in for 2 GPUs).
+``--parts`` runs only some (``--parts kernels``: the LSTM kernels alone, about 5 minutes at the
+full shape). ``--smoke`` runs every part at a tiny shape, for checking the code path on a CPU
+(there, 2 logical CPU devices stand in for 2 GPUs).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -44,6 +54,26 @@ HERE = Path(__file__).resolve().parent
 
 FULL = {"frames": 10, "height": 240, "width": 320, "batch_size": 64, "steps": 8, "epochs": 2}
 SMOKE = {"frames": 10, "height": 24, "width": 32, "batch_size": 8, "steps": 2, "epochs": 1}
+# The smoke run's convolution, scaled down with its frames.
+SMOKE_MODEL = {"conv_filters": 16, "conv_kernel": 4, "conv_stride": 4}
+
+PARTS = ("models", "kernels", "loader", "parallel")
+# The kernels part: each (policy, LSTM kernel) in turn, most wanted first. Keras' own "cudnn" under
+# 16 bits failed on JAX (docs/backends.md); it stays in the list to see whether it still does.
+# Under float32, "cudnn-float32" is "cudnn".
+KERNEL_RUNS = (
+    ("mixed_float16", "scan"),
+    ("mixed_float16", "cudnn-float32"),
+    ("mixed_float16", "cudnn"),
+    ("mixed_bfloat16", "scan"),
+    ("mixed_bfloat16", "cudnn-float32"),
+    ("mixed_bfloat16", "cudnn"),
+    ("float32", "cudnn"),
+    ("float32", "scan"),
+)
+KERNEL_MODELS = ("lstm", "cnn_lstm")
+# train_on_batch calls per kernel: untimed (the first one compiles), then timed one by one.
+KERNEL_STEPS = {"full": (3, 20), "smoke": (2, 2)}
 
 
 # --- the parts' workers (each runs in a fresh process) ----------------------------------------
@@ -98,11 +128,10 @@ def model_worker(args) -> dict:
     labels = np.load(Path(args.data) / "labels.npy")
     frames, height, width = clips.shape[1:4]
     keras.utils.set_random_seed(0)
-    settings = {} if not args.smoke else {"conv_filters": 16, "conv_kernel": 4, "conv_stride": 4}
+    settings = SMOKE_MODEL if args.smoke else {}
     with setup.scope():
         previous = keras.config.dtype_policy()
-        if args.mixed_precision:
-            keras.config.set_dtype_policy("mixed_float16")
+        keras.config.set_dtype_policy(args.policy)
         try:
             model = build_model(
                 args.model,
@@ -110,8 +139,10 @@ def model_worker(args) -> dict:
                 height=height,
                 width=width,
                 num_classes=NUM_CLASSES,
+                lstm_kernel=args.lstm_kernel,
                 **settings,
             )
+            kernel = _lstm_kernel(args.model, args.lstm_kernel)
         finally:
             keras.config.set_dtype_policy(previous)
         # As nightact train compiles it; under mixed_float16 Keras adds the loss scaling.
@@ -151,7 +182,8 @@ def model_worker(args) -> dict:
         "platform": setup.platform,
         "backend": keras.config.backend(),
         "batch_size": args.batch_size,
-        "mixed_precision": args.mixed_precision,
+        "policy": args.policy,
+        "lstm_kernel": kernel,
         "ms_per_step": 1000 * sum(timed) / (len(timed) * steps),
         "clips_per_second": steps * args.batch_size * len(timed) / sum(timed),
         "warmup_seconds": epoch_seconds[0],
@@ -161,6 +193,117 @@ def model_worker(args) -> dict:
     }
     result.update(_peak_memory(keras.config.backend()))
     return result
+
+
+def _lstm_kernel(model: str, kernel: str) -> str | None:
+    """The LSTM kernel a model built with ``kernel`` under the policy in force runs (None: no
+    LSTM)."""
+    from nightact.nets.models import choose_lstm_kernel
+
+    if "lstm" not in model:
+        return None
+    return choose_lstm_kernel() if kernel == "auto" else kernel
+
+
+def kernels_worker(args) -> None:
+    """Time ``args.model`` under each (policy, LSTM kernel) of KERNEL_RUNS; one JSON line each.
+
+    Built and compiled by ``nightact.training.train.build_and_compile``, as ``nightact train``
+    does; timed with ``train_on_batch`` on one batch placed on the device beforehand. Each line
+    is printed as soon as it is measured, so a process that runs out of time keeps what it did.
+    """
+    import keras
+
+    from nightact.training.train import TrainConfig, build_and_compile
+
+    rng = np.random.default_rng(0)
+    shape = (args.batch_size, args.frames, args.height, args.width, 3)
+    clips = rng.integers(0, 60, size=shape, dtype=np.uint8)
+    labels = np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, args.batch_size)]
+    clips, labels = _on_device(clips), _on_device(labels)
+    warmup, timed = KERNEL_STEPS["smoke" if args.smoke else "full"]
+    for policy, kernel in KERNEL_RUNS:
+        config = TrainConfig(
+            data="-",
+            model=args.model,
+            out="-",
+            batch_size=args.batch_size,
+            mixed_precision=policy != "float32",
+            mixed_dtype=policy.removeprefix("mixed_") if policy != "float32" else "float16",
+            lstm_kernel=kernel,
+            frames=args.frames,
+            height=args.height,
+            width=args.width,
+            **(SMOKE_MODEL if args.smoke else {}),
+        )
+        row = {"model": args.model, "policy": policy, "lstm_kernel": kernel}
+        row["backend"] = keras.config.backend()
+        try:
+            model = build_and_compile(config, NUM_CLASSES)
+            row.update(_time_steps(model, clips, labels, warmup, timed))
+        except Exception as error:  # the measured crash is a result too; the next kernel runs
+            row["error"] = f"{type(error).__name__}: {_first_line(error)}"
+        finally:
+            model = None
+            keras.backend.clear_session()
+            gc.collect()
+        print(json.dumps(row), flush=True)
+
+
+def _time_steps(model, clips, labels, warmup: int, timed: int) -> dict:
+    """The first step's seconds (tracing, compilation) and the median of ``timed`` steps in ms.
+
+    ``train_on_batch`` returns the loss as a Python number, so each call waits for its step.
+    """
+    started = time.perf_counter()
+    model.train_on_batch(clips, labels)
+    first = time.perf_counter() - started
+    for _ in range(warmup - 1):
+        model.train_on_batch(clips, labels)
+    seconds = []
+    for _ in range(timed):
+        started = time.perf_counter()
+        loss = model.train_on_batch(clips, labels)
+        seconds.append(time.perf_counter() - started)
+    loss = float(np.ravel(loss)[0])
+    return {
+        "ms_per_step": 1000 * float(np.median(seconds)),
+        "ms_fastest": 1000 * min(seconds),
+        "ms_slowest": 1000 * max(seconds),
+        "first_step_seconds": first,
+        "timed_steps": timed,
+        "loss_finite": bool(np.isfinite(loss)),
+        "parameters": int(model.count_params()),
+    }
+
+
+def _on_device(array: np.ndarray):
+    """``array`` on the backend's first device, so a timed step copies nothing from the host."""
+    import keras
+
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        # Uncommitted, as Keras' own variables are: an array committed to a device changes the
+        # step's input placement after the first call, and the step is compiled a second time.
+        return jax.device_put(array)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+        with tf.device(device):
+            return tf.identity(tf.constant(array))
+    if backend == "torch":
+        import torch
+
+        return torch.as_tensor(array, device="cuda" if torch.cuda.is_available() else "cpu")
+    return array
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
 
 
 def _clip_batches(clips, labels, batch_size):
@@ -223,6 +366,53 @@ def run_part(command: list[str], seconds: float, log) -> tuple[dict | None, str]
     return result, "ok"
 
 
+def run_lines(command: list[str], seconds: float, log) -> tuple[list[dict], str]:
+    """Run a part that prints one JSON line per result; keep them even if it fails or times out."""
+    if seconds < 5:
+        return [], "skipped: no time left in the budget"
+    try:
+        finished = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds, env=os.environ.copy()
+        )
+        stdout, stderr = finished.stdout, finished.stderr
+        status = "ok" if finished.returncode == 0 else f"failed (exit {finished.returncode})"
+    except subprocess.TimeoutExpired as expired:
+        stdout, stderr = _text(expired.stdout), _text(expired.stderr)
+        status = f"timed out after {seconds:.0f} s"
+    log.write(stderr[-4000:] + "\n")
+    log.flush()
+    rows = []
+    for line in stdout.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a library's own print, not a result
+    return rows, status
+
+
+def format_kernel_table(rows: list[dict]) -> str:
+    """One line per (model, policy, kernel): median ms per step and first step, or the error."""
+    header = ["model", "policy", "lstm kernel", "ms/step", "first step s", "error"]
+    lines = [
+        [
+            row["model"],
+            row["policy"],
+            row["lstm_kernel"],
+            f"{row['ms_per_step']:.1f}" if "ms_per_step" in row else "-",
+            f"{row['first_step_seconds']:.1f}" if "first_step_seconds" in row else "-",
+            row.get("error", "")[:60],
+        ]
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+
+    def render(line) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([render(header), rule, *(render(line).rstrip() for line in lines)])
+
+
 def _text(value) -> str:
     if value is None:
         return ""
@@ -247,10 +437,19 @@ def write_clips(folder: Path, count: int, frames: int, height: int, width: int) 
 
 
 def format_table(models: list[dict]) -> str:
-    header = ["model", "devices", "ms/step", "clips/s", "warm-up s", "original ms/step"]
+    header = [
+        "model",
+        "lstm kernel",
+        "devices",
+        "ms/step",
+        "clips/s",
+        "warm-up s",
+        "original ms/step",
+    ]
     lines = [
         [
             row["model"],
+            row.get("lstm_kernel") or "-",
             str(row["devices"]),
             f"{row['ms_per_step']:.1f}",
             f"{row['clips_per_second']:.0f}",
@@ -287,17 +486,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: check the code path")
     parser.add_argument("--budget", type=float, default=420, help="seconds for all parts")
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    parser.add_argument(
+        "--parts", nargs="+", default=list(PARTS), choices=PARTS, help="the parts to run"
+    )
     parser.add_argument("--model-seconds", type=float, default=75, help="limit per model")
+    parser.add_argument(
+        "--kernel-seconds", type=float, default=240, help="limit per model of the kernels part"
+    )
     parser.add_argument("--loader-seconds", type=float, default=75)
     parser.add_argument("--parallel-seconds", type=float, default=75)
     # Internal: one part in a fresh process.
-    parser.add_argument("--worker", choices=["environment", "model"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=["environment", "model", "kernels"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=64, help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
-    parser.add_argument("--mixed-precision", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--policy", default="mixed_float16", help=argparse.SUPPRESS)
+    parser.add_argument("--lstm-kernel", default="auto", help=argparse.SUPPRESS)
+    for name in ("frames", "height", "width"):
+        parser.add_argument(f"--{name}", type=int, default=FULL[name], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker == "environment":
@@ -305,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker == "model":
         print(json.dumps(model_worker(args)))
+        return 0
+    if args.worker == "kernels":
+        kernels_worker(args)
         return 0
 
     if not args.out:
@@ -350,12 +563,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.smoke and gpus == 0:
             note("NO GPU seen by the Keras backend: the figures below are CPU figures")
         # Leave the loader its share of the budget; 2-device runs only take what is left.
-        loader_reserve = min(args.loader_seconds, 0.2 * args.budget)
+        loader_reserve = (
+            min(args.loader_seconds, 0.2 * args.budget) if "loader" in args.parts else 0
+        )
 
         with tempfile.TemporaryDirectory(prefix="nightact-gpu-") as folder:
-            count = shape["steps"] * shape["batch_size"]
-            write_clips(Path(folder), count, shape["frames"], shape["height"], shape["width"])
-            note(f"wrote {count} clips of {shape['frames']}x{shape['height']}x{shape['width']}")
+            if {"models", "parallel"} & set(args.parts):
+                count = shape["steps"] * shape["batch_size"]
+                write_clips(Path(folder), count, shape["frames"], shape["height"], shape["width"])
+                note(f"wrote {count} clips of {shape['frames']}x{shape['height']}x{shape['width']}")
 
             def model_command(model: str, devices: int) -> list[str]:
                 command = [
@@ -372,12 +588,11 @@ def main(argv: list[str] | None = None) -> int:
                     str(shape["batch_size"]),
                     "--epochs",
                     str(shape["epochs"]),
-                    "--mixed-precision",
                 ]
                 return command + (["--smoke"] if args.smoke else [])
 
             report.record["models"], report.record["model_failures"] = [], {}
-            for model in args.models:
+            for model in args.models if "models" in args.parts else []:
                 result, status = run_part(
                     model_command(model, 1), min(args.model_seconds, left(loader_reserve)), log
                 )
@@ -395,66 +610,107 @@ def main(argv: list[str] | None = None) -> int:
                 print(report.record["table"])
                 report.save()
 
-            loader_command = [
-                sys.executable,
-                str(HERE / "loader.py"),
-                "--json",
-                str(out / "loader.json"),
-                "--repeats",
-                "1",
-                *(["--smoke"] if args.smoke else ["--clips", "512"]),
-            ]
-            loader_started = time.perf_counter()
-            try:
-                finished = subprocess.run(
-                    loader_command,
-                    capture_output=True,
-                    text=True,
-                    timeout=max(5.0, min(args.loader_seconds, left())),
-                )
-                log.write(finished.stderr[-4000:] + "\n")
-                if finished.returncode == 0:
-                    loader = json.loads((out / "loader.json").read_text())
-                    report.record["loader"] = loader
-                    status = "ok"
-                    print(loader["table"])
-                else:
-                    status = f"failed (exit {finished.returncode})"
-                    report.record["loader"] = {"status": status}
-            except subprocess.TimeoutExpired as expired:
-                log.write(_text(expired.stderr)[-4000:] + "\n")
-                status = f"timed out after {time.perf_counter() - loader_started:.0f} s"
-                # The loader rewrites its JSON after every measurement: keep those it finished.
-                partial = out / "loader.json"
-                report.record["loader"] = {
-                    "status": status,
-                    **(json.loads(partial.read_text()) if partial.exists() else {}),
-                }
-            report.save()
-            note(f"loader: {status}")
+            if "kernels" in args.parts:
+                run_kernels(args, shape, me, report, log, note, lambda: left(loader_reserve))
 
-            # Where a machine has one GPU, 2 devices is only checked in --smoke, on the CPU.
-            devices = 2 if (args.smoke or gpus >= 2) else 0
-            if devices:
-                result, status = run_part(
-                    model_command("cnn_gru", devices), min(args.parallel_seconds, left()), log
-                )
-                one = [row for row in report.record["models"] if row["model"] == "cnn_gru"]
-                if result and one:
-                    result["speedup_over_one_device"] = (
-                        result["clips_per_second"] / one[0]["clips_per_second"]
-                    )
-                report.record["parallel"] = result or {"status": status}
-            else:
-                status = f"skipped: {gpus} GPU(s)"
-                report.record["parallel"] = {"status": status}
-            report.save()
-            note(f"parallel: {status}")
+            if "loader" in args.parts:
+                run_loader(args, out, report, log, note, left)
+            if "parallel" in args.parts:
+                run_parallel(args, gpus, model_command, report, log, note, left)
         # Inside the log's block: note() writes to the log too.
         report.record["seconds"] = time.perf_counter() - started
         report.save()
         note(f"wrote {report.path}")
-    return 0 if report.record["models"] else 1
+    kernels = [row for row in report.record.get("kernels", []) if "ms_per_step" in row]
+    timing = {"models", "kernels"} & set(args.parts)
+    return 0 if report.record["models"] or kernels or not timing else 1
+
+
+def run_kernels(args, shape: dict, me: list[str], report, log, note, left) -> None:
+    """The kernels part: one process per LSTM model, every (policy, kernel) of KERNEL_RUNS."""
+    report.record["kernels"], report.record["kernel_failures"] = [], {}
+    for model in [name for name in args.models if name in KERNEL_MODELS]:
+        command = [*me, "--worker", "kernels", "--model", model]
+        command += ["--batch-size", str(shape["batch_size"])]
+        for name in ("frames", "height", "width"):
+            command += [f"--{name}", str(shape[name])]
+        rows, status = run_lines(
+            command + (["--smoke"] if args.smoke else []), min(args.kernel_seconds, left()), log
+        )
+        for row in rows:
+            timing = row.get("error") or f"{row['ms_per_step']:.1f} ms/step"
+            note(f"{model} {row['policy']} {row['lstm_kernel']}: {timing}")
+        note(f"kernels of {model}: {status}, {len(rows)} of {len(KERNEL_RUNS)} measured")
+        report.record["kernels"].extend(rows)
+        if status != "ok" or len(rows) < len(KERNEL_RUNS):
+            report.record["kernel_failures"][model] = f"{status}, {len(rows)} measured"
+        report.save()
+    if report.record["kernels"]:
+        report.record["kernel_table"] = format_kernel_table(report.record["kernels"])
+        print(report.record["kernel_table"])
+        report.save()
+
+
+def run_loader(args, out: Path, report, log, note, left) -> None:
+    """The loader part: benchmarks/loader.py, its JSON kept even when it runs out of time."""
+    loader_command = [
+        sys.executable,
+        str(HERE / "loader.py"),
+        "--json",
+        str(out / "loader.json"),
+        "--repeats",
+        "1",
+        *(["--smoke"] if args.smoke else ["--clips", "512"]),
+    ]
+    loader_started = time.perf_counter()
+    try:
+        finished = subprocess.run(
+            loader_command,
+            capture_output=True,
+            text=True,
+            timeout=max(5.0, min(args.loader_seconds, left())),
+        )
+        log.write(finished.stderr[-4000:] + "\n")
+        if finished.returncode == 0:
+            loader = json.loads((out / "loader.json").read_text())
+            report.record["loader"] = loader
+            status = "ok"
+            print(loader["table"])
+        else:
+            status = f"failed (exit {finished.returncode})"
+            report.record["loader"] = {"status": status}
+    except subprocess.TimeoutExpired as expired:
+        log.write(_text(expired.stderr)[-4000:] + "\n")
+        status = f"timed out after {time.perf_counter() - loader_started:.0f} s"
+        # The loader rewrites its JSON after every measurement: keep those it finished.
+        partial = out / "loader.json"
+        report.record["loader"] = {
+            "status": status,
+            **(json.loads(partial.read_text()) if partial.exists() else {}),
+        }
+    report.save()
+    note(f"loader: {status}")
+
+
+def run_parallel(args, gpus: int, model_command, report, log, note, left) -> None:
+    """The parallel part: cnn_gru on 2 devices, against the models part's 1 where it ran."""
+    # Where a machine has one GPU, 2 devices is only checked in --smoke, on the CPU.
+    devices = 2 if (args.smoke or gpus >= 2) else 0
+    if devices:
+        result, status = run_part(
+            model_command("cnn_gru", devices), min(args.parallel_seconds, left()), log
+        )
+        one = [row for row in report.record["models"] if row["model"] == "cnn_gru"]
+        if result and one:
+            result["speedup_over_one_device"] = (
+                result["clips_per_second"] / one[0]["clips_per_second"]
+            )
+        report.record["parallel"] = result or {"status": status}
+    else:
+        status = f"skipped: {gpus} GPU(s)"
+        report.record["parallel"] = {"status": status}
+    report.save()
+    note(f"parallel: {status}")
 
 
 if __name__ == "__main__":

@@ -252,3 +252,47 @@ def finished_run(tmp_path_factory, synthetic_store) -> Path:
     )
     train(config, verbose=0)
     return run
+
+
+class CudnnDtypeError(Exception):
+    """Stands in for JAX's cuDNN LSTM failing on 16-bit floats on a GPU.
+
+    There it fails while the step is compiled (``ValueError: Unknown output type float16`` from
+    ``jaxlib/gpu_rnn.py``, measured on an H200), after Keras' fallback to its own loop can catch
+    it; an exception type Keras does not catch behaves the same way here.
+    """
+
+
+@pytest.fixture
+def simulated_jax_gpu(monkeypatch) -> list[str]:
+    """Keras' JAX LSTM as on a GPU: sent to a cuDNN stand-in that takes float32 only.
+
+    Keras asks ``_is_gpu_available()`` before it calls ``jax.experimental.rnn.lstm``, which has
+    no CPU implementation; both are replaced, the latter by JAX's own reference LSTM (the same
+    equations) behind cuDNN's float32-only rule. Returns the input dtypes it was called with.
+    """
+    import importlib
+
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("simulates JAX's cuDNN path")
+    import jax.numpy as jnp
+    from jax.experimental import rnn
+
+    calls = []
+
+    def cudnn_lstm(x, h_0, c_0, weights, seq_lengths, input_size, hidden_size, num_layers,
+                   dropout, bidirectional, precision=None):  # fmt: skip
+        calls.append(str(x.dtype))
+        if x.dtype != jnp.float32 or weights.dtype != jnp.float32:
+            raise CudnnDtypeError(f"Unknown output type {x.dtype}")
+        unpacked = rnn.unpack_lstm_weights(weights, input_size, hidden_size, num_layers, False)
+        return rnn.lstm_ref(x, h_0, c_0, *unpacked, seq_lengths, input_size, hidden_size,
+                            num_layers, dropout, bidirectional)  # fmt: skip
+
+    # Imported by name: the package `keras.src.backend.jax` exports a function called `rnn`.
+    keras_rnn = importlib.import_module("keras.src.backend.jax.rnn")
+    monkeypatch.setattr(keras_rnn, "_is_gpu_available", lambda: True)
+    monkeypatch.setattr(rnn, "lstm", cudnn_lstm)
+    return calls

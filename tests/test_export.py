@@ -167,6 +167,29 @@ def test_every_model_family_round_trips(tmp_path, name, format):
     assert np.max(np.abs(got - np.asarray(model.predict_on_batch(clips)))) <= 1e-4
 
 
+@pytest.mark.parametrize("kernel", ["scan", "cudnn-float32"])
+def test_a_mixed_precision_lstm_exports_whatever_its_kernel(tmp_path, kernel):
+    import keras
+
+    from nightact.nets.models import build_model
+
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_model("cnn_lstm", 4, 24, 32, 5, units=(8, 8), dropout=0.1, conv_filters=4,
+                            conv_kernel=3, conv_stride=3, lstm_kernel=kernel)  # fmt: skip
+    finally:
+        keras.config.set_dtype_policy("float32")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # as `nightact export` reads a run
+    clips = np.random.default_rng(3).integers(0, 256, (4, 4, 24, 32, 3), np.uint8)
+    out = tmp_path / "model.onnx"
+    result = export_model(loaded, "onnx", out, clips=clips, class_names=list("abcde"))
+    assert result.max_difference <= 1e-4
+    got = exported_probabilities("onnx", out, clips)
+    assert np.max(np.abs(got - np.asarray(model.predict_on_batch(clips)))) <= 1e-4
+
+
 def test_an_export_outside_the_tolerance_is_refused_and_nothing_is_left(tmp_path):
     # ONNX Runtime sums in another order than TensorFlow: ~1e-7 apart, never 1e-12.
     model = small_model("cnn_gru")

@@ -197,6 +197,133 @@ def test_softmax_stays_float32_under_mixed_precision():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def build_under(policy, name, **settings):
+    """``build_model`` under a global dtype policy, as nightact train builds a mixed model."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        return models.build_model(name, **settings)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def lstm_settings(model):
+    """(use_cudnn, dtype policy) of each recurrent layer."""
+    layers = [model.get_layer(f"rnn_{index}") for index in range(1, 4)]
+    return {(layer.use_cudnn, layer.dtype_policy.name) for layer in layers}
+
+
+def expected_lstm_settings(policy, kernel):
+    if kernel == "auto":
+        # Independent of the code under test: JAX's cuDNN LSTM takes float32 only.
+        sixteen_bits = policy != "float32"
+        kernel = "scan" if sixteen_bits and keras.backend.backend() == "jax" else "cudnn"
+    return {
+        "cudnn": {("auto", policy)},
+        "scan": {(False, policy)},
+        "cudnn-float32": {("auto", "float32")},
+    }[kernel]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_lstm_kernel_sets_the_lstm_layers_under_every_policy(policy):
+    # Under either backend (make test's TensorFlow leg runs this file too).
+    for name in models.MODEL_NAMES:
+        for kernel in ("auto", "cudnn", "scan", "cudnn-float32"):
+            if kernel != "auto" and "lstm" not in name:
+                continue
+            model = build_under(policy, name, frames=FRAMES, height=HEIGHT, width=WIDTH,
+                                lstm_kernel=kernel, **SMALL)  # fmt: skip
+            expected = expected_parameters(name, FRAMES, HEIGHT, WIDTH, CLASSES, UNITS, FILTERS)
+            assert models.count_trainable_parameters(model) == expected, (name, kernel)
+            assert model.output.dtype == "float32"
+            if "lstm" in name:
+                assert lstm_settings(model) == expected_lstm_settings(policy, kernel), kernel
+            else:
+                # Only LSTM layers change; the others keep Keras' defaults and the policy.
+                recurrent = [model.get_layer(f"rnn_{index}") for index in range(1, 4)]
+                assert {layer.dtype_policy.name for layer in recurrent} == {policy}
+                assert {getattr(layer, "use_cudnn", "auto") for layer in recurrent} == {"auto"}
+    with pytest.raises(ValueError, match="unknown lstm_kernel 'fast'"):
+        models.build_model("gru", FRAMES, HEIGHT, WIDTH, lstm_kernel="fast", **SMALL)
+
+
+def test_choose_lstm_kernel_follows_backend_and_policy():
+    for backend in ("jax", "tensorflow", "torch"):
+        for policy in POLICIES:
+            expected = "scan" if backend == "jax" and policy != "float32" else "cudnn"
+            assert models.choose_lstm_kernel(policy, backend) == expected, (backend, policy)
+
+
+@pytest.mark.parametrize(
+    "policy, name",
+    [
+        pytest.param(policy, name, marks=_SLOW_UNLESS_TENSORFLOW)
+        for policy in ("mixed_float16", "mixed_bfloat16")
+        for name in models.MODEL_NAMES
+    ],
+)
+def test_original_parameter_counts_under_mixed_precision(policy, name):
+    model = build_under(policy, name)
+    assert models.count_trainable_parameters(model) == ORIGINAL_COUNTS[name]
+    assert all(weight.dtype == "float32" for weight in model.trainable_weights)
+    if "lstm" in name:
+        assert lstm_settings(model) == expected_lstm_settings(policy, "auto")
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_on_a_jax_gpu_16_bit_lstms_keep_off_cudnn(simulated_jax_gpu, policy):
+    from conftest import CudnnDtypeError
+
+    clips = random_clips(2, seed=6)
+    reference = models.build_model("cnn_lstm", FRAMES, HEIGHT, WIDTH, **SMALL)
+    expected = run(reference, clips)
+    assert simulated_jax_gpu == ["float32"] * 3  # float32: cuDNN, as before
+    tolerance = 2e-3 if policy == "mixed_float16" else 2e-2  # bfloat16 keeps 8 bits
+
+    def built(kernel):
+        model = build_under(policy, "cnn_lstm", frames=FRAMES, height=HEIGHT, width=WIDTH,
+                            lstm_kernel=kernel, **SMALL)  # fmt: skip
+        model.set_weights(reference.get_weights())
+        return model
+
+    simulated_jax_gpu.clear()
+    np.testing.assert_allclose(run(built("auto"), clips), expected, atol=tolerance)
+    assert simulated_jax_gpu == []  # the generic loop: cuDNN never asked
+    np.testing.assert_allclose(run(built("cudnn-float32"), clips), expected, atol=tolerance)
+    assert simulated_jax_gpu == ["float32"] * 3  # cuDNN, fed float32 at each layer
+    # Keras' own default sends the 16-bit LSTM to cuDNN, which fails (the measured crash).
+    with pytest.raises(CudnnDtypeError, match=policy.removeprefix("mixed_")):
+        run(built("cudnn"), clips)
+
+
+def test_loaded_16_bit_lstms_are_kept_off_cudnn_again(tmp_path):
+    # Keras does not save use_cudnn: a loaded LSTM asks for cuDNN again, which JAX's cannot give
+    # a 16-bit layer; settle_loaded_lstms turns it off there, and leaves float32 layers alone.
+    clips = random_clips(2, seed=7)
+    for kernel in ("scan", "cudnn-float32"):
+        model = build_under("mixed_float16", "lstm", frames=FRAMES, height=HEIGHT, width=WIDTH,
+                            lstm_kernel=kernel, **SMALL)  # fmt: skip
+        path = tmp_path / f"{kernel}.keras"
+        model.save(path)
+        loaded = keras.saving.load_model(path)  # plain Keras
+        assert {layer.use_cudnn for layer in loaded.layers if hasattr(layer, "use_cudnn")} == {
+            "auto"
+        }
+        changed = models.settle_loaded_lstms(loaded)
+        if kernel == "scan" and keras.backend.backend() == "jax":
+            assert changed == ["rnn_1", "rnn_2", "rnn_3"]
+            assert lstm_settings(loaded) == {(False, "mixed_float16")}
+        else:
+            # A float32 LSTM keeps cuDNN; so does TensorFlow's, whose cuDNN takes float16.
+            assert changed == []
+            assert lstm_settings(loaded) == {("auto", model.get_layer("rnn_1").dtype_policy.name)}
+        np.testing.assert_array_equal(run(loaded, clips), run(model, clips))
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown model 'transformer'"):
         models.build_model("transformer")

@@ -33,6 +33,8 @@ TRAIN_VALUES = {
     "learning_rate": 3e-3,
     "loss": "msle",
     "mixed_precision": True,
+    "mixed_dtype": "bfloat16",
+    "lstm_kernel": "scan",
     "early_stopping": 4,
     "workers": 3,
     "devices": 2,
@@ -66,6 +68,7 @@ def test_every_train_setting_reaches_the_runs_through_train_s_own_flags(tmp_path
 def test_the_study_command_passes_train_flags_on(tmp_path):
     arguments = ["study", "--data", "store", "--out", str(tmp_path), "--seeds", "0,1"]
     arguments += ["--lr", "0.003", "--units", "64,32,16", "--conv-kernel", "4", "--no-augment"]
+    arguments += ["--lstm-kernel", "cudnn-float32"]
     config = study_config(build_parser().parse_args([*arguments, "--epochs", "12"]))
     assert config.epochs == 12 and config.seeds == (0, 1)
     assert config.train == {
@@ -73,6 +76,7 @@ def test_the_study_command_passes_train_flags_on(tmp_path):
         "units": (64, 32, 16),
         "conv_kernel": 4,
         "augment": False,
+        "lstm_kernel": "cudnn-float32",
     }
     assert study_config(build_parser().parse_args(arguments[:5])).train == {}
 

@@ -36,6 +36,13 @@ def test_config_checks_its_values():
 
     assert TrainConfig(data="s", model="gru", out="r").workers == min(4, os.cpu_count())
     assert TrainConfig(data="s", model="gru", out="r", workers=7).workers == 7
+    with pytest.raises(ValueError, match="mixed_dtype must be one of float16, bfloat16"):
+        TrainConfig(data="s", model="gru", out="r", mixed_dtype="float8")
+    with pytest.raises(ValueError, match="lstm_kernel must be one of auto, cudnn, scan"):
+        TrainConfig(data="s", model="lstm", out="r", lstm_kernel="cudnn-float16")
+    # The 16-bit float shapes the result; the LSTM kernel does not (same weights, same maths).
+    settings = TrainConfig(data="s", model="lstm", out="r").resume_settings()
+    assert settings["mixed_dtype"] == "float16" and "lstm_kernel" not in settings
 
 
 def test_original_preset(store, tmp_path):
@@ -66,6 +73,62 @@ def test_mixed_precision_builds_float16_layers_and_scales_the_loss():
     assert model.get_layer("rnn_1").dtype_policy.name == "mixed_float16"
     assert model.output.dtype == "float32"
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_bfloat16_mixed_precision_builds_bfloat16_layers_without_loss_scaling():
+    from nightact.training.train import build_and_compile
+
+    config = TrainConfig(
+        data="s", model="gru", out="r", mixed_precision=True, mixed_dtype="bfloat16", units=(4,)
+    )
+    config.frames, config.height, config.width = 2, 8, 8
+    model = build_and_compile(config, num_classes=3)
+    assert model.get_layer("rnn_1").dtype_policy.name == "mixed_bfloat16"
+    assert model.output.dtype == "float32"
+    # bfloat16 has float32's range: nothing underflows, so there is no loss to scale.
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+@pytest.mark.parametrize(
+    "model, mixed_dtype, kernel, recorded, cudnn_calls",
+    [
+        # "auto" on a GPU under mixed precision: the generic loop; cuDNN is never asked.
+        ("lstm", "float16", "auto", "scan", set()),
+        # A float32 LSTM inside the bfloat16 model: cuDNN, fed float32.
+        ("cnn_lstm", "bfloat16", "cudnn-float32", "cudnn-float32", {"float32"}),
+    ],
+)
+def test_mixed_precision_trains_the_lstms_on_a_jax_gpu_and_records_the_kernel(
+    store, tmp_path, monkeypatch, simulated_jax_gpu, model, mixed_dtype, kernel, recorded,
+    cudnn_calls,
+):  # fmt: skip
+    from nightact.training import train as training
+    from nightact.training.checkpoints import load_checkpoint
+
+    monkeypatch.setattr(training, "gpu_available", lambda: True)
+    run = tmp_path / "run"
+    settings = dict(data=store, model=model, epochs=1, batch_size=16, mixed_precision=True,
+                    mixed_dtype=mixed_dtype, augment=False, units=(8,), conv_filters=4,
+                    conv_kernel=3, conv_stride=2)  # fmt: skip
+    result = train(TrainConfig(out=run, lstm_kernel=kernel, **settings), verbose=0)
+    assert result.epochs_completed == 1 and np.isfinite(result.history[0]["loss"])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["lstm_kernel"] == recorded and saved["mixed_dtype"] == mixed_dtype
+    assert saved["mixed_precision"] is True
+    assert set(simulated_jax_gpu) == cudnn_calls
+
+    # Loaded for evaluation (Keras forgets use_cudnn), the 16-bit LSTMs stay off cuDNN.
+    simulated_jax_gpu.clear()
+    loaded = load_checkpoint(run / "model.keras")
+    clips = np.zeros((2, *loaded.input.shape[1:]), np.uint8)
+    probabilities = np.asarray(loaded.predict(clips, verbose=0))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert set(simulated_jax_gpu) == cudnn_calls
+
+    # Keras' default kernel under mixed precision would fail there: refused before training.
+    with pytest.raises(ValueError, match="lstm_kernel 'cudnn' cannot train under mixed"):
+        train(TrainConfig(out=tmp_path / "cudnn", lstm_kernel="cudnn", **settings), verbose=0)
+    assert not (tmp_path / "cudnn" / "config.json").exists()
 
 
 def test_a_short_run_learns_and_writes_its_run_folder(store, tmp_path):
@@ -101,6 +164,7 @@ def test_a_short_run_learns_and_writes_its_run_folder(store, tmp_path):
     import keras
 
     assert saved["backend"] == keras.config.backend() and saved["workers"] >= 1
+    assert saved["lstm_kernel"] is None  # no LSTM layer to choose a kernel for
     classes = json.loads((run / "classes.json").read_text())["class_names"]
     assert len(classes) == 12 and "walking with flashlight" in classes
     with open(run / "history.csv", newline="") as handle:

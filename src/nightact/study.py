@@ -52,6 +52,8 @@ TRAIN_SETTINGS = (
     "learning_rate",
     "loss",
     "mixed_precision",
+    "mixed_dtype",
+    "lstm_kernel",
     "early_stopping",
     "workers",
     "devices",

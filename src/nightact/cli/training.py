@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 
 from nightact.cli.options import build_config, layer_widths, numbers, option, words
-from nightact.core.names import LOSSES, MODEL_NAMES
+from nightact.core.names import LOSSES, LSTM_KERNELS, MIXED_DTYPES, MODEL_NAMES
 from nightact.demo import DemoConfig, format_demo_result, run_demo
 from nightact.study import TRAIN_SETTINGS, StudyConfig, study
 from nightact.training.train import PRESETS, TrainConfig, make_config, train
@@ -88,8 +88,23 @@ def _add_optimisation_flags(parser) -> None:
         parser,
         "--mixed-precision",
         TrainConfig,
-        "mixed_float16 compute (for GPUs)",
+        "16-bit compute, float32 weights (for GPUs)",
         action="store_true",
+    )
+    option(
+        parser,
+        "--mixed-dtype",
+        TrainConfig,
+        "the 16-bit float of --mixed-precision",
+        choices=MIXED_DTYPES,
+    )
+    option(
+        parser,
+        "--lstm-kernel",
+        TrainConfig,
+        "how LSTM layers compute: auto picks scan under mixed precision on JAX (its cuDNN LSTM "
+        "takes float32 only), cudnn otherwise; the run's config.json records the one used",
+        choices=LSTM_KERNELS,
     )
     option(
         parser,

@@ -7,6 +7,8 @@ from __future__ import annotations
 __all__ = [
     "CLASS_NAMES",
     "LOSSES",
+    "LSTM_KERNELS",
+    "MIXED_DTYPES",
     "MODEL_LABELS",
     "MODEL_NAMES",
     "NUM_CLASSES",
@@ -39,6 +41,15 @@ def model_key(model: str, backbone: str | None = None) -> str:
 
 # Training losses: categorical cross-entropy, or the original's mean squared logarithmic error.
 LOSSES = ("crossentropy", "msle")
+
+# How the LSTM layers compute (docs/backends.md, "Mixed precision and the LSTM"). "auto" picks
+# one of the others for the backend and the dtype policy; "cudnn" is Keras' own default (cuDNN
+# where the backend and device allow it, the generic loop otherwise); "scan" is the generic loop
+# always (lax.scan on JAX); "cudnn-float32" keeps the LSTM layers in float32 in a mixed model.
+LSTM_KERNELS = ("auto", "cudnn", "scan", "cudnn-float32")
+
+# The 16-bit float of mixed precision: float16 (the original's; the loss is scaled) or bfloat16.
+MIXED_DTYPES = ("float16", "bfloat16")
 
 # NoctAct-HAR's class folder names, in sorted order (which is the label order).
 CLASS_NAMES = (

@@ -26,6 +26,10 @@ Design choices and why:
   loop-free graph and gives the same outputs.
 - The softmax layer computes in float32 (``dtype="float32"``), so under the ``mixed_float16``
   policy the probabilities, and the loss computed from them, keep full precision.
+- How the LSTM layers compute is a choice (``lstm_kernel``, see :func:`choose_lstm_kernel`): JAX
+  sends an LSTM to cuDNN through ``jax.experimental.rnn``, which takes float32 only, so under
+  mixed precision on JAX the layers run Keras' generic loop instead. The weights are the same
+  in every case: a checkpoint loads into any of them.
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ import math
 import keras
 from keras import layers
 
-from nightact.core.names import MODEL_NAMES, NUM_CLASSES
+from nightact.core.names import LSTM_KERNELS, MODEL_NAMES, NUM_CLASSES
 
 __all__ = [
     "attach_backbone",
     "build_head",
     "build_model",
+    "choose_lstm_kernel",
     "count_trainable_parameters",
     "describe_models",
     "features_per_step",
@@ -50,6 +55,7 @@ __all__ = [
     "frame_features_cnn",
     "frame_features_flat",
     "recurrent_head",
+    "settle_loaded_lstms",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,7 @@ def build_model(
     conv_kernel: int = 15,
     conv_stride: int = 15,
     unroll: bool = False,
+    lstm_kernel: str = "auto",
 ) -> keras.Model:
     """Build one of the six models by name (see ``MODEL_NAMES``).
 
@@ -86,6 +93,9 @@ def build_model(
             "same", ReLU), followed by 2x2 max pooling.
         unroll: unroll every recurrent layer over the frames instead of looping. Off by default
             because unrolled LSTM/GRU layers cannot use cuDNN.
+        lstm_kernel: how the LSTM layers compute, one of ``LSTM_KERNELS`` ("auto": what
+            :func:`choose_lstm_kernel` picks under the dtype policy in force). No effect on the
+            other cells, nor on the weights.
 
     Returns:
         An uncompiled ``keras.Model`` named ``name``.
@@ -102,7 +112,7 @@ def build_model(
     else:
         cell = name
         features = frame_features_flat(scaled)
-    probabilities = recurrent_head(features, cell, units, dropout, num_classes, unroll)
+    probabilities = recurrent_head(features, cell, units, dropout, num_classes, unroll, lstm_kernel)
     return keras.Model(pixels, probabilities, name=name)
 
 
@@ -114,6 +124,7 @@ def build_head(
     units: tuple[int, ...] = (128, 64, 32),
     dropout: float = 0.5,
     unroll: bool = False,
+    lstm_kernel: str = "auto",
 ) -> keras.Model:
     """The recurrent head alone, reading frame embeddings (batch, frames, features).
 
@@ -126,7 +137,9 @@ def build_head(
         )
     _check_shape(frames, 1, 1, num_classes, units, dropout)
     embeddings = keras.Input(shape=(frames, features), name="embeddings")
-    probabilities = recurrent_head(embeddings, cell, units, dropout, num_classes, unroll)
+    probabilities = recurrent_head(
+        embeddings, cell, units, dropout, num_classes, unroll, lstm_kernel
+    )
     return keras.Model(embeddings, probabilities, name=cell)
 
 
@@ -172,7 +185,13 @@ def frame_features_cnn(frames, filters: int, kernel: int, stride: int, dropout: 
 
 
 def recurrent_head(
-    features, cell: str, units: tuple[int, ...], dropout: float, num_classes: int, unroll: bool
+    features,
+    cell: str,
+    units: tuple[int, ...],
+    dropout: float,
+    num_classes: int,
+    unroll: bool,
+    lstm_kernel: str = "auto",
 ):
     """Stack recurrent layers of one cell type on (batch, steps, features) and classify.
 
@@ -180,11 +199,14 @@ def recurrent_head(
     example by ``nightact explain`` or ``nightact.nets.explain.forward_from_layer``).
     """
     recurrent_layer = _RECURRENT_LAYERS[cell]
+    options = _lstm_options(lstm_kernel)  # checked for every cell, used by LSTM layers only
+    if cell != "lstm":
+        options = {}
     x = features
     for index, width in enumerate(units, start=1):
         last = index == len(units)
         recurrent = recurrent_layer(
-            width, return_sequences=not last, unroll=unroll, name=f"rnn_{index}"
+            width, return_sequences=not last, unroll=unroll, name=f"rnn_{index}", **options
         )
         x = recurrent(x)
         x = layers.Dropout(dropout, name=f"dropout_{index}")(x)
@@ -193,6 +215,67 @@ def recurrent_head(
         num_classes, activation="softmax", dtype="float32", name="probabilities"
     )
     return classifier(x)
+
+
+def choose_lstm_kernel(policy: str | None = None, backend: str | None = None) -> str:
+    """What ``lstm_kernel="auto"`` is under a dtype policy and a backend (default: those in force).
+
+    "scan" where the layers compute in 16 bits on JAX, "cudnn" (Keras' own default) otherwise.
+    JAX's cuDNN LSTM (``jax.experimental.rnn``, which Keras uses on a GPU) takes float32 only
+    and fails on float16 and bfloat16; Keras' generic loop (``lax.scan``) has no such limit, and
+    on an H200 JAX's scan GRU took a third of the time of its cuDNN LSTM (docs/backends.md). It
+    is chosen on a CPU too, where it computes the same, so the choice does not depend on where
+    a run starts. On TensorFlow cuDNN takes float16, and the original trained that way.
+    """
+    policy = policy or keras.config.dtype_policy().name
+    backend = backend or keras.config.backend()
+    if backend == "jax" and keras.dtype_policies.get(policy).compute_dtype != "float32":
+        return "scan"
+    return "cudnn"
+
+
+def settle_loaded_lstms(model: keras.Model) -> list[str]:
+    """Turn cuDNN off in a loaded model's LSTM layers where it cannot run; return their names.
+
+    Keras does not save ``use_cudnn`` (3.15), so every loaded LSTM asks for cuDNN again; a layer
+    that computes in float16 or bfloat16 would then fail on a JAX GPU. Such layers get what
+    :func:`choose_lstm_kernel` picks for their own policy here. Nothing else changes.
+    """
+    changed = []
+    for layer in _all_layers(model):
+        if not isinstance(layer, layers.LSTM) or layer.use_cudnn is False:
+            continue
+        if choose_lstm_kernel(layer.dtype_policy.name) == "scan":
+            layer.use_cudnn = False
+            changed.append(layer.name)
+    return changed
+
+
+def _all_layers(model):
+    """Every layer in ``model``, inside nested models and ``TimeDistributed`` wrappers too."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, layers.TimeDistributed):
+            layer = layer.layer
+            yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def _lstm_options(lstm_kernel: str) -> dict:
+    """The LSTM layer arguments that make ``lstm_kernel``; the weights are the same in all."""
+    if lstm_kernel not in LSTM_KERNELS:
+        raise ValueError(
+            f"unknown lstm_kernel {lstm_kernel!r}; choose one of {', '.join(LSTM_KERNELS)}"
+        )
+    if lstm_kernel == "auto":
+        lstm_kernel = choose_lstm_kernel()
+    if lstm_kernel == "scan":
+        return {"use_cudnn": False}
+    if lstm_kernel == "cudnn-float32":
+        # Inputs are cast to float32 at the layer and its outputs back by the next layer.
+        return {"dtype": "float32"}
+    return {}
 
 
 def features_per_step(model: keras.Model) -> int:

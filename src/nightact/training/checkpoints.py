@@ -52,6 +52,7 @@ import keras
 import numpy as np
 
 from nightact.core import files, runs
+from nightact.nets.models import settle_loaded_lstms
 
 __all__ = [
     "BEST_NAME",
@@ -466,6 +467,9 @@ def check_model_file(path: str | os.PathLike) -> str | None:
 def load_checkpoint(path: str | os.PathLike, **load_arguments) -> keras.Model:
     """``keras.saving.load_model(path)``, with a damaged file reported in one line.
 
+    LSTM layers that compute in 16 bits are kept off cuDNN where the backend's cuDNN cannot take
+    them (:func:`nightact.nets.models.settle_loaded_lstms`).
+
     Raises:
         FileNotFoundError: there is no such file.
         ValueError: the file is damaged or cannot be loaded; the message names it and why.
@@ -477,9 +481,12 @@ def load_checkpoint(path: str | os.PathLike, **load_arguments) -> keras.Model:
     if problem:
         raise ValueError(problem)
     try:
-        return keras.saving.load_model(path, **load_arguments)
+        model = keras.saving.load_model(path, **load_arguments)
     except Exception as error:  # Keras raises many kinds for a file it cannot rebuild
         raise ValueError(f"{path}: cannot be loaded as a Keras model ({_reason(error)})") from None
+    # Keras does not save `use_cudnn`: a mixed-precision LSTM would ask JAX's float32-only cuDNN.
+    settle_loaded_lstms(model)
+    return model
 
 
 def _load_backup(slot: Path, model: keras.Model) -> str | None:

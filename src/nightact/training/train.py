@@ -55,7 +55,7 @@ from pathlib import Path
 
 from nightact.core import files, runs
 from nightact.core.locks import folder_lock
-from nightact.core.names import LOSSES, MODEL_NAMES
+from nightact.core.names import LOSSES, LSTM_KERNELS, MIXED_DTYPES, MODEL_NAMES
 from nightact.core.store import (
     is_embedding_store,
     open_split,
@@ -92,6 +92,7 @@ __all__ = [
     "restore_state",
     "RunResult",
     "save_video_model",
+    "settle_lstm_kernel",
     "start_run",
     "train",
     "TrainConfig",
@@ -150,6 +151,7 @@ _SAME_ON_RESUME = (
     "learning_rate",
     "loss",
     "mixed_precision",
+    "mixed_dtype",
     "seed",
     "backbone",
     "fine_tune",
@@ -176,7 +178,15 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-4  # Adam
     loss: str = "crossentropy"  # or "msle", the original's
-    mixed_precision: bool = False  # mixed_float16 compute; worth it on a GPU only
+    mixed_precision: bool = False  # 16-bit compute, float32 weights; worth it on a GPU only
+    # The 16-bit float of mixed precision: "float16" (the original's; the loss is scaled) or
+    # "bfloat16" (float32's range, nothing to scale).
+    mixed_dtype: str = "float16"
+    # How the LSTM layers compute (LSTM_KERNELS, docs/backends.md): "cudnn", "scan" or
+    # "cudnn-float32". "auto" is filled in when training starts with the one it picks: "scan"
+    # under mixed precision on JAX (whose cuDNN LSTM takes float32 only), else "cudnn". Saved as
+    # null for a model without an LSTM layer. A resume may change it (the weights are the same).
+    lstm_kernel: str | None = "auto"
     seed: int = 0
     early_stopping: int | None = None  # patience in epochs on val_accuracy; None: off
     resume: bool = False  # continue an interrupted run in `out`
@@ -237,6 +247,14 @@ class TrainConfig:
             )
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.mixed_dtype not in MIXED_DTYPES:
+            raise ValueError(
+                f"mixed_dtype must be one of {', '.join(MIXED_DTYPES)}, got {self.mixed_dtype!r}"
+            )
+        if self.lstm_kernel is not None and self.lstm_kernel not in LSTM_KERNELS:
+            raise ValueError(
+                f"lstm_kernel must be one of {', '.join(LSTM_KERNELS)}, got {self.lstm_kernel!r}"
+            )
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ValueError(
                 f"early_stopping patience must be at least 1, got {self.early_stopping}"
@@ -260,7 +278,8 @@ class TrainConfig:
         """A config with ``preset``'s settings, overridden by ``settings``.
 
         ``original`` also turns on mixed precision (mixed_float16) when a GPU is present, as the
-        original did; on a CPU float16 only slows training down.
+        original did; on a CPU float16 only slows training down. Its LSTM models then run the
+        kernel ``lstm_kernel="auto"`` picks (:func:`settle_lstm_kernel`).
         """
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -269,6 +288,11 @@ class TrainConfig:
             values["mixed_precision"] = gpu_available()
         values.update(settings)
         return cls(preset=preset, **values)
+
+    @property
+    def dtype_policy(self) -> str:
+        """The Keras dtype policy the model is built under."""
+        return f"mixed_{self.mixed_dtype}" if self.mixed_precision else "float32"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -337,6 +361,7 @@ def train(
         train_split, val_split = open_splits(config)
         config, setup = use_devices(config)
         gpu.warn_if_gpu_unused()  # after the device setup: JAX fixes its devices on first use
+        config = settle_lstm_kernel(config)
         # Under MirroredStrategy every variable must be made in its scope, the optimizer's too,
         # which the free-space check and a resume build.
         with setup.scope():
@@ -489,6 +514,34 @@ def use_devices(config: TrainConfig):
     return dataclasses.replace(config, devices=setup.count, backend=setup.backend), setup
 
 
+def settle_lstm_kernel(config: TrainConfig) -> TrainConfig:
+    """A copy of the config with the LSTM kernel the run uses filled in (None: no LSTM layer).
+
+    Comes after :func:`use_devices`, because it asks the backend. "auto" becomes what
+    :func:`nightact.nets.models.choose_lstm_kernel` picks for the backend and precision. Raises
+    ValueError for "cudnn" under mixed precision on JAX with a GPU, where it cannot run.
+    """
+    import keras
+
+    from nightact.nets.models import choose_lstm_kernel
+
+    if config.model.removeprefix("cnn_") != "lstm":
+        if config.lstm_kernel not in (None, "auto"):
+            log.info("%s has no LSTM layer; lstm_kernel does not apply", config.model)
+        return dataclasses.replace(config, lstm_kernel=None)
+    backend = keras.config.backend()
+    kernel = config.lstm_kernel
+    if kernel in (None, "auto"):
+        kernel = choose_lstm_kernel(config.dtype_policy, backend)
+    elif kernel == "cudnn" and config.mixed_precision and backend == "jax" and gpu_available():
+        raise ValueError(
+            f"{config.out}: lstm_kernel 'cudnn' cannot train under mixed precision on JAX with a "
+            "GPU (JAX's cuDNN LSTM takes float32 only); choose 'scan', 'cudnn-float32' or 'auto'"
+        )
+    log.info("%s: LSTM kernel %s (%s, %s)", config.model, kernel, config.dtype_policy, backend)
+    return dataclasses.replace(config, lstm_kernel=kernel)
+
+
 def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int = 0, setup=None):
     """The shuffled training stream, from ``start_epoch`` on, and the ordered validation batches.
 
@@ -547,14 +600,18 @@ def _build_and_compile(
     keras.utils.set_random_seed(config.seed)
     build = {name: getattr(config, name) for name in _MODEL_SETTINGS}
     build["num_classes"] = num_classes
+    build["lstm_kernel"] = config.lstm_kernel or "auto"
     if config.backbone:
         build = _head_settings(config, num_classes)
     if config.mixed_precision:
         if not gpu_available():
-            log.warning("mixed precision without a GPU: float16 on a CPU is slower, not faster")
+            log.warning(
+                "mixed precision without a GPU: %s on a CPU is slower, not faster",
+                config.mixed_dtype,
+            )
         # The policy is global in Keras; the layers keep it once built, so restore it at once.
         previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("mixed_float16")
+        keras.config.set_dtype_policy(config.dtype_policy)
         try:
             model = _build(config, build)
         finally:
@@ -565,7 +622,7 @@ def _build_and_compile(
         loss = keras.losses.MeanSquaredLogarithmicError()
     else:
         loss = keras.losses.CategoricalCrossentropy()
-    # Under mixed_float16, compile wraps Adam in a LossScaleOptimizer by itself.
+    # Under mixed_float16 (not bfloat16), compile wraps Adam in a LossScaleOptimizer by itself.
     accuracy = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
@@ -594,6 +651,7 @@ def _head_settings(config: TrainConfig, num_classes: int) -> dict:
         "units": config.units,
         "dropout": config.dropout,
         "unroll": config.unroll,
+        "lstm_kernel": config.lstm_kernel or "auto",
     }
 
 
@@ -644,10 +702,12 @@ def fine_tune(config: TrainConfig, verbose: int = 1) -> float:
     """
     import keras
 
+    from nightact.nets.models import settle_loaded_lstms
     from nightact.training import callbacks, checkpoints
 
     run = Path(config.out)
     model = keras.saving.load_model(runs.model_path(run), compile=False)
+    settle_loaded_lstms(model)
     unfrozen = unfreeze_top(model, config.fine_tune)
     log.info("fine-tuning %d backbone layers: %s ...", len(unfrozen), ", ".join(unfrozen[:3]))
     model.compile(
