@@ -55,6 +55,7 @@ TRAIN_SETTINGS = (
     "early_stopping",
     "workers",
     "devices",
+    "data_on_device",
     "units",
     "dropout",
     "conv_filters",
