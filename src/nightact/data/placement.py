@@ -116,7 +116,7 @@ def _choose_by_size(setting: str, splits, devices) -> Choice:
     needed = copy * (len(devices) if devices[0].platform == "cpu" else 1)
     free, where = memory_free(devices)
     names = " + ".join(split.name for split in splits)
-    copies = f", a copy on each of {len(devices)} devices," if len(devices) > 1 else ""
+    copies = f", a copy on each of {len(devices)} devices" if len(devices) > 1 else ""
     size = f"{names} ({human_size(copy)}{copies})"
     if needed <= DEVICE_SHARE * free:
         share = f"{needed / free:.0%}" if free else "all"

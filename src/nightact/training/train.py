@@ -257,6 +257,8 @@ class TrainConfig:
             self.workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.data_path not in (None, "device", "host"):
+            raise ValueError(f"data_path must be device or host, got {self.data_path!r}")
         if self.data_on_device not in DATA_ON_DEVICE:
             raise ValueError(
                 f"data_on_device must be one of {', '.join(DATA_ON_DEVICE)}, "
