@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
 from nightact.core.store import Split
 from nightact.data.batches import ClipBatches
+
+# The device path is JAX's (nightact.data.placement); make test's TensorFlow leg skips it.
+needs_jax = pytest.mark.skipif(
+    keras.config.backend() != "jax", reason="batches are made on the device on JAX only"
+)
 
 
 def fake_split(count: int = 10, classes: int = 3) -> Split:
@@ -174,6 +180,7 @@ def assert_same_batches(first, second, indices) -> None:
             np.testing.assert_array_equal(np.asarray(mine), np.asarray(other))
 
 
+@needs_jax
 def test_batches_gathered_on_the_device_equal_those_read_from_the_store():
     import jax
 
@@ -214,6 +221,7 @@ def test_batches_gathered_on_the_device_equal_those_read_from_the_store():
     on_device.close()
 
 
+@needs_jax
 def test_one_copy_on_the_device_serves_several_readers_until_released():
     from nightact.data.placement import DeviceSplit
 
@@ -230,6 +238,7 @@ def test_one_copy_on_the_device_serves_several_readers_until_released():
     assert copy.frames is None
 
 
+@needs_jax
 def test_a_split_is_copied_to_an_accelerator_in_pieces(recwarn):
     import jax
 
@@ -245,35 +254,49 @@ def test_a_split_is_copied_to_an_accelerator_in_pieces(recwarn):
 
 
 def test_the_device_path_is_chosen_where_the_splits_fit_with_room_to_spare(monkeypatch):
+    from types import SimpleNamespace
+
     from nightact.data import placement
 
     train, val = candidate_split(count=10), candidate_split(count=4, name="val")
     needed = train.frames.nbytes + val.frames.nbytes
+    gpu = [SimpleNamespace(platform="gpu", id=0)]
 
     def free(amount):
         monkeypatch.setattr(placement, "memory_free", lambda devices: (amount, "on gpu:0"))
 
+    def choose(setting, splits=(train, val), **where):
+        return placement.choose(setting, list(splits), "jax", **{"devices": gpu, **where})
+
     free(3 * needed)
-    choice = placement.choose("auto", [train, val], "jax")
+    choice = choose("auto")
     assert choice.on_device and "train + val" in choice.reason and "on gpu:0" in choice.reason
     free(int(1.5 * needed))  # fits, but in more than half of what is free: not by itself
-    choice = placement.choose("auto", [train, val], "jax")
+    choice = choose("auto")
     assert not choice.on_device and "more than 50%" in choice.reason
-    assert placement.choose("yes", [train, val], "jax").on_device
+    assert choose("yes").on_device and choose("yes").risky
     free(needed // 2)
     with pytest.raises(ValueError, match="do not fit"):
-        placement.choose("yes", [train, val], "jax")
+        choose("yes")
+
+    # Logical CPU devices hold a copy each, in the host's memory, made through one host array.
+    cpus = [SimpleNamespace(platform="cpu", id=index) for index in range(2)]
+    free(int(5.9 * needed))
+    assert not choose("auto", devices=cpus).on_device
+    free(int(6.1 * needed))
+    assert "a copy on each of 2 devices" in choose("auto", devices=cpus).reason
 
     free(100 * needed)
-    assert not placement.choose("no", [train], "jax").on_device
+    assert not choose("no").on_device
     choice = placement.choose("auto", [train], "tensorflow")
     assert not choice.on_device and "tensorflow" in choice.reason
     with pytest.raises(ValueError, match="2 processes"):
-        placement.choose("yes", [train], "jax", processes=2)
+        choose("yes", processes=2)
     with pytest.raises(ValueError, match="data_on_device"):
-        placement.choose("always", [train], "jax")
+        choose("always")
 
 
+@needs_jax
 def test_a_cpu_device_counts_the_host_memory_available():
     import jax
 
@@ -283,10 +306,10 @@ def test_a_cpu_device_counts_the_host_memory_available():
     assert where == "in host memory" and free > 0
 
 
+@needs_jax
 def test_keras_trains_on_the_gathered_batches_without_copying_them(monkeypatch):
     """fit hands the device's batches to its step as they are, and trains as on the store's."""
     import jax
-    import keras
     from keras.src.backend.jax import trainer
 
     split = candidate_split(count=12, per_segment=1)

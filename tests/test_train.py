@@ -176,6 +176,7 @@ def test_augmentation_is_recorded_off_for_the_original_and_for_older_runs(tmp_pa
     assert make_config(resume=True, out=str(tmp_path / "old")).augment is False
 
 
+@pytest.mark.skipif(keras.config.backend() != "jax", reason="the device path is JAX's")
 def test_batches_made_on_the_device_train_exactly_as_those_read_from_the_store(
     store, tmp_path, caplog
 ):

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 DATA_ON_DEVICE = ("auto", "yes", "no")
 # The splits may take at most this share of the memory the device reports free; the rest is the
 # model's: weights, optimizer state, a step's activations and XLA's workspace, and the batches in
-# flight. At 10 x 240x320 and batch 64 a step of these models needs well under 5 GB.
+# flight: a few GB at 10 x 240x320 and batch 64, by the tensors' sizes.
 DEVICE_SHARE = 0.5
 # The copy to an accelerator goes in pieces of about this size, so the host never holds more
 # than a piece of a split beyond its page cache.
@@ -69,6 +69,7 @@ class Choice:
 
     on_device: bool
     reason: str
+    risky: bool = False  # taken where "auto" would not have: worth a warning
 
     def describe(self) -> str:
         where = "gathered on the device" if self.on_device else "read from the store"
@@ -112,8 +113,11 @@ def _choose_by_size(setting: str, splits, devices) -> Choice:
 
     devices = list(devices) if devices else jax.local_devices()[:1]
     copy = sum(int(split.frames.nbytes) for split in splits)
-    # Logical CPU devices share the host's memory: their copies add up.
-    needed = copy * (len(devices) if devices[0].platform == "cpu" else 1)
+    needed = copy
+    if devices[0].platform == "cpu":
+        # Logical CPU devices share the host's memory: their copies add up, and the split is
+        # read into one host array first (copy_to_device), which lives until it is handed over.
+        needed = copy * (len(devices) + 1)
     free, where = memory_free(devices)
     names = " + ".join(split.name for split in splits)
     copies = f", a copy on each of {len(devices)} devices" if len(devices) > 1 else ""
@@ -126,6 +130,7 @@ def _choose_by_size(setting: str, splits, devices) -> Choice:
             True,
             f"--data-on-device yes: {size} take more than {DEVICE_SHARE:.0%} of the "
             f"{human_size(free)} free {where}; training may run out of memory",
+            risky=True,
         )
     too_big = f"{size} take more than {DEVICE_SHARE:.0%} of the {human_size(free)} free {where}"
     if setting == "yes":

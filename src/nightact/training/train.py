@@ -528,7 +528,7 @@ def choose_data_path(config: TrainConfig, splits, setup=None) -> TrainConfig:
         processes=setup.processes if setup is not None else 1,
     )
     threads = "" if choice.on_device else f" ({config.workers} reading thread(s))"
-    log.info("%s%s", choice.describe(), threads)
+    log.log(logging.WARNING if choice.risky else logging.INFO, "%s%s", choice.describe(), threads)
     return dataclasses.replace(config, data_path="device" if choice.on_device else "host")
 
 
