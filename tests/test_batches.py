@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
 from nightact.core.store import Split
 from nightact.data.batches import ClipBatches
+
+# The device path is JAX's (nightact.data.placement); make test's TensorFlow leg skips it.
+needs_jax = pytest.mark.skipif(
+    keras.config.backend() != "jax", reason="batches are made on the device on JAX only"
+)
 
 
 def fake_split(count: int = 10, classes: int = 3) -> Split:
@@ -153,3 +159,199 @@ def test_rows_read_from_a_mapped_store_equal_indexing(tmp_path):
         handle.truncate(mapped.offset + 5 * frames[0].nbytes)
     with pytest.raises(OSError, match="ends before row 8"):
         read_rows(mapped, rows)
+
+
+# --- the device path: the split copied to the device once, batches gathered there --------------
+
+
+def candidate_split(count: int = 13, per_segment: int = 2, name: str = "train") -> Split:
+    """Random clips of 3 segments x ``per_segment`` candidates, labels cycling over 3 classes."""
+    generator = np.random.default_rng(1)
+    frames = generator.integers(0, 256, size=(count, 3 * per_segment, 8, 12, 3), dtype=np.uint8)
+    labels = np.arange(count) % 3
+    return Split(name, frames, labels, ["a", "b", "c"], [""] * count, per_segment)
+
+
+def assert_same_batches(first, second, indices) -> None:
+    for index in indices:
+        ours, theirs = first[index], second[index]
+        assert len(ours) == len(theirs)
+        for mine, other in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(np.asarray(mine), np.asarray(other))
+
+
+@needs_jax
+def test_batches_gathered_on_the_device_equal_those_read_from_the_store():
+    import jax
+
+    from nightact.data.augment import AugmentConfig
+
+    split = candidate_split()
+    # Training: shuffled, a random candidate per segment, augmented; over three epochs.
+    training = dict(shuffle=True, seed=5, augment=AugmentConfig(), drop_remainder=True)
+    host = ClipBatches(split, 4, **training)
+    placed = ClipBatches(split, 4, place=True, workers=3, **training)
+    device = ClipBatches(split, 4, on_device=True, workers=2, **training)
+    resumed = ClipBatches(split, 4, on_device=True, start_epoch=2, **training)
+    try:
+        assert_same_batches(host, device, range(9))
+        assert_same_batches(host, placed, range(9))
+        # A stream resumed at epoch 2 gathers what epoch 2 read.
+        for step in range(3):
+            np.testing.assert_array_equal(
+                np.asarray(resumed[step][0]), np.asarray(host[6 + step][0])
+            )
+        clips, labels = device[4]
+        # On the device, as Keras takes it: a JAX array, not a NumPy copy; labels stay NumPy.
+        assert isinstance(clips, jax.Array) and isinstance(placed[4][0], jax.Array)
+        assert clips.dtype == np.uint8 and clips.shape == (4, 3, 8, 12, 3)
+        assert type(labels) is np.ndarray and type(host[4][0]) is np.ndarray
+        # The augmentation did act: these are not the stored frames of candidate 0.
+        assert not np.array_equal(np.asarray(clips), split.frames[device.rows(4)][:, ::2])
+    finally:
+        for batches in (placed, device, resumed):
+            batches.close()
+
+    # Evaluation views: a chosen candidate, mirrored; a padded last batch with its weights.
+    view = dict(candidate=1, mirror=True, pad_to=4)
+    on_device = ClipBatches(split, 8, on_device=True, **view)
+    assert_same_batches(ClipBatches(split, 8, **view), on_device, [0, 1])
+    np.testing.assert_array_equal(np.asarray(on_device[0][0]), split.frames[:8, 1::2, :, ::-1])
+    assert on_device[1][2].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
+    on_device.close()
+
+
+@needs_jax
+def test_one_copy_on_the_device_serves_several_readers_until_released():
+    from nightact.data.placement import DeviceSplit
+
+    split = candidate_split(count=6, per_segment=3, name="test")
+    copy = DeviceSplit(split)
+    assert len(copy) == 6 and copy.segments == 3 and copy.name == "test"
+    np.testing.assert_array_equal(np.asarray(copy.frames), split.frames)
+    views = [ClipBatches(copy, 4, candidate=candidate) for candidate in range(3)]
+    for candidate, view in enumerate(views):
+        np.testing.assert_array_equal(np.asarray(view[1][0]), split.frames[4:, candidate::3])
+        view.close()  # a reader frees only the copy it made itself
+    assert copy.frames is not None
+    copy.release()
+    assert copy.frames is None
+
+
+@needs_jax
+def test_a_split_is_copied_to_an_accelerator_in_pieces(recwarn):
+    import jax
+
+    from nightact.data.placement import copy_to_device
+
+    frames = candidate_split(count=11).frames
+    where = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    # Pieces of 3 rows and a last one of 2: as an accelerator gets it (the CPU cannot donate the
+    # buffer, so here each piece copies it, with a warning: the result is what matters).
+    copied = copy_to_device(frames, where, chunk_bytes=3 * frames[0].nbytes, pieces=True)
+    np.testing.assert_array_equal(np.asarray(copied), frames)
+    assert copied.sharding == where
+
+
+def test_the_device_path_is_chosen_where_the_splits_fit_with_room_to_spare(monkeypatch):
+    from types import SimpleNamespace
+
+    from nightact.data import placement
+
+    train, val = candidate_split(count=10), candidate_split(count=4, name="val")
+    needed = train.frames.nbytes + val.frames.nbytes
+    gpu = [SimpleNamespace(platform="gpu", id=0)]
+
+    def free(amount):
+        monkeypatch.setattr(placement, "memory_free", lambda devices: (amount, "on gpu:0"))
+
+    def choose(setting, splits=(train, val), **where):
+        return placement.choose(setting, list(splits), "jax", **{"devices": gpu, **where})
+
+    free(3 * needed)
+    choice = choose("auto")
+    assert choice.on_device and "train + val" in choice.reason and "on gpu:0" in choice.reason
+    free(int(1.5 * needed))  # fits, but in more than half of what is free: not by itself
+    choice = choose("auto")
+    assert not choice.on_device and "more than 50%" in choice.reason
+    assert choose("yes").on_device and choose("yes").risky
+    free(needed // 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        choose("yes")
+
+    # Logical CPU devices hold a copy each, in the host's memory, made through one host array.
+    cpus = [SimpleNamespace(platform="cpu", id=index) for index in range(2)]
+    free(int(5.9 * needed))
+    assert not choose("auto", devices=cpus).on_device
+    free(int(6.1 * needed))
+    assert "a copy on each of 2 devices" in choose("auto", devices=cpus).reason
+
+    free(100 * needed)
+    assert not choose("no").on_device
+    choice = placement.choose("auto", [train], "tensorflow")
+    assert not choice.on_device and "tensorflow" in choice.reason
+    with pytest.raises(ValueError, match="2 processes"):
+        choose("yes", processes=2)
+    with pytest.raises(ValueError, match="data_on_device"):
+        choose("always")
+
+
+@needs_jax
+def test_a_cpu_device_counts_the_host_memory_available():
+    import jax
+
+    from nightact.data.placement import memory_free
+
+    free, where = memory_free(jax.local_devices()[:1])
+    assert where == "in host memory" and free > 0
+
+
+@needs_jax
+def test_keras_trains_on_the_gathered_batches_without_copying_them(monkeypatch):
+    """fit hands the device's batches to its step as they are, and trains as on the store's."""
+    import jax
+    from keras.src.backend.jax import trainer
+
+    split = candidate_split(count=12, per_segment=1)
+    made, stepped = [], []
+
+    class Watched(ClipBatches):
+        def __getitem__(self, index):
+            batch = super().__getitem__(index)
+            made.append(batch[0])
+            return batch
+
+    # What Keras' JAX trainer feeds its compiled step, after its own conversions and placement.
+    feed = trainer.JAXEpochIterator._get_iterator
+
+    def watching(self):
+        for data in feed(self):
+            stepped.append(data[0])
+            yield data
+
+    monkeypatch.setattr(trainer.JAXEpochIterator, "_get_iterator", watching)
+
+    def train(**where):
+        made.clear()
+        stepped.clear()
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((3, 8, 12, 3)), keras.layers.Flatten(), keras.layers.Dense(3)]
+        )
+        model.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+        batches = Watched(split, 4, shuffle=True, seed=2, drop_remainder=True, **where)
+        try:
+            model.fit(batches, steps_per_epoch=len(batches), epochs=2, verbose=0, shuffle=False)
+        finally:
+            batches.close()
+        return model.get_weights()
+
+    for where in ({"on_device": True}, {"place": True, "workers": 2}):
+        weights = train(**where)
+        # Every batch reached the step as the very JAX array the reader made: never copied.
+        assert len(stepped) >= 6
+        assert all(isinstance(clips, jax.Array) for clips in stepped)
+        assert all(any(clips is mine for mine in made) for clips in stepped)
+        for ours, theirs in zip(weights, train(), strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+    assert all(type(clips) is np.ndarray for clips in stepped)  # from the store, as NumPy

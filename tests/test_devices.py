@@ -133,6 +133,57 @@ def interrupt_then_resume(arguments: list[str]) -> None:
     sys.exit(main(["train", "--out", run, "--resume", "--quiet"]))
 
 
+def compare_paths(out: str) -> None:
+    """On 2 JAX devices: the batches gathered on the device equal those read from the store, each
+    device holding its half, and fit trains alike on both; writes OUT when all is well."""
+    import jax
+    import keras
+
+    from nightact.core.store import Split
+    from nightact.data.augment import AugmentConfig
+    from nightact.data.batches import ClipBatches
+    from nightact.data.placement import batch_sharding
+    from nightact.training.devices import setup_devices
+
+    setup = setup_devices(2)
+    generator = np.random.default_rng(3)
+    frames = generator.integers(0, 256, size=(20, 4 * 2, 16, 16, 3), dtype=np.uint8)
+    split = Split("train", frames, np.arange(20) % 3, list("abc"), [""] * 20, 2)
+    settings = dict(shuffle=True, seed=1, drop_remainder=True, augment=AugmentConfig())
+    readers = {
+        "store": ClipBatches(split, GLOBAL_BATCH, **settings),
+        "placed": ClipBatches(split, GLOBAL_BATCH, place=True, workers=2, **settings),
+        "device": ClipBatches(split, GLOBAL_BATCH, on_device=True, workers=2, **settings),
+    }
+    for index in range(5):
+        expected = readers["store"][index][0]
+        for name in ("placed", "device"):
+            clips = readers[name][index][0]
+            np.testing.assert_array_equal(np.asarray(clips), expected, err_msg=name)
+            # Split over both devices as Keras would split it: each holds its own 4 clips.
+            assert clips.sharding.is_equivalent_to(batch_sharding(5), 5), clips.sharding
+            assert {shard.data.shape[0] for shard in clips.addressable_shards} == {4}
+    # Each device has a whole copy of the split to gather its clips from.
+    copy = readers["device"].split.frames
+    assert len(copy.sharding.device_set) == 2 and copy.sharding.is_fully_replicated
+
+    weights = []
+    for reader in readers.values():
+        keras.utils.set_random_seed(0)
+        with setup.scope():
+            model = keras.Sequential(
+                [keras.Input((4, 16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(3)]
+            )
+            model.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy())
+        model.fit(reader, steps_per_epoch=len(reader), epochs=2, verbose=0, shuffle=False)
+        reader.close()
+        weights.append(model.get_weights())
+    for other in weights[1:]:
+        for ours, theirs in zip(weights[0], other, strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+    Path(out).write_text(json.dumps({"devices": [str(d) for d in jax.local_devices()]}))
+
+
 def _command(backend: str, out: Path, *arguments: str) -> tuple[list[str], dict]:
     environment = {
         **os.environ,
@@ -255,6 +306,15 @@ def test_train_on_devices_checkpoints_and_resumes(tmp_path, synthetic_store, bac
     assert np.mean(predicted == val.labels) == pytest.approx(best, abs=1e-6)
 
 
+def test_batches_made_on_two_jax_devices_are_split_between_them(tmp_path):
+    pytest.importorskip("jax")
+    out = tmp_path / "compared.json"
+    command, environment = _command("jax", out)
+    command[2:4] = ["--compare-paths", str(out)]
+    _run_all([(command, environment)])
+    assert len(json.loads(out.read_text())["devices"]) == 2
+
+
 def test_device_count_must_be_positive():
     from nightact.training.devices import setup_devices
 
@@ -274,5 +334,7 @@ def test_batch_must_divide_over_devices():
 if __name__ == "__main__":
     if sys.argv[1] == "--interrupt-then-resume":
         interrupt_then_resume(sys.argv[2:])
+    elif sys.argv[1] == "--compare-paths":
+        compare_paths(sys.argv[2])
     else:
         train_and_save(sys.argv[1:])

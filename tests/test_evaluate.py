@@ -252,3 +252,29 @@ def test_evaluate_command(tiny_run, capsys):
     printed = capsys.readouterr().out
     assert "mean class accuracy" in printed
     assert str(tiny_run / "evaluation") in printed
+
+
+def test_evaluate_scores_alike_from_the_device_or_the_store(tiny_run, monkeypatch, caplog):
+    import logging
+
+    import keras
+
+    if keras.config.backend() != "jax":
+        pytest.skip("the device path is JAX's")
+
+    from nightact.data import placement
+
+    # Two views (the clip and its mirror image): both gathered from one copy on the device.
+    with caplog.at_level(logging.INFO, logger="nightact.scoring.evaluate"):
+        on_device = evaluate(tiny_run, views=2)
+        assert "batches gathered on the device: test (" in caplog.text
+        # Where nothing fits, every view reads the store.
+        monkeypatch.setattr(placement, "memory_free", lambda devices: (0, "on a full device"))
+        from_store = evaluate(tiny_run, views=2)
+        assert "read from the store: test (" in caplog.text
+    assert on_device["view_plan"] == [
+        {"candidate": 0, "mirrored": False},
+        {"candidate": 0, "mirrored": True},
+    ]
+    assert on_device["predictions"] == from_store["predictions"]
+    assert on_device["accuracy"] == from_store["accuracy"]

@@ -38,6 +38,7 @@ TRAIN_VALUES = {
     "early_stopping": 4,
     "workers": 3,
     "devices": 2,
+    "data_on_device": "no",
     "units": (64, 32, 16),
     "dropout": 0.1,
     "conv_filters": 32,

@@ -238,3 +238,33 @@ def test_augmentation_is_recorded_off_for_the_original_and_for_older_runs(tmp_pa
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
     assert make_config(resume=True, out=str(tmp_path / "old")).augment is False
+
+
+@pytest.mark.skipif(keras.config.backend() != "jax", reason="the device path is JAX's")
+def test_batches_made_on_the_device_train_exactly_as_those_read_from_the_store(
+    store, tmp_path, caplog
+):
+    import logging
+
+    settings = dict(model="gru", epochs=1, batch_size=16, units=(8,), seed=3, augment=True)
+    with caplog.at_level(logging.INFO, logger="nightact.training.train"):
+        train(TrainConfig(data=store, out=tmp_path / "device", data_on_device="yes", **settings))
+        # The same run from the command line, from the store.
+        arguments = ["train", "--data", str(store), "--out", str(tmp_path / "host"), "--quiet"]
+        arguments += ["--model", "gru", "--epochs", "1", "--batch-size", "16", "--units", "8"]
+        assert main([*arguments, "--seed", "3", "--augment", "--data-on-device", "no"]) == 0
+    # One line says which path each run took, and why.
+    assert "batches gathered on the device: train + val (" in caplog.text
+    assert "batches read from the store: --data-on-device no" in caplog.text
+    for run, path in (("device", "device"), ("host", "host")):
+        saved = json.loads((tmp_path / run / "config.json").read_text())
+        assert saved["data_on_device"] == {"device": "yes", "host": "no"}[run]
+        assert saved["data_path"] == path
+    # The same batches, so the same training, to the last bit.
+    on_device, from_store = read_history(tmp_path / "device"), read_history(tmp_path / "host")
+    for ours, theirs in zip(on_device, from_store, strict=True):
+        assert {key: ours[key] for key in ours if key != "seconds"} == {
+            key: theirs[key] for key in theirs if key != "seconds"
+        }
+    with pytest.raises(ValueError, match="data_on_device"):
+        TrainConfig(data="s", model="gru", out="r", data_on_device="maybe")

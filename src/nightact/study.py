@@ -57,6 +57,7 @@ TRAIN_SETTINGS = (
     "early_stopping",
     "workers",
     "devices",
+    "data_on_device",
     "units",
     "dropout",
     "conv_filters",

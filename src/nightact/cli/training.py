@@ -11,6 +11,7 @@ import dataclasses
 
 from nightact.cli.options import build_config, layer_widths, numbers, option, words
 from nightact.core.names import LOSSES, LSTM_KERNELS, MIXED_DTYPES, MODEL_NAMES
+from nightact.data.placement import DATA_ON_DEVICE
 from nightact.demo import DemoConfig, format_demo_result, run_demo
 from nightact.study import TRAIN_SETTINGS, StudyConfig, study
 from nightact.training.train import PRESETS, TrainConfig, make_config, train
@@ -141,6 +142,15 @@ def _add_device_flags(parser) -> None:
         "devices sharing each batch; on a CPU, N > 1 splits it into N logical devices",
         type=int,
         none="every GPU, or 1 CPU",
+    )
+    option(
+        parser,
+        "--data-on-device",
+        TrainConfig,
+        "copy the train and validation clips to the device once and make every batch there; "
+        "auto: where the backend is JAX, one process trains and they take at most half of the "
+        "device's free memory, else reading threads feed it",
+        choices=DATA_ON_DEVICE,
     )
 
 

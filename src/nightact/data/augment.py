@@ -17,16 +17,17 @@ What a training clip goes through, in this order (pixels as floats in 0-1 after 
       -> + N(0, sigma)     sensor noise
       -> clipped to 0-1, x 255, rounded to uint8
 
-Where it runs, and why there: in the batch reader, after a batch is read from the store and
-before the model sees it, with ``keras.ops`` on the active backend (TensorFlow or JAX, eagerly).
-The models are left untouched: ``model.keras`` holds only the six stock architectures, loads
-without custom objects, and nothing of the augmentation can be switched on by accident at
-inference (validation, test and predict read clips without it). The parameters of a clip are
-drawn from its own generator seeded by ``(seed, epoch, row)``, so the same clip in the same epoch
-is transformed the same way whatever batch or thread reads it, and a resumed run reads exactly
-the batches an uninterrupted one would have. The noise comes from the backend's stateless
-generator seeded from ``(seed, epoch, rows of the batch)``: reproducible too, but not the same
-numbers on TensorFlow and JAX.
+Where it runs, and why there: in the batch reader, after a batch is read from the store (or
+gathered from the split's copy on the device) and before the model sees it, with ``keras.ops`` on
+the active backend: on JAX as one compiled function on the device where the batch lies
+(:func:`augment_batch`), on TensorFlow eagerly. The models are left untouched: ``model.keras``
+holds only the six stock architectures, loads without custom objects, and nothing of the
+augmentation can be switched on by accident at inference (validation, test and predict read
+clips without it). The parameters of a clip are drawn from its own generator seeded by
+``(seed, epoch, row)``, so the same clip in the same epoch is transformed the same way whatever
+batch or thread reads it, and a resumed run reads exactly the batches an uninterrupted one would
+have. The noise comes from the backend's stateless generator seeded from ``(seed, epoch, rows of
+the batch)``: reproducible too, but not the same numbers on TensorFlow and JAX.
 
 The parameter draws are plain NumPy (:func:`draw_parameters`); :func:`transform` applies given
 parameters, so a test can check the backend result against an independent NumPy computation.
@@ -35,6 +36,7 @@ parameters, so a test can check the backend result against an independent NumPy 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -42,7 +44,9 @@ import numpy as np
 
 __all__ = [
     "PARAMETER_NAMES",
+    "augment_batch",
     "augment_clips",
+    "compiled_transform",
     "AugmentConfig",
     "draw_parameters",
     "identity_parameters",
@@ -174,32 +178,60 @@ def transform(clips, parameters: dict, noise_seed: int | None = None):
     Returns a float32 backend tensor with values in 0-255 (not rounded). ``noise_seed`` None
     leaves the noise out whatever ``parameters["noise"]`` says.
     """
+    from keras import ops
+
+    height, width = clips.shape[2:4]
+    matrices = warp_matrices(parameters, height, width)
+    warp = not np.array_equal(matrices, np.repeat(_IDENTITY[None], len(matrices), axis=0))
+    noisy = noise_seed is not None and float(np.max(parameters["noise"], initial=0.0)) > 0.0
+    return _transform(
+        ops.convert_to_tensor(clips),
+        *_tensors(matrices, parameters, noise_seed if noisy else None),
+        warp=warp,
+    )
+
+
+def _tensors(matrices: np.ndarray, parameters: dict, noise_seed: int | None) -> tuple:
+    """The per-clip arguments of :func:`_transform` as backend tensors, and the noise's seed."""
     import keras
     from keras import ops
 
-    batch, frames, height, width, channels = clips.shape
-    pixels = ops.cast(ops.convert_to_tensor(clips), "float32")
-    flat = ops.reshape(pixels, (batch * frames, height, width, channels))
-    # One matrix per clip, repeated for each of its frames: the same warp for the whole clip.
-    matrices = np.repeat(warp_matrices(parameters, height, width), frames, axis=0)
-    if not np.array_equal(matrices, np.repeat(_IDENTITY[None], len(matrices), axis=0)):
+    names = ("gamma", "contrast", "gain", "noise")
+    columns = [ops.convert_to_tensor(np.asarray(parameters[name], np.float32)) for name in names]
+    seed = noise_seed
+    if noise_seed is not None and keras.config.backend() == "jax":
+        # What keras.random makes of an integer seed on JAX, [seed, 0], but as an argument: a
+        # compiled transform then takes each batch's seed without being traced again.
+        seed = ops.convert_to_tensor([noise_seed, 0], "uint32")
+    return (ops.convert_to_tensor(matrices), *columns, seed)
+
+
+def _transform(pixels, matrices, gamma, contrast, gain, noise, seed, warp: bool):
+    """:func:`transform` on backend tensors; traceable, so JAX can compile it whole."""
+    import keras
+    from keras import ops
+
+    batch, frames, height, width, channels = pixels.shape
+    flat = ops.reshape(ops.cast(pixels, "float32"), (batch * frames, height, width, channels))
+    if warp:
+        # One matrix per clip, repeated for each of its frames: the same warp for the whole clip.
         flat = ops.image.affine_transform(
-            flat, ops.convert_to_tensor(matrices), interpolation="bilinear", fill_mode="nearest"
+            flat,
+            ops.repeat(matrices, frames, axis=0),
+            interpolation="bilinear",
+            fill_mode="nearest",
         )
     x = ops.reshape(flat, (batch, frames, height, width, channels)) / 255.0
 
-    def per_clip(name):
-        return ops.convert_to_tensor(
-            np.asarray(parameters[name], np.float32).reshape(batch, 1, 1, 1, 1)
-        )
+    def per_clip(values):
+        return ops.reshape(ops.convert_to_tensor(values), (batch, 1, 1, 1, 1))
 
-    x = ops.power(x, per_clip("gamma"))
+    x = ops.power(x, per_clip(gamma))
     mean = ops.mean(x, axis=(1, 2, 3, 4), keepdims=True)
-    x = (x - mean) * per_clip("contrast") + mean
-    x = x * per_clip("gain")
-    if noise_seed is not None and float(np.max(parameters["noise"], initial=0.0)) > 0.0:
-        noise = keras.random.normal(ops.shape(x), seed=int(noise_seed), dtype="float32")
-        x = x + noise * per_clip("noise")
+    x = (x - mean) * per_clip(contrast) + mean
+    x = x * per_clip(gain)
+    if seed is not None:
+        x = x + keras.random.normal(ops.shape(x), seed=seed, dtype="float32") * per_clip(noise)
     return ops.clip(x, 0.0, 1.0) * 255.0
 
 
@@ -210,19 +242,59 @@ def to_uint8(pixels) -> np.ndarray:
     return np.rint(ops.convert_to_numpy(pixels)).clip(0, 255).astype(np.uint8)
 
 
-def augment_clips(
-    clips: np.ndarray, rows, config: AugmentConfig, seed: int, epoch: int
-) -> np.ndarray:
+def augment_batch(clips, rows, config: AugmentConfig, seed: int, epoch: int):
     """The training transform of a batch: uint8 clips in, uint8 clips of the same shape out.
 
-    ``rows`` are the clips' rows in their split (the key of each clip's draw).
+    ``clips`` may be NumPy or a backend tensor already on the device(s); the result is a
+    backend tensor where the work was done, which on JAX is where ``clips`` lay (sharded alike
+    over several devices), so a batch on the device never comes back to the host. On JAX the
+    whole transform is one compiled function (:func:`compiled_transform`), whichever reader
+    calls it, so the batches gathered on the device and those read from the store are the same
+    bit for bit. ``rows`` are the clips' rows in their split (the key of each clip's draw).
     """
+    import keras
+    from keras import ops
+
     rows = np.asarray(rows).reshape(-1)
     if len(rows) != len(clips):
         raise ValueError(f"{len(clips)} clips but {len(rows)} rows")
     parameters = draw_parameters(config, seed, epoch, rows)
     noise_seed = int(np.random.default_rng([seed, epoch, *rows.tolist()]).integers(2**31 - 1))
-    return to_uint8(transform(clips, parameters, noise_seed))
+    if keras.config.backend() != "jax":
+        return ops.cast(ops.round(transform(clips, parameters, noise_seed)), "uint8")
+    height, width = clips.shape[2:4]
+    matrices = warp_matrices(parameters, height, width)
+    warp = not np.array_equal(matrices, np.repeat(_IDENTITY[None], len(matrices), axis=0))
+    noisy = float(np.max(parameters["noise"], initial=0.0)) > 0.0
+    arguments = _tensors(matrices, parameters, noise_seed if noisy else None)
+    return compiled_transform(getattr(clips, "sharding", None), warp)(clips, *arguments)
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_transform(sharding, warp: bool):
+    """The JAX-compiled uint8 -> uint8 transform whose result lies as ``sharding`` says.
+
+    One per placement and warp (the seed None, for no noise, is traced apart by JAX itself): a
+    batch sharded over several devices is transformed where it lies, each device its own clips,
+    and stays sharded for the training step.
+    """
+    import jax
+    from keras import ops
+
+    def apply(pixels, matrices, gamma, contrast, gain, noise, seed):
+        x = _transform(pixels, matrices, gamma, contrast, gain, noise, seed, warp=warp)
+        return ops.cast(ops.round(x), "uint8")
+
+    return jax.jit(apply, out_shardings=sharding)
+
+
+def augment_clips(
+    clips: np.ndarray, rows, config: AugmentConfig, seed: int, epoch: int
+) -> np.ndarray:
+    """:func:`augment_batch` as a uint8 NumPy array."""
+    from keras import ops
+
+    return np.asarray(ops.convert_to_numpy(augment_batch(clips, rows, config, seed, epoch)))
 
 
 def mirror_clips(clips: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""Batches of clips for Keras, streamed from a prepared store's memory-mapped split.
+"""Batches of clips for Keras, from a store's memory-mapped split or from its copy on the device.
 
 :class:`ClipBatches` is the data pipeline between the store (:mod:`nightact.core.store` opens it,
 Keras-free) and the model: training reads a shuffled endless stream of it, evaluation and validation
 an ordered finite one. It lives apart from :mod:`nightact.training.train` so that evaluating a run
-does not import the training loop.
+does not import the training loop. Where the batches are made, on the device from a copy of the
+split or on the host from the store, is :mod:`nightact.data.placement`'s part.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 
-from nightact.data.augment import augment_clips
-from nightact.data.sampling import random_candidates, select_frames
+from nightact.data.augment import augment_batch
+from nightact.data.placement import DeviceSplit, batch_sharding, put_batch
+from nightact.data.sampling import positions, random_candidates, select_frames
 
 __all__ = [
     "ClipBatches",
@@ -59,6 +61,14 @@ class ClipBatches(keras.utils.PyDataset):
     weights, 1 for the real clips and 0 for the copies, so that the accuracy (a weighted mean
     over all clips) counts the real clips alone. The loss of a padded batch is still divided by
     its padded size, so an epoch's ``val_loss`` comes out low by (copies / clips).
+
+    Where the batches are made (:mod:`nightact.data.placement`; JAX only, one process): with
+    ``on_device`` (or a :class:`nightact.data.placement.DeviceSplit` as ``split``) the split is on
+    the device(s) and every batch is gathered, and augmented, there, as JAX arrays that Keras
+    takes as they are; with ``place``, batches read from the store are put on the device(s) by
+    the reading threads, a few steps ahead, and augmented there. Either way a batch never
+    crosses back to the host. Without them, batches are NumPy arrays, as any backend takes
+    them. The batches are the same on every path.
     """
 
     def __init__(
@@ -75,6 +85,8 @@ class ClipBatches(keras.utils.PyDataset):
         mirror: bool = False,
         process: tuple[int, int] = (0, 1),
         pad_to: int = 1,
+        on_device: bool = False,
+        place: bool = False,
     ):
         # Keras' own worker threads are not used: its enqueuer drops the batches it has read
         # ahead at every epoch's end, which would break the index -> epoch mapping above.
@@ -91,6 +103,14 @@ class ClipBatches(keras.utils.PyDataset):
             )
         self.process = (process_index, processes)
         self.pad_to = pad_to
+        self.on_device = on_device or isinstance(split, DeviceSplit)
+        if (self.on_device or place) and (keras.config.backend() != "jax" or processes > 1):
+            raise ValueError(
+                "batches are made on the device with the JAX backend and one process only"
+            )
+        self.place = place and not self.on_device
+        # Asked here, not in the reading threads: Keras keeps its distribution per thread.
+        self._sharding = batch_sharding(split.frames.ndim) if self.place else None
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -116,6 +136,11 @@ class ClipBatches(keras.utils.PyDataset):
         self._read_ahead = workers - 1
         self._pool = ThreadPoolExecutor(self._read_ahead) if self._read_ahead > 0 else None
         self._pending: dict = {}
+        # Last, once everything is checked: a copy made here is freed by close(); one passed in
+        # belongs to the caller.
+        self._owned = None
+        if self.on_device and not isinstance(split, DeviceSplit):
+            self.split = self._owned = DeviceSplit(split)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -153,12 +178,55 @@ class ClipBatches(keras.utils.PyDataset):
         return future.result()
 
     def close(self) -> None:
-        """Stop the read-ahead threads, if any."""
+        """Stop the read-ahead threads, if any, and free the split's copy made on the device."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._owned is not None:
+            self._owned.release()
+            self._owned = None
 
     def _read(self, index: int):
+        rows, weights = self._shared_rows(index)
+        epoch = self.epoch_of(index)
+        choices = self._choices(rows, epoch)
+        # A training view is never mirrored here: the augmentation flips at random.
+        mirror = self.mirror and self.augment is None
+        if self.on_device:
+            picked = positions(
+                np.broadcast_to(choices, (len(rows), self.segments)), self.per_segment
+            )
+            clips = self.split.gather(rows, picked, mirror)
+        else:
+            clips = select_frames(
+                read_rows(self.split.frames, rows), self.segments, self.per_segment, choices
+            )
+            if mirror:
+                clips = np.ascontiguousarray(clips[:, :, :, ::-1])
+            if self.place:
+                clips = put_batch(clips, self._sharding)
+        if self.augment is not None:
+            clips = augment_batch(clips, rows, self.augment, self.seed, epoch)
+            if not (self.on_device or self.place):
+                clips = np.asarray(keras.ops.convert_to_numpy(clips))
+        labels = self._one_hot[self.split.labels[rows]]
+        if weights is None:
+            return clips, labels
+        return clips, labels, weights
+
+    def _choices(self, rows: np.ndarray, epoch: int) -> np.ndarray:
+        """Each clip's candidate per segment, (clips, segments); or (segments,), one for all."""
+        if self.augment is not None and self.per_segment > 1:
+            return np.stack(
+                [
+                    random_candidates(self.segments, self.per_segment, self.seed, epoch, row)
+                    for row in rows.tolist()
+                ]
+            )
+        return np.full(self.segments, self.candidate, dtype=np.int64)
+
+    def _shared_rows(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """This process's rows of batch ``index``, padded, and their weights (None: unpadded)."""
         rows = self.rows(index)
         weights = None
         if self.pad_to > 1:
@@ -173,27 +241,7 @@ class ClipBatches(keras.utils.PyDataset):
             mine = slice(process_index * share, (process_index + 1) * share)
             rows = rows[mine]
             weights = None if weights is None else weights[mine]
-        clips = read_rows(self.split.frames, rows)
-        if self.augment is not None:
-            epoch = self.epoch_of(index)
-            if self.per_segment > 1:
-                choices = np.stack(
-                    [
-                        random_candidates(self.segments, self.per_segment, self.seed, epoch, row)
-                        for row in rows.tolist()
-                    ]
-                )
-                clips = select_frames(clips, self.segments, self.per_segment, choices)
-            clips = augment_clips(clips, rows, self.augment, self.seed, epoch)
-        else:
-            choices = np.full(self.segments, self.candidate, dtype=np.int64)
-            clips = select_frames(clips, self.segments, self.per_segment, choices)
-            if self.mirror:
-                clips = np.ascontiguousarray(clips[:, :, :, ::-1])
-        labels = self._one_hot[self.split.labels[rows]]
-        if weights is None:
-            return clips, labels
-        return clips, labels, weights
+        return rows, weights
 
     def _order(self, epoch: int) -> np.ndarray:
         with self._lock:

@@ -299,16 +299,31 @@ def _evaluate(config: EvaluateConfig, store: Path, output: Path) -> dict:
 
 
 def _predict_views(model, clips, batch_size: int, plan) -> tuple[np.ndarray, float]:
-    """Each clip's softmax averaged over the views of ``plan``; ms per clip summed over them."""
-    # Imported here: data.batches imports Keras.
-    from nightact.data.batches import ClipBatches
+    """Each clip's softmax averaged over the views of ``plan``; ms per clip summed over them.
 
+    The split is copied to the device once where it fits, as training's are
+    (:mod:`nightact.data.placement`), and every view is gathered from that copy; otherwise each
+    view reads the store.
+    """
+    # Imported here: data.batches imports Keras.
+    import keras
+
+    from nightact.data.batches import ClipBatches
+    from nightact.data.placement import DeviceSplit, choose
+
+    choice = choose("auto", [clips], keras.config.backend())
+    log.info("%s", choice.describe())
+    source = DeviceSplit(clips) if choice.on_device else clips
     probabilities, milliseconds = 0.0, 0.0
-    for candidate, mirrored in plan:
-        batches = ClipBatches(clips, batch_size, candidate=candidate, mirror=mirrored)
-        view_probabilities, view_milliseconds = predict_split(model, batches)
-        probabilities = probabilities + view_probabilities / len(plan)
-        milliseconds += view_milliseconds
+    try:
+        for candidate, mirrored in plan:
+            batches = ClipBatches(source, batch_size, candidate=candidate, mirror=mirrored)
+            view_probabilities, view_milliseconds = predict_split(model, batches)
+            probabilities = probabilities + view_probabilities / len(plan)
+            milliseconds += view_milliseconds
+    finally:
+        if choice.on_device:
+            source.release()
     return probabilities, milliseconds
 
 
@@ -340,6 +355,9 @@ def predict_split(model, batches) -> tuple[np.ndarray, float]:
     elapsed = 0.0
     for index in range(count):
         clips, _ = batches[index]
+        if hasattr(clips, "block_until_ready"):
+            # Gathered on the device, asynchronously: done before the clock starts.
+            clips.block_until_ready()
         started = time.perf_counter()
         probabilities = np.asarray(model.predict_on_batch(clips))
         elapsed += time.perf_counter() - started

@@ -99,6 +99,12 @@ class DeviceSetup:
             )
         return global_batch_size // self.processes
 
+    def local_jax_devices(self) -> list:
+        """This process's JAX devices taking part, as JAX objects (JAX only)."""
+        import jax
+
+        return [device for device in jax.local_devices() if _jax_name(device) in self.devices]
+
     def record(self) -> dict:
         """What a run's config.json keeps about its devices."""
         return {
@@ -232,7 +238,7 @@ def _setup_jax(count: int | None) -> DeviceSetup:
         chosen = jax.devices()
     else:
         chosen = local[:count]
-    names = [f"{device.platform}:{device.id}" for device in chosen]
+    names = [_jax_name(device) for device in chosen]
     if len(chosen) > 1:
         # Each process reads its own share of every batch (process_batch_size); Keras' own
         # sharding works on tf.data datasets only, and would refuse a PyDataset.
@@ -245,3 +251,7 @@ def _setup_jax(count: int | None) -> DeviceSetup:
             processes,
         )
     return DeviceSetup("jax", platform, names, processes=processes, process_id=process_id)
+
+
+def _jax_name(device) -> str:
+    return f"{device.platform}:{device.id}"

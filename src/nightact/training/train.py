@@ -30,8 +30,12 @@ What differs from the original notebooks, and why:
 
 - One compiled training step (``model.fit``) instead of an eager ``GradientTape`` loop, and the
   accuracy comes from the same forward pass as the loss instead of a second, inference-mode one.
-- Batches stream from the memory-mapped store (:class:`nightact.data.batches.ClipBatches`); memory
-  holds a few batches, never the dataset (the original kept 15 GB of clips in RAM).
+- Where the splits fit in the device's memory (with room to spare), they are copied there once,
+  as uint8, and every batch is gathered, shuffled and augmented on the device; otherwise batches
+  stream from the memory-mapped store (:class:`nightact.data.batches.ClipBatches`), reading
+  threads putting them on the device a few steps ahead, and host memory holds a few batches,
+  never the dataset (the original kept 15 GB of clips in RAM). ``data_on_device`` chooses
+  (:mod:`nightact.data.placement`); both paths give the same batches.
 - The loss is categorical cross-entropy by default; ``loss="msle"`` reproduces the original's mean
   squared logarithmic error on the softmax output.
 - The checkpoint is chosen on the validation split; the test split is left for
@@ -64,6 +68,7 @@ from nightact.core.store import (
     source_store,
 )
 from nightact.data.augment import AugmentConfig
+from nightact.data.placement import DATA_ON_DEVICE
 from nightact.nets import gpu
 from nightact.nets.backbones import build_backbone, network_of, weights_record
 from nightact.training import devices
@@ -77,6 +82,7 @@ __all__ = [
     "build_and_compile",
     "check_free_space",
     "check_store",
+    "choose_data_path",
     "default_run_folder",
     "fine_tune",
     "fit",
@@ -193,6 +199,13 @@ class TrainConfig:
     # Threads reading whole batches ahead of the model (1: each batch read between two steps).
     # None: one per CPU, at most 4 (filled in, so the saved config holds the number used).
     workers: int | None = None
+    # Copy the train and validation splits to the device once and make every batch there:
+    # "auto" where the backend is JAX, one process trains and they take at most half of the
+    # device's free memory (nightact.data.placement), "yes" (refused where impossible), "no".
+    data_on_device: str = "auto"
+    # What training did: "device" or "host" (reading threads put batches on the device ahead
+    # of the step); filled in when training starts.
+    data_path: str | None = None
     # Devices sharing each batch (data parallel). None: every accelerator, 1 on a CPU; the saved
     # config holds the number used. On a CPU, N > 1 splits it into N logical devices.
     devices: int | None = None
@@ -263,6 +276,13 @@ class TrainConfig:
             self.workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.data_path not in (None, "device", "host"):
+            raise ValueError(f"data_path must be device or host, got {self.data_path!r}")
+        if self.data_on_device not in DATA_ON_DEVICE:
+            raise ValueError(
+                f"data_on_device must be one of {', '.join(DATA_ON_DEVICE)}, "
+                f"got {self.data_on_device!r}"
+            )
         if self.devices is not None and self.devices < 1:
             raise ValueError(f"devices must be at least 1, got {self.devices}")
         if self.fine_tune < 0 or self.fine_tune_epochs < 1 or self.fine_tune_learning_rate <= 0:
@@ -362,6 +382,7 @@ def train(
         config, setup = use_devices(config)
         gpu.warn_if_gpu_unused()  # after the device setup: JAX fixes its devices on first use
         config = settle_lstm_kernel(config)
+        config = choose_data_path(config, (train_split, val_split), setup)
         # Under MirroredStrategy every variable must be made in its scope, the optimizer's too,
         # which the free-space check and a resume build.
         with setup.scope():
@@ -542,19 +563,57 @@ def settle_lstm_kernel(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, lstm_kernel=kernel)
 
 
+def choose_data_path(config: TrainConfig, splits, setup=None) -> TrainConfig:
+    """A copy of ``config`` with ``data_path`` set to where its batches will be made; logged.
+
+    Raises ValueError where ``data_on_device="yes"`` cannot be done, saying why.
+    """
+    import keras
+
+    from nightact.data.placement import choose
+
+    devices = None
+    if setup is not None and setup.backend == "jax":
+        devices = setup.local_jax_devices()
+    choice = choose(
+        config.data_on_device,
+        splits,
+        keras.config.backend(),
+        devices=devices,
+        processes=setup.processes if setup is not None else 1,
+    )
+    threads = "" if choice.on_device else f" ({config.workers} reading thread(s))"
+    log.log(logging.WARNING if choice.risky else logging.INFO, "%s%s", choice.describe(), threads)
+    return dataclasses.replace(config, data_path="device" if choice.on_device else "host")
+
+
 def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int = 0, setup=None):
     """The shuffled training stream, from ``start_epoch`` on, and the ordered validation batches.
 
-    Under several devices (``setup``), each process reads its share of every batch, and on JAX
-    the validation batches are padded to a multiple of the devices (see ClipBatches).
+    They are made where ``config.data_path`` says (:func:`choose_data_path` decides when it is
+    None): gathered from a copy of each split on the device, or read from the store by threads
+    that put them on the device ahead of the step (JAX, one process) or hand NumPy arrays to
+    Keras (any other case). Under several devices (``setup``), each process reads its share of
+    every batch, and on JAX the validation batches are padded to a multiple of the devices (see
+    ClipBatches).
     """
+    import keras
+
     from nightact.data.batches import ClipBatches
 
+    if config.data_path is None:
+        config = choose_data_path(config, (train_split, val_split), setup)
     sharing = {}
+    processes = 1
     if setup is not None:
         sharing["process"] = (setup.process_id, setup.processes)
+        processes = setup.processes
     pad_to = setup.count if setup is not None and setup.backend == "jax" else 1
-
+    on_device = config.data_path == "device"
+    placing = {
+        "on_device": on_device,
+        "place": not on_device and keras.config.backend() == "jax" and processes == 1,
+    }
     train_batches = ClipBatches(
         train_split,
         config.batch_size,
@@ -565,10 +624,20 @@ def make_batches(config: TrainConfig, train_split, val_split, start_epoch: int =
         drop_remainder=True,
         augment=AugmentConfig() if config.augment else None,
         **sharing,
+        **placing,
     )
-    val_batches = ClipBatches(
-        val_split, config.batch_size, workers=config.workers, pad_to=pad_to, **sharing
-    )
+    try:
+        val_batches = ClipBatches(
+            val_split,
+            config.batch_size,
+            workers=config.workers,
+            pad_to=pad_to,
+            **sharing,
+            **placing,
+        )
+    except BaseException:
+        train_batches.close()
+        raise
     return train_batches, val_batches
 
 
@@ -717,8 +786,12 @@ def fine_tune(config: TrainConfig, verbose: int = 1) -> float:
         jit_compile=_jit_compile(config),
     )
     store = source_store(config.data)
+    # The clip store, not the embeddings the head trained on: where its batches go is decided
+    # anew.
     train_batches, val_batches = make_batches(
-        config, open_split(store, "train"), open_split(store, "val")
+        dataclasses.replace(config, data_path=None),
+        open_split(store, "train"),
+        open_split(store, "val"),
     )
     history = runs.read_history(run)
     best = max(row["val_accuracy"] for row in history)
