@@ -15,7 +15,8 @@ the leakage check), in parts:
 3. scaling: ``prepare()`` in a fresh process for each number of workers (and each checkout given
    with ``--code``): wall seconds, clips/s end to end and between the first and last clip
    finished (without start-up and finishing), CPU seconds per clip of the process and its
-   workers, and how busy that kept the CPUs.
+   workers, how busy that kept the CPUs, and the main process's own ms per clip (journal and
+   syncs: 1000 / that is the most clips/s it can take, however many workers).
 4. hwaccel: the PyAV and FFmpeg versions, the hardware device types this PyAV was built with and
    its hardware H.264 decoders; where a CUDA device opens (NVDEC), the corpus' videos decoded on it
    against the CPU decoder, frames/s, and whether the model's input comes out the same.
@@ -29,7 +30,9 @@ the leakage check), in parts:
                                                         # parent's syncs, not decoding, decide
 
 ``--code NAME=SRC`` runs the scaling part once per checkout (``SRC`` is put first on PYTHONPATH
-for that run), side by side in one table. Prints the tables and writes
+for that run), side by side in one table; ``--ffmpeg-threads [NAME ...]`` adds those checkouts
+(every one when none is named) again as ``NAME+ff``, their decoders on FFmpeg's own thread count
+(one per CPU), to tell that change apart from the others. Prints the tables and writes
 benchmarks/results/prepare_scaling.json (``--json``). ``benchmarks/gpu.sh`` runs it on a GPU host.
 """
 
@@ -117,6 +120,7 @@ def profile_part(corpus: Path, work: Path, store: dict, clips: int) -> dict:
     from nightact.data.prepare import PrepareConfig, prepare
 
     src = work / "profile-src"
+    shutil.rmtree(src, ignore_errors=True)  # left by an earlier run in the same --work folder
     for video in sorted(corpus.rglob("*.mp4"))[:clips]:
         target = src / video.parent.name / video.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -224,18 +228,27 @@ def decoder_part(corpus: Path, store: dict, clips: int) -> list[dict]:
 # --- 3. scaling -------------------------------------------------------------------------------
 
 
-def measure_one(src: str, out: str, workers: int, store: dict) -> dict:
-    """In a fresh process: prepare SRC into OUT with ``workers`` workers, timing every clip."""
+def measure_one(src: str, out: str, workers: int, store: dict, ffmpeg_threads: bool) -> dict:
+    """In a fresh process: prepare SRC into OUT with ``workers`` workers, timing every clip.
+
+    ``ffmpeg_threads``: every decoder on FFmpeg's own thread count, as before the decoders took
+    their share of the CPUs (where the code has that rule), to tell the two changes apart.
+    """
     from nightact.core import workers as pool
     from nightact.data.prepare import PrepareConfig, prepare
 
-    finished = []
+    if ffmpeg_threads and hasattr(pool, "decoder_threads"):
+        pool.decoder_threads = lambda count: None
+    finished, parent = [], []
     real_map = pool.map_unordered
 
     def timed_map(*args, **kwargs):
         for result in real_map(*args, **kwargs):
             finished.append(time.perf_counter())
             yield result
+            # The main process's own work on each result (journal, syncs): one clip at a time,
+            # so 1000 / these ms is the most clips per second it can take, whatever the workers.
+            parent.append(time.perf_counter() - finished[-1])
 
     pool.map_unordered = timed_map
     config = PrepareConfig(src, out, workers=workers, check_leakage=False, **store)
@@ -256,6 +269,7 @@ def measure_one(src: str, out: str, workers: int, store: dict) -> dict:
         "first_clip_seconds": finished[0] - started if finished else None,
         "cpu_ms_per_clip": 1000 * cpu / count,
         "cpu_busy": cpu / (wall * (os.cpu_count() or 1)),
+        "main_process_ms_per_clip": 1000 * sum(parent) / max(1, len(parent)),
     }
 
 
@@ -266,10 +280,10 @@ def scaling_part(
     keeps its fastest round (on a shared machine, the one least slowed by others)."""
     rows: dict[tuple[str, int], dict] = {}
     for round_ in range(repeats):
-        for name, source in codes.items():
+        for name, (source, ffmpeg_threads) in codes.items():
             for workers in counts:
-                out = work / f"store-{name}-{workers}"
-                row = measure_in_process(corpus, out, workers, source, store)
+                out = work / f"store-{workers}"
+                row = measure_in_process(corpus, out, workers, source, store, ffmpeg_threads)
                 row = {"code": name, **row}
                 log(
                     f"scaling {name} {workers} workers (round {round_ + 1}): "
@@ -290,14 +304,16 @@ def scaling_part(
     return rows
 
 
-def measure_in_process(corpus: Path, out: Path, workers: int, source, store: dict) -> dict:
+def measure_in_process(
+    corpus: Path, out: Path, workers: int, source, store: dict, ffmpeg_threads: bool = False
+) -> dict:
     """:func:`measure_one` in a fresh process, with ``source`` first on its PYTHONPATH."""
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(
         part for part in (str(source), environment.get("PYTHONPATH", "")) if part
     )
     command = [sys.executable, __file__, "--measure", str(corpus), str(out), str(workers)]
-    command += ["--store", json.dumps(store)]
+    command += ["--store", json.dumps(store)] + (["--ffmpeg-threads"] if ffmpeg_threads else [])
     finished = subprocess.run(command, capture_output=True, text=True, env=environment)
     shutil.rmtree(out, ignore_errors=True)
     if finished.returncode != 0:
@@ -319,7 +335,7 @@ def hwaccel_part(corpus: Path, clips: int) -> dict:
         "ffmpeg": getattr(av, "ffmpeg_version_info", None),
         "device_types": hwdevices_available(),
         "h264_decoders": sorted(
-            name for name in av.codecs_available if name.startswith("h264") and name != "h264"
+            name for name in av.codecs_available if name.startswith("h264_") and _decodes(name)
         ),
         "hardware_decoders": len([n for n in av.codecs_available if n.endswith(suffixes)]),
     }
@@ -344,6 +360,17 @@ def hwaccel_part(corpus: Path, clips: int) -> dict:
         "note": "whole-stream decoding in one process, one clip at a time",
     }
     return record
+
+
+def _decodes(name: str) -> bool:
+    """Whether FFmpeg's codec ``name`` is a decoder (codecs_available lists encoders too)."""
+    import av
+
+    try:
+        av.Codec(name, "r")
+    except Exception:  # av's UnknownCodecError, for an encoder-only name
+        return False
+    return True
 
 
 def _decode_all(paths: list[Path], accelerator) -> dict:
@@ -400,15 +427,17 @@ def format_tables(report: dict) -> str:
             )
     if report.get("scaling"):
         lines.append(
-            "\ncode    workers  threads  clips/s  steady  vs 1  CPU ms/clip  CPUs busy  seconds"
+            "\ncode        workers  threads  clips/s  steady  vs 1  CPU ms/clip  CPUs busy  "
+            "main ms/clip  seconds"
         )
         for row in report["scaling"]:
             steady = row["steady_clips_per_second"]
             lines.append(
-                f"{row['code']:<7} {row['workers']:>7}  {row['decoder_threads']!s:>7}  "
+                f"{row['code']:<11} {row['workers']:>7}  {row['decoder_threads']!s:>7}  "
                 f"{row['clips_per_second']:7.1f}  {steady or 0:6.1f}  "
                 f"{row.get('speedup_over_one_worker', 0):4.1f}x  {row['cpu_ms_per_clip']:11.0f}  "
-                f"{100 * row['cpu_busy']:8.0f}%  {row['seconds']:7.1f}"
+                f"{100 * row['cpu_busy']:8.0f}%  {row.get('main_process_ms_per_clip', 0):12.2f}  "
+                f"{row['seconds']:7.1f}"
             )
     return "\n".join(lines)
 
@@ -420,6 +449,14 @@ def parse_args(argv):
     parser.add_argument("--copies", type=int, default=None, help="links to each video")
     parser.add_argument("--code", action="append", default=[], metavar="NAME=SRC")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the scaling part")
+    parser.add_argument(
+        "--ffmpeg-threads",
+        nargs="*",
+        metavar="NAME",
+        default=None,
+        help="scaling: also run these checkouts (all: none named) with every decoder on "
+        "FFmpeg's thread count, as NAME+ff",
+    )
     parser.add_argument("--parts", nargs="+", default=["profile", "decoder", "scaling", "hwaccel"])
     parser.add_argument("--smoke", action="store_true", help="tiny videos: check the code path")
     parser.add_argument("--work", type=Path, default=None, help="corpus folder (default: temp)")
@@ -439,19 +476,23 @@ def main(argv: list[str] | None = None) -> None:
     store = args.store or (SMOKE_STORE if args.smoke else STORE)
     if args.measure:
         src, out, workers = args.measure
-        print(json.dumps(measure_one(src, out, int(workers), store)))
+        print(json.dumps(measure_one(src, out, int(workers), store, args.ffmpeg_threads == [])))
         return
     shape = dict(SMOKE if args.smoke else FULL)
     if args.copies:
         shape["copies"] = args.copies
-    codes = dict(pair.split("=", 1) for pair in args.code) or {"this": str(REPO_SRC)}
+    sources = dict(pair.split("=", 1) for pair in args.code) or {"this": str(REPO_SRC)}
+    codes = {name: (source, False) for name, source in sources.items()}
+    if args.ffmpeg_threads is not None:
+        named = args.ffmpeg_threads or list(sources)
+        codes.update({f"{name}+ff": (sources[name], True) for name in named})
     report = {
         "benchmark": "prepare_scaling",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": common.describe_machine(),
         "store": store,
         "corpus": {**shape, "classes": args.classes},
-        "codes": codes,
+        "codes": {name: {"src": src, "ffmpeg_threads": ff} for name, (src, ff) in codes.items()},
     }
 
     def log(message: str) -> None:
