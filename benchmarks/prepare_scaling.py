@@ -21,7 +21,8 @@ the leakage check), in parts:
    its hardware H.264 decoders; where a CUDA device opens (NVDEC), the corpus' videos decoded on it
    against the CPU decoder, frames/s, and whether the model's input comes out the same.
 
-    python benchmarks/prepare_scaling.py                       # 1 2 4 8 16 workers, 384 clips
+    python benchmarks/prepare_scaling.py                       # 1 2 4 8 16 workers (up to 2x
+                                                               # the CPUs), 384 clips
     python benchmarks/prepare_scaling.py --workers 1 2 4 --classes 6 --copies 4   # 48 clips
     python benchmarks/prepare_scaling.py --code before=/tmp/old/src --code after=src
     python benchmarks/prepare_scaling.py --smoke               # seconds: tiny videos
@@ -252,10 +253,11 @@ def measure_one(src: str, out: str, workers: int, store: dict, ffmpeg_threads: b
 
     pool.map_unordered = timed_map
     config = PrepareConfig(src, out, workers=workers, check_leakage=False, **store)
-    started = time.perf_counter()
+    # This process's start-up and imports are not prepare's; its workers' are.
+    started, own = time.perf_counter(), cpu_seconds()
     summary = prepare(config)
     wall = time.perf_counter() - started
-    cpu = cpu_seconds() + cpu_seconds(resource.RUSAGE_CHILDREN)
+    cpu = cpu_seconds() - own + cpu_seconds(resource.RUSAGE_CHILDREN)
     count = summary.processed_now
     threads = getattr(pool, "decoder_threads", None)  # absent from checkouts before it existed
     steady = (len(finished) - 1) / (finished[-1] - finished[0]) if len(finished) > 1 else None
@@ -444,10 +446,23 @@ def format_tables(report: dict) -> str:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        # Up to twice the CPUs: more workers than cores once, not four times over on 2 cores.
+        default=[count for count in (1, 2, 4, 8, 16) if count <= 2 * (os.cpu_count() or 1)],
+        help="worker counts to run (default 1 2 4 8 16, up to twice the CPUs)",
+    )
     parser.add_argument("--classes", type=int, default=None, help="classes of videos (at most 12)")
     parser.add_argument("--copies", type=int, default=None, help="links to each video")
-    parser.add_argument("--code", action="append", default=[], metavar="NAME=SRC")
+    parser.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="a checkout to run the scaling part with: its src folder (repeat; default this one)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the scaling part")
     parser.add_argument(
         "--ffmpeg-threads",
@@ -457,7 +472,12 @@ def parse_args(argv):
         help="scaling: also run these checkouts (all: none named) with every decoder on "
         "FFmpeg's thread count, as NAME+ff",
     )
-    parser.add_argument("--parts", nargs="+", default=["profile", "decoder", "scaling", "hwaccel"])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["profile", "decoder", "scaling", "hwaccel"],
+        default=["profile", "decoder", "scaling", "hwaccel"],
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny videos: check the code path")
     parser.add_argument("--work", type=Path, default=None, help="corpus folder (default: temp)")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "prepare_scaling.json")

@@ -404,8 +404,8 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
                 log.warning("%s %s: %s", result["status"], result["path"], result["error"])
         progress.update(len(results))
 
-    # Syncing the journal once per clip made the parent the bottleneck of many workers (a sync
-    # takes milliseconds to tens of them); a crash loses at most a batch, done again on resume.
+    # Two syncs per clip held many workers back: each waited for its row's, and this process,
+    # which takes one result at a time, for the journal's. A crash loses at most a batch.
     journal = _Journal(journal_path, batch=_CLIPS_PER_SYNC * count)
     try:
         for result in workers.map_unordered(_prepare_one, jobs, count):
