@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU figures in one call: bash benchmarks/gpu.sh OUT [--smoke] [gpu.py options]
 #
-# Writes OUT/gpu.json, OUT/loader.json, OUT/gpu.log and OUT/nvidia-smi.txt (see benchmarks/gpu.py)
-# in under 8 minutes (--budget, seconds, default 420). Installs nothing from the internet.
+# Writes OUT/gpu.json, OUT/prepare.json, OUT/loader.json, OUT/gpu.log and OUT/nvidia-smi.txt (see
+# benchmarks/gpu.py) in under 8 minutes (--budget, seconds, default 420). Installs nothing from the
+# internet. --smoke runs every part at a tiny size on a CPU (tests/test_benchmarks.py does).
 #
-# Python: the repo's .venv/bin/python when present, else python3. A GPU host without Keras (the
-# project's lent GPU machines have JAX with CUDA but no Keras or TensorFlow) takes Keras as wheels
-# from .whl/ in the repo, made beforehand on a machine with internet by
+# Python: NIGHTACT_PYTHON if set, else the repo's .venv/bin/python when present, else python3. A
+# GPU host without Keras or PyAV (the project's lent GPU machines have JAX with CUDA but no Keras,
+# TensorFlow or PyAV) takes them as wheels from .whl/ in the repo, made beforehand on a machine
+# with internet by
 #     bash benchmarks/gpu.sh --fetch-wheels
 # and carried along (an ignored folder). Backend: KERAS_BACKEND if set; else TensorFlow where it
 # sees a GPU, else JAX.
@@ -15,12 +17,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
-  # Keras and the two of its needs that such a host lacks, for CPython 3.12 on x86-64.
+  # Keras, the two of its needs that such a host lacks, and PyAV, for CPython 3.12 on x86-64.
   mkdir -p .whl
   exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-    "keras==3.15.1" "namex==0.1.0" "optree==0.20.0"
+    "keras==3.15.1" "namex==0.1.0" "optree==0.20.0" "av==18.1.0"
 fi
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
   echo "usage: bash benchmarks/gpu.sh OUT [--smoke] [gpu.py options] | --fetch-wheels" >&2
@@ -32,14 +34,17 @@ mkdir -p "$out" || exit 1
 log="$out/gpu.log"
 say() { echo "gpu.sh: $*" | tee -a "$log" >&2; }
 
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import sys" 2>/dev/null; then
+if [ -n "${NIGHTACT_PYTHON:-}" ]; then
+  python=$NIGHTACT_PYTHON
+elif [ -x .venv/bin/python ] && .venv/bin/python -c "import sys" 2>/dev/null; then
   python=.venv/bin/python
 else
   python=python3
 fi
 say "python: $python ($($python --version 2>&1))"
 
-if ! $python -c "import keras" 2>/dev/null; then
+# Found without importing them (importing Keras starts its backend: seconds).
+if ! $python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('keras') and u.find_spec('av')))" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
     site=$(mktemp -d /tmp/nightact-site-XXXX)
     if $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -50,7 +55,7 @@ if ! $python -c "import keras" 2>/dev/null; then
       say "MISSING: could not install the wheels in .whl/ (see $log)"
     fi
   else
-    say "MISSING: keras is not importable and there is no .whl/ folder; on a machine with" \
+    say "MISSING: keras or av is not importable and there is no .whl/ folder; on a machine with" \
       "internet run 'bash benchmarks/gpu.sh --fetch-wheels' and carry .whl"
   fi
 fi

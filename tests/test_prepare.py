@@ -455,3 +455,93 @@ def test_a_test_only_store_can_be_prepared(source, tmp_path):
         PrepareConfig(src="s", out="o", split=(0.0, 0.0, 0.5))
     with pytest.raises(ValueError, match="frames_per_segment"):
         PrepareConfig(src="s", out="o", frames_per_segment=0)
+
+
+def test_one_worker_and_two_write_the_same_store(tmp_path, monkeypatch):
+    # One worker decodes on FFmpeg's own thread count; two each take half the CPUs, and the
+    # parent syncs their rows in batches. None of it may change a byte of the store.
+    from nightact.core import workers
+    from nightact.sources.synthetic import SynthConfig, write_synthetic_dataset
+
+    src = tmp_path / "videos"
+    write_synthetic_dataset(
+        SynthConfig(src, videos_per_class=1, min_seconds=1, max_seconds=2, size=(96, 128))
+    )
+    jobs = []
+    real_map = workers.map_unordered
+
+    def recording_map(function, given, count=None):
+        jobs.extend(given)
+        return real_map(function, given, count)
+
+    monkeypatch.setattr(workers, "map_unordered", recording_map)
+    stores = {}
+    for count in (1, 2):
+        stores[count] = tmp_path / f"store-{count}"
+        prepare(_config(src, stores[count], frames=6, height=48, width=64, workers=count))
+    assert [job.decoder_threads for job in jobs] == [None] * 12 + [
+        max(1, (os.cpu_count() or 1) // 2)
+    ] * 12
+    for name in ("train.npy", "val.npy", "test.npy", "train_labels.npy", "manifest.csv"):
+        assert (stores[1] / name).read_bytes() == (stores[2] / name).read_bytes(), name
+    assert open_split(stores[1], "train").frames.std() > 10  # textured frames, not flat ones
+
+
+def _results(*rows):
+    return [
+        {"path": f"c{index}.mp4", "split": split, "row": index, "status": status}
+        for index, (split, status) in enumerate(rows)
+    ]
+
+
+def test_the_journal_lists_a_clip_only_after_its_row_is_synced(tmp_path, monkeypatch):
+    import nightact.data.prepare as dataset
+
+    for split in ("train", "val"):
+        np.save(tmp_path / f"{split}.npy", np.zeros((4, 2), np.uint8))
+    path = tmp_path / "journal.jsonl"
+    synced = []
+    real_fdatasync = os.fdatasync
+
+    def recording_fdatasync(descriptor):
+        # What the journal held when the rows were synced.
+        synced.append((os.readlink(f"/proc/self/fd/{descriptor}"), path.read_text().count("\n")))
+        real_fdatasync(descriptor)
+
+    monkeypatch.setattr(dataset.os, "fdatasync", recording_fdatasync)
+    journal = dataset._Journal(path, batch=3, seconds=3600)
+    results = _results(("train", "ok"), ("val", "failed"), ("train", "short"), ("val", "ok"))
+    assert journal.add(results[0]) == [] and journal.add(results[1]) == []
+    assert path.read_text() == "" and synced == []
+    assert journal.add(results[2]) == results[:3]
+    # The failed clip wrote no row: only train's array is synced, before any line is written.
+    assert synced == [(str(tmp_path / "train.npy"), 0)]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == results[:3]
+    assert journal.add(results[3]) == []
+    assert journal.commit() == results[3:]
+    assert synced[1:] == [(str(tmp_path / "val.npy"), 3)]
+    journal.close()
+
+
+def test_after_a_failed_sync_the_waiting_clips_are_never_journaled(tmp_path, monkeypatch):
+    import errno
+
+    import nightact.data.prepare as dataset
+
+    np.save(tmp_path / "train.npy", np.zeros((4, 2), np.uint8))
+    path = tmp_path / "journal.jsonl"
+
+    def full_disk(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    journal = dataset._Journal(path, batch=2)
+    journal.add(_results(("train", "ok"))[0])
+    monkeypatch.setattr(dataset.os, "fdatasync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        journal.add(_results(("train", "ok"), ("train", "ok"))[1])
+    monkeypatch.undo()
+    # Linux may drop the unwritten pages after a failed sync, so a second sync could succeed
+    # without the rows: those clips must be done again.
+    assert journal.commit_on_error() == [] and journal.commit() == []
+    journal.close()
+    assert path.read_text() == ""

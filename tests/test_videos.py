@@ -407,3 +407,22 @@ def test_the_same_frames_always_encode_to_the_same_file(tmp_path):
         for attempt in range(40)
     }
     assert len(digests) == 1
+
+
+def test_the_decoder_threads_never_change_the_frames(tmp_path):
+    # prepare gives each worker's decoder its share of the CPUs (one thread each with as many
+    # workers as CPUs); a clip with B-frames and several groups of pictures must decode to the same
+    # bytes on one thread, on FFmpeg's own count and on more threads than this machine has CPUs.
+    config = SynthConfig("unused", min_seconds=2.4, max_seconds=2.4, size=(96, 128))
+    frames = list(synthetic_frames(config, CLASS_NAMES.index("boxing"), 3)[1])
+    path = write_video(tmp_path / "clip.mp4", frames, keyframe_interval=12)
+    with av.open(str(path)) as container:
+        packets = [packet for packet in container.demux(video=0) if packet.size]
+    assert sum(packet.is_keyframe for packet in packets) >= 4
+    # B-frames: decode order differs from presentation order.
+    assert [packet.pts for packet in packets] != sorted(packet.pts for packet in packets)
+    reference = read_clip(path, frames=10, height=60, width=80)
+    for threads in (1, 2, 8):
+        clip = read_clip(path, frames=10, height=60, width=80, threads=threads)
+        assert clip.indices == reference.indices
+        np.testing.assert_array_equal(clip.frames, reference.frames)

@@ -300,6 +300,7 @@ def read_clip(
     width: int = 320,
     allow_short: bool = True,
     frames_per_segment: int = 1,
+    threads: int | None = None,
 ) -> Clip:
     """Decode N evenly spaced, upright, letterboxed RGB frames of a video.
 
@@ -311,6 +312,10 @@ def read_clip(
 
     A file that decodes fewer frames than its index promises comes back sampled over the frames
     that decode, with ``truncated`` set (:func:`is_truncated`).
+
+    ``threads``: the decoder's threads; None leaves it to FFmpeg (one per CPU, at most 16), right
+    for one process alone. Processes decoding side by side should each take their share of the
+    CPUs (:func:`nightact.core.workers.decoder_threads`). The frames are the same either way.
 
     Raises :class:`VideoError` naming the file and the reason when it cannot be used: missing,
     empty, not a video, no decodable frame, or (with ``allow_short=False``) fewer than N
@@ -338,14 +343,14 @@ def read_clip(
     # A file already short of its index is decoded in full: its last packets may be cut off
     # mid-frame, and only a full decode says how many frames are really there.
     if total > frames and not is_truncated(total, promised):
-        seeked = _decode_by_seeking(path, packets, wanted, height, width, pixel_aspect)
+        seeked = _decode_by_seeking(path, packets, wanted, height, width, pixel_aspect, threads)
     if seeked is not None:
         kept, rotation = seeked
         decoded = total
     else:
         # A clip with no more frames than we need is kept whole: every frame is used anyway.
         keep = set(range(total)) if total <= frames else set(wanted)
-        kept, decoded, rotation = _decode_indices(path, keep, height, width, pixel_aspect)
+        kept, decoded, rotation = _decode_indices(path, keep, height, width, pixel_aspect, threads)
     if decoded == 0:
         raise VideoError(path, "no frame could be decoded (corrupt or unsupported stream)")
     if decoded != total:
@@ -355,7 +360,7 @@ def read_clip(
         wanted = sample_indices(decoded, frames)
         if not set(wanted) <= kept.keys():
             kept, decoded, rotation = _decode_indices(
-                path, set(wanted), height, width, pixel_aspect
+                path, set(wanted), height, width, pixel_aspect, threads
             )
     short = decoded < segments
     if short:
@@ -369,7 +374,7 @@ def read_clip(
         wanted = [index for index in wanted for _ in range(frames_per_segment)]
         if not set(wanted) <= kept.keys():
             kept, decoded, rotation = _decode_indices(
-                path, set(wanted), height, width, pixel_aspect
+                path, set(wanted), height, width, pixel_aspect, threads
             )
     clip_frames = np.stack([kept[index] for index in wanted])
     return Clip(
@@ -393,6 +398,7 @@ def _decode_by_seeking(
     height: int,
     width: int,
     pixel_aspect: Fraction,
+    threads: int | None = None,
 ) -> tuple[dict[int, np.ndarray], int] | None:
     """Decode only the groups of pictures that hold a wanted frame, and stop after the last one.
 
@@ -422,7 +428,7 @@ def _decode_by_seeking(
     try:
         with open_video(path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            _use_threads(stream, threads)
             frames = container.decode(stream)
             position = -1  # presentation index of the last frame the decoder gave
             for start, needed in sorted(groups.items()):
@@ -449,8 +455,21 @@ def _decode_by_seeking(
     return kept, rotation
 
 
+def _use_threads(stream, threads: int | None) -> None:
+    """Decode ``stream`` on ``threads`` threads (None: FFmpeg's count, one per CPU)."""
+    # Frame threads decode several frames at once; slice threads split one frame.
+    stream.thread_type = "AUTO"
+    if threads is not None:
+        stream.codec_context.thread_count = threads
+
+
 def _decode_indices(
-    path: Path, wanted: set[int], height: int, width: int, pixel_aspect: Fraction
+    path: Path,
+    wanted: set[int],
+    height: int,
+    width: int,
+    pixel_aspect: Fraction,
+    threads: int | None = None,
 ) -> tuple[dict[int, np.ndarray], int, int]:
     """Decode every frame once, keeping those at the wanted presentation-order indices."""
     kept: dict[int, np.ndarray] = {}
@@ -458,8 +477,7 @@ def _decode_indices(
     rotation = 0
     with open_video(path) as container:
         stream = container.streams.video[0]
-        # Frame threads decode several frames at once; slice threads split one frame.
-        stream.thread_type = "AUTO"
+        _use_threads(stream, threads)
         try:
             for frame in container.decode(stream):
                 if decoded in wanted:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from nightact.core.store import SPLIT_NAMES
 from nightact.core.videos import VideoError, read_clip
-from nightact.core.workers import map_unordered
+from nightact.core.workers import decoder_threads, map_unordered, worker_count
 from nightact.data.leakage import (
     LeakageConfig,
     clip_signature,
@@ -111,10 +111,14 @@ def groups_from_pairs(paths: Sequence[str], pairs: Sequence[tuple[str, str]]) ->
 
 def _prepass_one(job: tuple) -> tuple[str, np.ndarray | None, str]:
     """Worker: one video's N frames at the pre-pass size, or the reason it failed."""
-    source, path, frames = job
+    source, path, frames, threads = job
     try:
         clip = read_clip(
-            Path(source) / path, frames=frames, height=PREPASS_SIZE[0], width=PREPASS_SIZE[1]
+            Path(source) / path,
+            frames=frames,
+            height=PREPASS_SIZE[0],
+            width=PREPASS_SIZE[1],
+            threads=threads,
         )
         return path, clip.frames, ""
     except VideoError as error:
@@ -136,7 +140,9 @@ def near_duplicate_groups(
     Videos that fail to decode here are their own group (prepare reports them).
     """
     config = config or LeakageConfig(store=str(src))
-    jobs = [(str(src), entry.path, frames) for entry in entries]
+    workers = worker_count(workers, len(entries))
+    threads = decoder_threads(workers)
+    jobs = [(str(src), entry.path, frames, threads) for entry in entries]
     results = list(
         tqdm(
             map_unordered(_prepass_one, jobs, workers),

@@ -10,9 +10,11 @@ each clip's group is in the manifest's ``group`` column, and the groups are kept
 interrupted run resumes with the same ones.
 
 While preparing, the arrays live in ``STORE/.partial/`` and are written row by row by worker
-processes through memory maps, so memory stays flat whatever the number of videos. A row counts as
-done only once its line is in ``.partial/journal.jsonl``, appended after the row was flushed; an
-interrupted run therefore resumes from the journal and never trusts a half-written row. At the end
+processes with positioned writes, so memory stays flat whatever the number of videos. A row counts
+as done only once its line is in ``.partial/journal.jsonl``, appended after the row was made
+durable; an interrupted run therefore resumes from the journal and never trusts a half-written row.
+The parent makes rows durable and journals them a batch at a time: four clips per worker, or what
+finished within a second (one sync per split array and one of the journal per batch). At the end
 the arrays are compacted (rows of skipped files removed) and moved into place with atomic renames.
 """
 
@@ -377,6 +379,9 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
     """Decode the clips still to do, in worker processes, journaling each finished one."""
     if not todo:
         return 0
+    count = workers.worker_count(config.workers, len(todo))
+    # Each worker's decoder takes its share of the CPUs, not all of them.
+    threads = workers.decoder_threads(count)
     jobs = [
         ClipJob(
             src=config.src,
@@ -389,30 +394,100 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
             width=config.width,
             short_clips=config.short_clips,
             frames_per_segment=config.frames_per_segment,
+            decoder_threads=threads,
         )
         for entry, split, row in todo
     ]
     progress = tqdm(total=len(jobs), unit="clip", desc="prepare", dynamic_ncols=True)
-    with open(journal_path, "a", encoding="utf-8") as journal:
 
-        def record(result: dict) -> None:
-            journal.write(json.dumps(result) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
+    def record(results: list[dict]) -> None:
+        for result in results:
             done[result["path"]] = result
             if result["status"] not in _UNREMARKED_STATUSES:
                 log.warning("%s %s: %s", result["status"], result["path"], result["error"])
-            progress.update(1)
+        progress.update(len(results))
 
-        try:
-            for result in workers.map_unordered(_prepare_one, jobs, config.workers):
-                record(result)
-        finally:
-            progress.close()
-            # In-process runs share the worker's cache of open arrays: drop it, so a later run
-            # on a rewritten store never writes through a map of the old file.
-            _close_arrays()
+    # Two syncs per clip held many workers back: each waited for its row's, and this process,
+    # which takes one result at a time, for the journal's. A crash loses at most a batch.
+    journal = _Journal(journal_path, batch=_CLIPS_PER_SYNC * count)
+    try:
+        for result in workers.map_unordered(_prepare_one, jobs, count):
+            record(journal.add(result))
+        record(journal.commit())
+    except BaseException:
+        # The clips that came back have their rows written: keep them for the next run.
+        record(journal.commit_on_error())
+        raise
+    finally:
+        journal.close()
+        progress.close()
+        # In-process runs share the worker's cache of open arrays: drop it, so a later run
+        # on a rewritten store never writes through a map of the old file.
+        _close_arrays()
     return len(jobs)
+
+
+# Clips per worker made durable and journaled together (see _Journal).
+_CLIPS_PER_SYNC = 4
+
+
+class _Journal:
+    """The parent's half of "a clip is done": its row made durable, then its line journaled.
+
+    Workers write rows without syncing them. For a batch of finished clips at a time (``batch``
+    clips, or what came back within ``seconds``), the parent syncs the split arrays those rows are
+    in, then appends their lines to the journal and syncs it: a sync per split and one of the
+    journal per batch, instead of two per clip, and none of them in a worker. A crash between the
+    two syncs loses journal lines, never trusts a row that is not on disk: those clips are done
+    again.
+    """
+
+    def __init__(self, path: Path, batch: int = 1, seconds: float = 1.0):
+        self.path, self.batch, self.seconds = path, max(1, batch), seconds
+        self.handle = open(path, "a", encoding="utf-8")
+        self.pending: list[dict] = []
+        self.last = time.monotonic()
+        self.failed = False  # a sync failed: pending rows may not be on disk, never journal them
+
+    def add(self, result: dict) -> list[dict]:
+        """Take one finished clip; return the clips journaled now (none until a batch is due)."""
+        self.pending.append(result)
+        if len(self.pending) >= self.batch or time.monotonic() - self.last >= self.seconds:
+            return self.commit()
+        return []
+
+    def commit(self) -> list[dict]:
+        """Make the pending clips' rows durable, then journal them; return them."""
+        if not self.pending or self.failed:
+            return []
+        try:
+            splits = {r["split"] for r in self.pending if r["status"] in STORED_STATUSES}
+            for split in sorted(splits):
+                descriptor = os.open(self.path.parent / f"{split}.npy", os.O_RDONLY)
+                try:
+                    # Syncs the file, whichever process wrote its pages.
+                    os.fdatasync(descriptor)
+                finally:
+                    os.close(descriptor)
+            self.handle.write("".join(json.dumps(result) + "\n" for result in self.pending))
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError:
+            self.failed = True
+            raise
+        committed, self.pending = self.pending, []
+        self.last = time.monotonic()
+        return committed
+
+    def commit_on_error(self) -> list[dict]:
+        """:meth:`commit` while another error is on its way up: a failure here is dropped."""
+        try:
+            return self.commit()
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 # Worker-side cache: array file -> (open descriptor, byte offset of row 0, bytes per row).
@@ -435,7 +510,7 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
 
 
 def _write_row(array_path: str, row: int, frames: np.ndarray) -> None:
-    """Write one clip into its row with plain file I/O and make it durable.
+    """Write one clip into its row with plain file I/O (the parent makes it durable: _Journal).
 
     Writing through a memory map would count every touched page of the store in the worker's
     resident memory; positioned writes keep memory flat however large the store grows.
@@ -449,8 +524,6 @@ def _write_row(array_path: str, row: int, frames: np.ndarray) -> None:
     if data.nbytes != row_bytes:
         raise ValueError(f"{array_path}: clip of {data.shape} does not fit a row")
     os.pwrite(descriptor, data.tobytes(), offset + row * row_bytes)
-    # Durable before the journal says so: a power cut must not leave a trusted empty row.
-    os.fdatasync(descriptor)
 
 
 def _close_arrays() -> None:
@@ -472,6 +545,7 @@ class ClipJob(NamedTuple):
     width: int
     short_clips: str  # PrepareConfig.short_clips
     frames_per_segment: int = 1
+    decoder_threads: int | None = None  # None: FFmpeg's choice (nightact.core.workers)
 
 
 def _prepare_one(job: ClipJob) -> dict:
@@ -488,6 +562,7 @@ def _prepare_one(job: ClipJob) -> dict:
             height=job.height,
             width=job.width,
             frames_per_segment=job.frames_per_segment,
+            threads=job.decoder_threads,
         )
         result.update(
             decoded_frames=clip.decoded_frames,
