@@ -1,43 +1,63 @@
-"""The GPU figures in one run: step times, nightact train and study, prepare, the loader.
+"""The GPU figures in one run: step times, nightact train and study, LSTM kernels, prepare, loader.
 
 Run through ``benchmarks/gpu.sh OUT`` (it picks the Python and sets the paths). Every part runs
-in its own process with its own time limit, inside one overall budget (420 s: with gpu.sh's own
-set-up, under 8 minutes), and ``OUT/gpu.json`` is rewritten after each part, so a part that fails
-or hangs costs only its own box::
+in its own process (or one per model or precision) with its own time limit, inside one overall
+budget (420 s: with gpu.sh's own set-up, under 8 minutes); each part keeps back for the parts
+after it the least they need, and one that ends early leaves its time to them. ``OUT/gpu.json``
+is rewritten after each part (and after each model in paths and kernels, whose workers print
+each result as it comes), so a part that fails or hangs costs only its own box::
 
     OUT/
-      gpu.json        environment, then one entry per part: "device", "prepare", "study",
-                      "loader", "parallel" (and "models" with --fit)
+      gpu.json        environment, then one entry per part run ("device", "paths", "kernels",
+                      "prepare", "study", "loader", "parallel"; "models" with --fit)
       prepare.json    benchmarks/prepare_scaling.py's own report
       loader.json     benchmarks/loader.py's own report
       gpu.log         everything the parts printed (gpu.sh writes it)
       nvidia-smi.txt  (gpu.sh writes it)
 
-Parts, in order of importance (a later part gets what time is left):
+Parts, in order of importance (a later part gets what time is left). A plain run does device,
+prepare, study, loader and parallel; paths and kernels take minutes each at the full shape and
+run when ``--parts`` names them (``--parts device paths``, ``--parts kernels``); ``--smoke`` runs
+all seven:
 
 1. environment: Python, NumPy, Keras, JAX, TensorFlow versions and the devices each backend sees,
    and what is missing;
 2. device: the step time with the data already on the device: ``train_on_batch`` on one batch of
    64 random clips at 10 x 240x320, placed on the device once, 30 steps after 4 warm-ups, for
    each model and precision (float32, mixed_bfloat16, mixed_float16; one process per precision),
-   each model built and compiled by nightact train's own code with the original's settings;
-3. prepare: ``benchmarks/prepare_scaling.py``: ``nightact prepare`` on 384 synthetic 640x480
+   each model built and compiled by nightact train's own code with the original preset's
+   settings (an LSTM with the kernel ``lstm_kernel="auto"`` picks: scan under 16 bits on JAX);
+3. paths: ``nightact train`` itself (``nightact.training.train.train``, the original preset at
+   ``--paths-precision``, default mixed_float16) on each of ``--paths``: ``device``
+   (``--data-on-device yes``: the splits copied to the device once, batches gathered there) and
+   ``host`` (``--data-on-device no``: reading threads put batches on the device ahead of the
+   step), on a synthetic store of 16 training batches, one process per model: ms per step over
+   the epochs after the first (tracing, compilation), each epoch's first 5 steps left out, and
+   its ratio to the device part's step of the same model and precision (``over_step``; the goal
+   is 1.2 or less for all six);
+4. kernels: lstm and cnn_lstm (those of ``--models``) under mixed_float16, mixed_bfloat16 and
+   float32 with each LSTM kernel (``scan``, ``cudnn-float32``, ``cudnn``; docs/backends.md),
+   built as the device part builds, ``train_on_batch`` on one batch already on the device: the
+   median of 20 steps after 3 warm-ups, and the first step's seconds; a kernel that fails is
+   recorded with its error. One process per model;
+5. prepare: ``benchmarks/prepare_scaling.py``: ``nightact prepare`` on 384 synthetic 640x480
    clips of 5-8 s with 1, 2, 4, 8 and 16 workers, where one worker's time goes, and whether PyAV
    decodes on the GPU (NVDEC);
-4. study: the real ``nightact study --preset original --epochs 2`` over the six models on a
+6. study: the real ``nightact study --preset original --epochs 2`` over the six models on a
    synthetic store of a quarter of NoctAct-HAR's size (1,653 of its 6,613 clips; ``--study-clips``),
    in series on one GPU: its wall time, and from each run's history.csv the epoch times of
    ``nightact train`` itself (the first with compilation, the second steady), scaled to the full
    size, and the arithmetic that turns them into a full study's time (50 epochs, 6,613 clips);
-5. loader: ``benchmarks/loader.py`` with 1, 2, 4, 8 readers, warm and cold;
-6. parallel: cnn_gru on 2 devices against 1, at the same global batch, where 2 devices exist;
-7. models (only with ``--fit``): each model timed with ``model.fit`` on random uint8 clips from a
+7. loader: ``benchmarks/loader.py`` with 1, 2, 4, 8 readers, warm and cold;
+8. parallel: cnn_gru on 2 devices against 1, at the same global batch, where 2 devices exist;
+9. models (only with ``--fit``): each model timed with ``model.fit`` on random uint8 clips from a
    memory-mapped file read by nightact's ``ClipBatches``, after one untimed warm-up epoch. The
    study's epoch times are nightact train's own, so this stand-in is off by default.
 
 ``--smoke`` runs every part at a tiny shape, for checking the code path on a CPU (there, 2
 logical CPU devices stand in for 2 GPUs); ``tests/test_benchmarks.py`` runs it so that it cannot
-rot unnoticed.
+rot unnoticed. A session with little GPU time sizes a run with ``--parts``, ``--models``,
+``--precisions``, ``--paths`` and ``--budget`` (and ``NIGHTACT_GPU_GUARD`` above it for gpu.sh).
 """
 
 from __future__ import annotations
@@ -60,8 +80,39 @@ from nightact.core.names import MODEL_NAMES, NUM_CLASSES, ORIGINAL_MS_PER_STEP
 
 HERE = Path(__file__).resolve().parent
 
+# steps: batches of the --fit part's clips; train_steps: of the paths part's training split.
 FULL = {"frames": 10, "height": 240, "width": 320, "batch_size": 64, "steps": 8, "epochs": 2}
+FULL["train_steps"] = 16
 SMOKE = {"frames": 10, "height": 24, "width": 32, "batch_size": 8, "steps": 2, "epochs": 1}
+SMOKE["train_steps"] = 3
+
+PARTS = ("device", "paths", "kernels", "prepare", "study", "loader", "parallel")
+# What a plain run measures in its 8 minutes; paths and kernels are asked for with --parts (each
+# needs minutes of its own at the full shape). --smoke runs them all.
+DEFAULT_PARTS = ("device", "prepare", "study", "loader", "parallel")
+# The least time a part needs to say anything, kept back for it by the parts before it.
+MINIMUM_SECONDS = {"paths": 60, "kernels": 60, "prepare": 50, "study": 120, "loader": 30}
+# The paths part: nightact train's --data-on-device for each path.
+DATA_PATHS = {"device": "yes", "host": "no"}
+# Batches nightact train reads ahead of the step: its default reading threads less one, plus the
+# one Keras puts on the device ahead.
+READ_AHEAD = 4
+# The kernels part: each (policy, LSTM kernel) in turn, most wanted first. Keras' own "cudnn" under
+# 16 bits failed on JAX (docs/backends.md); it stays in the list to see whether it still does.
+# Under float32, "cudnn-float32" is "cudnn".
+KERNEL_RUNS = (
+    ("mixed_float16", "scan"),
+    ("mixed_float16", "cudnn-float32"),
+    ("mixed_float16", "cudnn"),
+    ("mixed_bfloat16", "scan"),
+    ("mixed_bfloat16", "cudnn-float32"),
+    ("mixed_bfloat16", "cudnn"),
+    ("float32", "cudnn"),
+    ("float32", "scan"),
+)
+KERNEL_MODELS = ("lstm", "cnn_lstm")
+# train_on_batch calls per kernel: untimed (the first one compiles), then timed one by one.
+KERNEL_STEPS = {"full": (3, 20), "smoke": (2, 2)}
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # NoctAct-HAR's clips, the size of the store the study trains on (--study-clips: a fraction of it).
@@ -193,8 +244,8 @@ def model_worker(args) -> dict:
 
 def device_worker(args) -> dict:
     """Step time with the batch already on the device, for each of ``args.models`` at each of
-    ``args.precisions``: a model that fails (a backend without a kernel for a precision) is
-    reported as such, and the others still run."""
+    ``args.precisions``: a model that fails is reported with its error, and the others still
+    run."""
     import keras
 
     shape = SMOKE if args.smoke else FULL
@@ -235,6 +286,7 @@ def _time_steps(model_name: str, precision: str, clips, labels, args) -> dict:
     ``train_on_batch`` on the one batch."""
     import keras
 
+    from nightact.nets.models import choose_lstm_kernel
     from nightact.training.train import PRESETS, TrainConfig, build_and_compile
 
     settings = {**PRESETS["original"], **(SMOKE_SETTINGS if args.smoke else {})}
@@ -246,6 +298,8 @@ def _time_steps(model_name: str, precision: str, clips, labels, args) -> dict:
     keras.config.set_dtype_policy(precision)
     try:
         model = build_and_compile(config, NUM_CLASSES)
+        # What lstm_kernel="auto" ran under this policy (scan under 16 bits on JAX).
+        kernel = choose_lstm_kernel() if "lstm" in model_name else None
     finally:
         keras.config.set_dtype_policy(previous)
     started = time.perf_counter()
@@ -264,6 +318,7 @@ def _time_steps(model_name: str, precision: str, clips, labels, args) -> dict:
         "model": model_name,
         "precision": precision,
         "status": "ok",
+        "lstm_kernel": kernel,
         "batch_size": batch,
         "ms_per_step": 1000 * seconds / steps,
         "clips_per_second": steps * batch / seconds,
@@ -272,6 +327,177 @@ def _time_steps(model_name: str, precision: str, clips, labels, args) -> dict:
         "parameters": int(model.count_params()),
         "original_ms_per_step": ORIGINAL_MS_PER_STEP[model_name],
     }
+
+
+def paths_worker(args) -> None:
+    """``nightact train`` on each of ``args.paths``; one JSON line per path, as it is measured."""
+    for path in args.paths:
+        try:
+            row = {"model": args.model, "path": path, "status": "ok", **train_step(args, path)}
+        except Exception as error:  # noqa: BLE001 - one path's failure is a figure too
+            row = {"model": args.model, "path": path, "status": f"failed: {_error(error)}"}
+        print(json.dumps(row), flush=True)
+
+
+def train_config(args, out: Path, path: str):
+    """The TrainConfig of the paths part: the original preset, as the device part builds it."""
+    from nightact.training.train import PRESETS, TrainConfig
+
+    mixed = args.precision != "float32"
+    settings = {**PRESETS["original"], **(SMOKE_SETTINGS if args.smoke else {})}
+    settings.update(frames=args.frames, height=args.height, width=args.width)
+    settings.update(epochs=1 + args.epochs, batch_size=args.batch_size)
+    return TrainConfig(
+        **settings,
+        data=args.data,
+        model=args.model,
+        out=str(out),
+        mixed_precision=mixed,
+        mixed_dtype=args.precision.removeprefix("mixed_") if mixed else "float16",
+        data_on_device=DATA_PATHS[path],
+    )
+
+
+def train_step(args, path: str) -> dict:
+    """ms per step of ``nightact train`` on ``path`` ("device" or "host"), after its first epoch."""
+    import logging
+
+    import keras
+
+    from nightact.training.train import train
+
+    steps = len(np.load(Path(args.data) / "train_labels.npy")) // args.batch_size
+    # Each epoch's first steps go untimed: Keras' JAX trainer compiles its step again at the
+    # start of the second epoch (its metrics' variables are made anew), and the reading threads
+    # have filled their queue during the epoch's end; the clock starts once they are used up.
+    skip = min(1 + READ_AHEAD, steps - 1)
+
+    class StepTimer(keras.callbacks.Callback):
+        """Each epoch's steps after the first ``skip``, until the last one has finished."""
+
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == skip - 1:
+                # The step's loss comes out of the step: reading it waits for it.
+                keras.ops.convert_to_numpy(logs["loss"])
+                self.started = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            # The model's variables now hold the last step's results: reading one waits for it.
+            keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+            self.seconds.append(time.perf_counter() - self.started)
+
+    said = []
+
+    class Said(logging.Handler):
+        def emit(self, record):
+            if record.funcName == "choose_data_path":
+                said.append(record.getMessage())
+
+    logger = logging.getLogger("nightact.training.train")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Said())
+    timer = StepTimer()
+    out = Path(tempfile.mkdtemp(prefix=f"run-{path}-", dir=Path(args.data).parent))
+    started = time.perf_counter()
+    train(train_config(args, out / "run", path), callbacks=[timer], verbose=0)
+    timed = timer.seconds[1:]
+    steps -= skip
+    saved = json.loads((out / "run" / "config.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "ms_per_step": 1000 * sum(timed) / (len(timed) * steps),
+        "clips_per_second": steps * args.batch_size * len(timed) / sum(timed),
+        "timed_steps": steps * len(timed),
+        "run_seconds": time.perf_counter() - started,
+        "data_path": saved["data_path"],
+        "workers": saved["workers"],
+        "lstm_kernel": saved.get("lstm_kernel"),
+        "why": said[-1] if said else None,
+    }
+
+
+def kernels_worker(args) -> None:
+    """Time ``args.model`` under each (policy, LSTM kernel) of KERNEL_RUNS; one JSON line each.
+
+    Built and compiled by ``nightact.training.train.build_and_compile`` with the original
+    preset's settings, as the device part builds; timed with ``train_on_batch`` on one batch put
+    on the device beforehand. A kernel that fails is a row with its error; the next one runs.
+    """
+    import gc
+
+    import keras
+
+    from nightact.training.train import PRESETS, TrainConfig, build_and_compile
+
+    rng = np.random.default_rng(0)
+    shape = (args.batch_size, args.frames, args.height, args.width, 3)
+    clips = _on_device(rng.integers(0, 60, size=shape, dtype=np.uint8))
+    labels = np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, args.batch_size)]
+    labels = _on_device(labels)
+    settings = {**PRESETS["original"], **(SMOKE_SETTINGS if args.smoke else {})}
+    settings.update(frames=args.frames, height=args.height, width=args.width)
+    settings["batch_size"] = args.batch_size
+    warm_ups, steps = KERNEL_STEPS["smoke" if args.smoke else "full"]
+    for policy, kernel in KERNEL_RUNS:
+        row = {"model": args.model, "policy": policy, "lstm_kernel": kernel}
+        row["backend"] = keras.config.backend()
+        try:
+            config = TrainConfig(
+                **settings,
+                data="-",
+                model=args.model,
+                out="-",
+                mixed_precision=policy != "float32",
+                mixed_dtype=policy.removeprefix("mixed_") if policy != "float32" else "float16",
+                lstm_kernel=kernel,
+            )
+            model = build_and_compile(config, NUM_CLASSES)
+            row.update(_median_steps(model, clips, labels, warm_ups, steps))
+        except Exception as error:  # noqa: BLE001 - the measured crash is a result too
+            row["error"] = _error(error)
+        finally:
+            model = None
+            keras.backend.clear_session()
+            gc.collect()
+        print(json.dumps(row), flush=True)
+
+
+def _median_steps(model, clips, labels, warm_ups: int, steps: int) -> dict:
+    """The first step's seconds (tracing, compilation) and the median of ``steps`` steps in ms.
+
+    ``train_on_batch`` returns the loss as a Python number, so each call waits for its step.
+    """
+    started = time.perf_counter()
+    model.train_on_batch(clips, labels)
+    first = time.perf_counter() - started
+    for _ in range(warm_ups - 1):
+        model.train_on_batch(clips, labels)
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        loss = model.train_on_batch(clips, labels)
+        seconds.append(time.perf_counter() - started)
+    loss = float(np.ravel(loss)[0])
+    return {
+        "ms_per_step": 1000 * float(np.median(seconds)),
+        "ms_fastest": 1000 * min(seconds),
+        "ms_slowest": 1000 * max(seconds),
+        "first_step_seconds": first,
+        "timed_steps": steps,
+        "loss_finite": bool(np.isfinite(loss)),
+        "parameters": int(model.count_params()),
+    }
+
+
+def _error(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _clip_batches(clips, labels, batch_size):
@@ -578,6 +804,144 @@ def format_device_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_lines(command: list[str], seconds: float, log) -> tuple[list[dict], str]:
+    """Run a part that prints one JSON line per result; keep them even if it fails or times out."""
+    if seconds < 5:
+        return [], "skipped: no time left in the budget"
+    try:
+        finished = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds, env=os.environ.copy()
+        )
+        stdout, stderr = finished.stdout, finished.stderr
+        status = "ok"
+        if finished.returncode != 0:
+            status = f"failed (exit {finished.returncode}): {_last_line(stderr)}"
+    except subprocess.TimeoutExpired as expired:
+        stdout, stderr = _text(expired.stdout), _text(expired.stderr)
+        status = f"timed out after {seconds:.0f} s"
+    log.write(stderr[-4000:] + "\n")
+    log.flush()
+    rows = []
+    for line in stdout.splitlines():
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a library's own print, not a result
+        if isinstance(value, dict):
+            rows.append(value)
+    return rows, status
+
+
+def shape_options(shape: dict, smoke: bool) -> list[str]:
+    """The worker options that give it the run's shape."""
+    options = ["--batch-size", str(shape["batch_size"]), "--epochs", str(shape["epochs"])]
+    for name in ("frames", "height", "width"):
+        options += [f"--{name}", str(shape[name])]
+    return options + (["--smoke"] if smoke else [])
+
+
+def paths_part(me: list[str], folder: Path, args, seconds: float, report, log, note) -> dict:
+    """nightact train on each of --paths, one process per model, against the device part's step.
+
+    A path's ``over_step`` is its ms per step over the device part's row of the same model and
+    precision (the issue's goal: 1.2 or less). Each model's rows go into gpu.json as they come.
+    """
+    shape = SMOKE if args.smoke else FULL
+    started = time.perf_counter()
+    # Split 70/15/15 as prepare splits: the training split holds train_steps batches.
+    clips = round(shape["train_steps"] * shape["batch_size"] / 0.7)
+    store = folder / "paths-store"
+    write_store(store, clips, shape["frames"], shape["height"], shape["width"])
+    record = {"precision": args.paths_precision, "paths": list(args.paths), "store_clips": clips}
+    record.update(rows=[], processes={})
+    report.record["paths"] = record
+    steps = report.record.get("device", {}).get("rows", [])
+    step = {(row["model"], row["precision"]): row for row in steps if row.get("status") == "ok"}
+    for index, model in enumerate(args.models):
+        share = (seconds - (time.perf_counter() - started)) / (len(args.models) - index)
+        command = [*me, "--worker", "paths", "--model", model, "--data", str(store)]
+        command += ["--precision", args.paths_precision, "--paths", *args.paths]
+        rows, status = run_lines(command + shape_options(shape, args.smoke), share, log)
+        for row in rows:
+            yardstick = step.get((model, args.paths_precision))
+            if yardstick and "ms_per_step" in row:
+                row["step_ms"] = yardstick["ms_per_step"]
+                row["over_step"] = row["ms_per_step"] / yardstick["ms_per_step"]
+            record["rows"].append(row)
+        record["processes"][model] = status
+        timed = sum(row["status"] == "ok" for row in rows)
+        note(f"paths of {model}: {status}, {timed} of {len(args.paths)} timed")
+        report.save()
+    shutil.rmtree(store, ignore_errors=True)
+    record["table"] = format_paths_table(record["rows"], args.paths)
+    return record
+
+
+def format_paths_table(rows: list[dict], paths: list[str]) -> str:
+    """ms per step of nightact train on each path, and its ratio to the step on the device."""
+    cells = {(row["model"], row["path"]): row for row in rows}
+    lines = ["model".ljust(15) + "step ms".rjust(10) + "".join(p.rjust(22) for p in paths)]
+    for model in dict.fromkeys(row["model"] for row in rows):
+        steps = [row["step_ms"] for row in rows if row["model"] == model and "step_ms" in row]
+        line = model.ljust(15) + (f"{steps[0]:.1f}" if steps else "-").rjust(10)
+        for path in paths:
+            row = cells.get((model, path), {})
+            cell = f"{row['ms_per_step']:.1f} ms" if "ms_per_step" in row else "failed"
+            if "over_step" in row:
+                cell += f" ({row['over_step']:.2f}x)"
+            line += cell.rjust(22)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def kernels_part(me: list[str], args, seconds: float, report, log, note) -> dict:
+    """Every (policy, LSTM kernel) of KERNEL_RUNS, one process per LSTM model of --models."""
+    shape = SMOKE if args.smoke else FULL
+    models = [name for name in args.models if name in KERNEL_MODELS]
+    record = {"rows": [], "processes": {}}
+    report.record["kernels"] = record
+    started = time.perf_counter()
+    for index, model in enumerate(models):
+        share = (seconds - (time.perf_counter() - started)) / (len(models) - index)
+        command = [*me, "--worker", "kernels", "--model", model]
+        rows, status = run_lines(command + shape_options(shape, args.smoke), share, log)
+        for row in rows:
+            timing = row.get("error") or f"{row['ms_per_step']:.1f} ms/step"
+            note(f"{model} {row['policy']} {row['lstm_kernel']}: {timing}")
+        record["rows"].extend(rows)
+        timed = sum("ms_per_step" in row for row in rows)
+        record["processes"][model] = f"{status}, {timed} of {len(KERNEL_RUNS)} timed"
+        note(f"kernels of {model}: {record['processes'][model]}")
+        report.save()
+    if not models:
+        record["status"] = f"skipped: none of {', '.join(KERNEL_MODELS)} in --models"
+    record["table"] = format_kernel_table(record["rows"])
+    return record
+
+
+def format_kernel_table(rows: list[dict]) -> str:
+    """One line per (model, policy, kernel): median ms per step and first step, or the error."""
+    header = ["model", "policy", "lstm kernel", "ms/step", "first step s", "error"]
+    lines = [
+        [
+            row["model"],
+            row["policy"],
+            row["lstm_kernel"],
+            f"{row['ms_per_step']:.1f}" if "ms_per_step" in row else "-",
+            f"{row['first_step_seconds']:.1f}" if "first_step_seconds" in row else "-",
+            row.get("error", "")[:60],
+        ]
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+
+    def render(line) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([render(header), rule, *(render(line).rstrip() for line in lines)])
+
+
 def prepare_part(out: Path, args, seconds: float, log) -> dict:
     """benchmarks/prepare_scaling.py, its JSON kept whole, even when it runs out of time."""
     if seconds < 5:
@@ -641,6 +1005,47 @@ class Report:
         os.replace(temporary, self.path)
 
 
+def loader_part(args, out: Path, report, log, note, left) -> None:
+    """benchmarks/loader.py, its JSON kept even when it runs out of time."""
+    loader_command = [
+        sys.executable,
+        str(HERE / "loader.py"),
+        "--json",
+        str(out / "loader.json"),
+        "--repeats",
+        "1",
+        *(["--smoke"] if args.smoke else ["--clips", "512"]),
+    ]
+    loader_started = time.perf_counter()
+    try:
+        finished = subprocess.run(
+            loader_command,
+            capture_output=True,
+            text=True,
+            timeout=max(5.0, min(args.loader_seconds, left())),
+        )
+        log.write(finished.stderr[-4000:] + "\n")
+        if finished.returncode == 0:
+            loader = json.loads((out / "loader.json").read_text())
+            report.record["loader"] = loader
+            status = "ok"
+            print(loader["table"])
+        else:
+            status = f"failed (exit {finished.returncode})"
+            report.record["loader"] = {"status": status}
+    except subprocess.TimeoutExpired as expired:
+        log.write(_text(expired.stderr)[-4000:] + "\n")
+        status = f"timed out after {time.perf_counter() - loader_started:.0f} s"
+        # The loader rewrites its JSON after every measurement: keep those it finished.
+        partial = out / "loader.json"
+        report.record["loader"] = {
+            "status": status,
+            **(json.loads(partial.read_text()) if partial.exists() else {}),
+        }
+    report.save()
+    note(f"loader: {status}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="folder for gpu.json and loader.json (required)")
@@ -648,6 +1053,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=420, help="seconds for all parts")
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        help=f"the parts to run (default {' '.join(DEFAULT_PARTS)}; with --smoke all)",
+    )
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=list(DATA_PATHS),
+        choices=list(DATA_PATHS),
+        help="the data paths nightact train is timed on (the paths part)",
+    )
+    parser.add_argument(
+        "--paths-precision",
+        default="mixed_float16",
+        choices=PRECISIONS,
+        help="the precision of the paths part (the original preset's on a GPU)",
+    )
     parser.add_argument(
         "--study-clips",
         type=int,
@@ -658,6 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
         "--fit", action="store_true", help="also time model.fit over a memory map (part 7)"
     )
     parser.add_argument("--device-seconds", type=float, default=140)
+    parser.add_argument("--paths-seconds", type=float, default=150, help="limit per model")
+    parser.add_argument("--kernel-seconds", type=float, default=240, help="limit per model")
     parser.add_argument("--prepare-seconds", type=float, default=90)
     parser.add_argument("--study-seconds", type=float, default=170)
     parser.add_argument("--model-seconds", type=float, default=75, help="limit per model (--fit)")
@@ -665,7 +1091,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel-seconds", type=float, default=75)
     # Internal: one part in a fresh process.
     parser.add_argument(
-        "--worker", choices=["environment", "model", "device"], help=argparse.SUPPRESS
+        "--worker",
+        choices=["environment", "model", "device", "paths", "kernels"],
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -673,7 +1101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--mixed-precision", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="mixed_float16", help=argparse.SUPPRESS)
+    for name in ("frames", "height", "width"):
+        parser.add_argument(f"--{name}", type=int, default=FULL[name], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.parts = args.parts or list(PARTS if args.smoke else DEFAULT_PARTS)
 
     if args.worker == "environment":
         print(json.dumps(environment_worker(args)))
@@ -683,6 +1115,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker == "device":
         print(json.dumps(device_worker(args)))
+        return 0
+    if args.worker == "paths":
+        paths_worker(args)
+        return 0
+    if args.worker == "kernels":
+        kernels_worker(args)
         return 0
 
     if not args.out:
@@ -700,6 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
             "shape": [shape["frames"], shape["height"], shape["width"]],
             "batch_size": shape["batch_size"],
             "budget_seconds": args.budget,
+            "parts": args.parts,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
@@ -708,6 +1147,11 @@ def main(argv: list[str] | None = None) -> int:
 
         def left(reserve: float = 0.0) -> float:
             return deadline - time.perf_counter() - reserve
+
+        def after(part: str) -> float:
+            """The least time the parts asked for after ``part`` need."""
+            later = [name for name in PARTS[PARTS.index(part) + 1 :] if name in args.parts]
+            return sum(MINIMUM_SECONDS.get(name, 0) for name in later)
 
         def note(message: str) -> None:
             line = f"[{time.perf_counter() - started:6.1f} s] {message}"
@@ -728,30 +1172,49 @@ def main(argv: list[str] | None = None) -> int:
         if not args.smoke and gpus == 0:
             note("NO GPU seen by the Keras backend: the figures below are CPU figures")
         # Leave the loader its share of the budget; 2-device runs only take what is left.
-        loader_reserve = min(args.loader_seconds, 0.2 * args.budget)
+        loader_reserve = (
+            min(args.loader_seconds, 0.2 * args.budget) if "loader" in args.parts else 0
+        )
 
         with tempfile.TemporaryDirectory(prefix="nightact-gpu-") as folder:
             # Each part's limit keeps back what the later ones need at least; a part that ends
             # early leaves its time to them.
-            device = device_part(me, args, min(args.device_seconds, left(200)), log)
-            report.record["device"] = device
-            report.save()
-            print(device["table"])
-            note(f"device: {device['processes']}")
-            report.record["prepare"] = prepare_part(
-                out, args, min(args.prepare_seconds, left(150)), log
-            )
-            report.save()
-            if "table" in report.record["prepare"]:
-                print(report.record["prepare"]["table"])
-            note(f"prepare: {report.record['prepare']['status']}")
-            study = study_part(out, Path(folder), args, min(args.study_seconds, left(30)), log)
-            report.record["study"] = study
-            report.save()
-            note(f"study: {study['status']}, {study.get('wall_seconds', 0):.0f} s")
+            device = {"rows": []}
+            if "device" in args.parts:
+                device = device_part(me, args, min(args.device_seconds, left(after("device"))), log)
+                report.record["device"] = device
+                report.save()
+                print(device["table"])
+                note(f"device: {device['processes']}")
+            if "paths" in args.parts:
+                seconds = min(args.paths_seconds * len(args.models), left(after("paths")))
+                paths = paths_part(me, Path(folder), args, seconds, report, log, note)
+                report.save()
+                print(paths["table"])
+            if "kernels" in args.parts:
+                lstms = sum(name in KERNEL_MODELS for name in args.models)
+                seconds = min(args.kernel_seconds * max(1, lstms), left(after("kernels")))
+                kernels = kernels_part(me, args, seconds, report, log, note)
+                report.save()
+                print(kernels["table"])
+            if "prepare" in args.parts:
+                report.record["prepare"] = prepare_part(
+                    out, args, min(args.prepare_seconds, left(after("prepare"))), log
+                )
+                report.save()
+                if "table" in report.record["prepare"]:
+                    print(report.record["prepare"]["table"])
+                note(f"prepare: {report.record['prepare']['status']}")
+            study = {}
+            if "study" in args.parts:
+                seconds = min(args.study_seconds, left(after("study")))
+                study = study_part(out, Path(folder), args, seconds, log)
+                report.record["study"] = study
+                report.save()
+                note(f"study: {study['status']}, {study.get('wall_seconds', 0):.0f} s")
 
             # Where a machine has one GPU, 2 devices is only checked in --smoke, on the CPU.
-            devices = 2 if (args.smoke or gpus >= 2) else 0
+            devices = 2 if (args.smoke or gpus >= 2) and "parallel" in args.parts else 0
             if args.fit or devices:
                 count = shape["steps"] * shape["batch_size"]
                 write_clips(Path(folder), count, shape["frames"], shape["height"], shape["width"])
@@ -795,43 +1258,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(report.record["table"])
                 report.save()
 
-            loader_command = [
-                sys.executable,
-                str(HERE / "loader.py"),
-                "--json",
-                str(out / "loader.json"),
-                "--repeats",
-                "1",
-                *(["--smoke"] if args.smoke else ["--clips", "512"]),
-            ]
-            loader_started = time.perf_counter()
-            try:
-                finished = subprocess.run(
-                    loader_command,
-                    capture_output=True,
-                    text=True,
-                    timeout=max(5.0, min(args.loader_seconds, left())),
-                )
-                log.write(finished.stderr[-4000:] + "\n")
-                if finished.returncode == 0:
-                    loader = json.loads((out / "loader.json").read_text())
-                    report.record["loader"] = loader
-                    status = "ok"
-                    print(loader["table"])
-                else:
-                    status = f"failed (exit {finished.returncode})"
-                    report.record["loader"] = {"status": status}
-            except subprocess.TimeoutExpired as expired:
-                log.write(_text(expired.stderr)[-4000:] + "\n")
-                status = f"timed out after {time.perf_counter() - loader_started:.0f} s"
-                # The loader rewrites its JSON after every measurement: keep those it finished.
-                partial = out / "loader.json"
-                report.record["loader"] = {
-                    "status": status,
-                    **(json.loads(partial.read_text()) if partial.exists() else {}),
-                }
-            report.save()
-            note(f"loader: {status}")
+            if "loader" in args.parts:
+                loader_part(args, out, report, log, note, left)
 
             # --smoke: the cheapest of the models asked for, on 2 logical CPU devices.
             model = "cnn_gru" if not args.smoke else args.models[0]
@@ -850,18 +1278,26 @@ def main(argv: list[str] | None = None) -> int:
                         result["clips_per_second"] / one[0]["clips_per_second"]
                     )
                 report.record["parallel"] = result or {"status": status}
-            else:
+            elif "parallel" in args.parts:
                 status = f"skipped: {gpus} GPU(s)"
                 report.record["parallel"] = {"status": status}
-            report.save()
-            note(f"parallel: {status}")
+            if "parallel" in args.parts:
+                report.save()
+                note(f"parallel: {status}")
         # Inside the log's block: note() writes to the log too.
         report.record["seconds"] = time.perf_counter() - started
         report.save()
         note(f"wrote {report.path}")
     measured = [row for row in device["rows"] if row.get("status") == "ok"]
     measured += [row for row in study.get("runs", []) if row.get("status") == "ok"]
-    return 0 if measured or report.record["models"] else 1
+    measured += [
+        row for row in report.record.get("paths", {}).get("rows", []) if row["status"] == "ok"
+    ]
+    measured += [
+        row for row in report.record.get("kernels", {}).get("rows", []) if "ms_per_step" in row
+    ]
+    timing = {"device", "paths", "kernels", "study"} & set(args.parts) or args.fit
+    return 0 if measured or report.record["models"] or not timing else 1
 
 
 if __name__ == "__main__":

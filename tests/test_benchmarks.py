@@ -25,7 +25,9 @@ def test_gpu_sh_smoke_runs_every_part_on_the_cpu(tmp_path):
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
     command = ["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out), "--smoke"]
-    command += ["--models", "simple_rnn", "--precisions", "mixed_float16"]
+    # One model at one precision, nightact train on one data path: the smoke test stays short
+    # (`--models lstm` runs the kernels part, which this selection skips).
+    command += ["--models", "simple_rnn", "--precisions", "mixed_float16", "--paths", "device"]
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = json.loads((out / "gpu.json").read_text())
@@ -39,6 +41,14 @@ def test_gpu_sh_smoke_runs_every_part_on_the_cpu(tmp_path):
         "ok",
     )
     assert device["ms_per_step"] > 0 and device["clips_per_second"] > 0
+
+    # nightact train itself on the device path, at the precision of the step it is set against.
+    (path,) = report["paths"]["rows"]
+    assert (path["model"], path["path"], path["status"]) == ("simple_rnn", "device", "ok")
+    assert path["data_path"] == "device" and path["precision"] == "mixed_float16"
+    assert path["step_ms"] == device["ms_per_step"]
+    assert path["over_step"] == path["ms_per_step"] / device["ms_per_step"] > 0
+    assert report["kernels"]["rows"] == [] and "skipped" in report["kernels"]["status"]
 
     # Prepare at 1 and 2 workers, and the profile of one.
     prepare = report["prepare"]
