@@ -2,9 +2,10 @@
 
 ``write_copy_corpus`` writes synthetic night videos (:mod:`nightact.sources.synthetic`), then for
 each one a transformed copy of the same recording, and a *retake*: the same scene (same size,
-background, lamp, hot pixels and sensor noise) with another performance of the same action (another
-figure size, brightness, position, direction, phase, speed and length). Copies are the duplicates
-the detector must find; retakes are the hard negatives it must leave alone.
+background, lamp, hot pixels and noise levels; noise of its own in every frame) with another
+performance of the same action (another figure size, brightness, position, direction, phase, speed
+and length). Copies are the duplicates the detector must find; retakes are the hard negatives it
+must leave alone.
 
 On top of those, *dark stills*: scenes in very low light (background 2-6 of 255, the figure only
 10-28 above it) where a figure barely moves (``stand``: a sway of about 1 % of its height), each
@@ -283,6 +284,27 @@ def _originals(config: CopyCorpusConfig, synth: synthetic.SynthConfig) -> list[_
     return originals
 
 
+class _SameSensor:
+    """The random stream of another take with the same camera: the sensor's hot pixels (the
+    renderer's first draw) from the original's stream, the noise of every frame from its own.
+
+    Two takes share a camera's fixed defects, never the noise of a moment: a take that drew its
+    frames' noise from the original's stream would carry the original's very noise, which only a
+    copy can.
+    """
+
+    def __init__(self, camera: np.random.Generator, own: np.random.Generator):
+        self._camera, self._own, self._first = camera, own, True
+
+    def random(self, *args, **kwargs):
+        source = self._camera if self._first else self._own
+        self._first = False
+        return source.random(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._own, name)
+
+
 def _write_original(synth: synthetic.SynthConfig, original: _Original) -> None:
     """Write an original unless it is there (an interrupted corpus resumes)."""
     if original.path.is_file():
@@ -333,11 +355,9 @@ def write_copy_corpus(config: CopyCorpusConfig) -> dict:
             recordings[relative], transforms[relative], details[relative] = recording, name, drawn
         for take, plan in enumerate(original.takes, start=1):
             path = original.path.with_name(f"{recording}_take-{take}.mp4")
-            rendered = synthetic.render_frames(
-                # The original's frame stream: the same hot pixels and noise bank (same camera).
-                plan,
-                synthetic.frame_generator(synth, original.class_index, original.video_index),
-            )
+            camera = synthetic.frame_generator(synth, original.class_index, original.video_index)
+            own = np.random.default_rng([config.seed, 7927, original.video_index, take])
+            rendered = synthetic.render_frames(plan, _SameSensor(camera, own))
             write_video(path, rendered, fps=plan.fps, preset="ultrafast")
             relative = path.relative_to(out).as_posix()
             recordings[relative], transforms[relative] = f"{recording}_take-{take}", "retake"
