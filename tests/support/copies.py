@@ -356,7 +356,9 @@ def write_copy_corpus(config: CopyCorpusConfig) -> dict:
         for take, plan in enumerate(original.takes, start=1):
             path = original.path.with_name(f"{recording}_take-{take}.mp4")
             camera = synthetic.frame_generator(synth, original.class_index, original.video_index)
-            own = np.random.default_rng([config.seed, 7927, original.video_index, take])
+            own = np.random.default_rng(
+                [config.seed, 7927, original.class_index, original.video_index, take]
+            )
             rendered = synthetic.render_frames(plan, _SameSensor(camera, own))
             write_video(path, rendered, fps=plan.fps, preset="ultrafast")
             relative = path.relative_to(out).as_posix()
