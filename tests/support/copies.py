@@ -2,16 +2,26 @@
 
 ``write_copy_corpus`` writes synthetic night videos (:mod:`nightact.sources.synthetic`), then for
 each one a transformed copy of the same recording, and a *retake*: the same scene (same size,
-background, lamp, hot pixels and sensor noise) with another performance of the same action (another
-figure size, brightness, position, direction, phase, speed and length). Copies are the duplicates
-the detector must find; retakes are the hard negatives it must leave alone::
+background, lamp, hot pixels and noise levels; noise of its own in every frame) with another
+performance of the same action (another figure size, brightness, position, direction, phase, speed
+and length). Copies are the duplicates the detector must find; retakes are the hard negatives it
+must leave alone.
+
+On top of those, *dark stills*: scenes in very low light (background 2-6 of 255, the figure only
+10-28 above it) where a figure barely moves (``stand``: a sway of about 1 % of its height), each
+with a copy and ``takes_per_still`` other takes of the same scene. Near-still footage is where a
+detector that matches pictures cannot lean on motion, and where different recordings of one
+action look most alike: every take is the same dim figure standing in the same dark room::
 
     OUT/
       corpus.json                  {"recordings": {path: recording id}, "transforms": {path: name},
-                                    "config": CopyCorpusConfig}; paths relative to OUT
+                                    "details": {path: what the transform drew}, "dark_stills":
+                                    [recording id], "config": CopyCorpusConfig}; paths relative
+                                    to OUT
       <class>/<slug>_<nnn>.mp4             an original (recording "<slug>_<nnn>")
       <class>/<slug>_<nnn>_copy-<t>.mp4    a copy of it after transform t (same recording)
       <class>/<slug>_<nnn>_take-1.mp4      another take in the same scene (a recording of its own)
+      stand/stand-dark_<nnn>.mp4           a dark still, with its _copy-<t> and _take-<k> as above
 
 Two clips are true duplicates exactly when they share a recording id.
 
@@ -54,6 +64,8 @@ class CopyCorpusConfig:
     classes: int = 12  # the first N of synthetic.CLASS_NAMES
     copies_per_original: int = 1  # transforms are dealt in turn over all originals
     retakes_per_original: int = 1
+    dark_stills: int = 12  # extra originals: a near-still figure ("stand") in very low light
+    takes_per_still: int = 2  # other takes in the scene of each dark still
     seed: int = 0
     min_seconds: float = 1.5
     max_seconds: float = 3.0
@@ -63,7 +75,13 @@ class CopyCorpusConfig:
         self.out = Path(self.out)
         if not 1 <= self.classes <= len(synthetic.CLASS_NAMES):
             raise ValueError(f"classes must be in 1..{len(synthetic.CLASS_NAMES)}")
-        for name in ("originals_per_class", "copies_per_original", "retakes_per_original"):
+        for name in (
+            "originals_per_class",
+            "copies_per_original",
+            "retakes_per_original",
+            "dark_stills",
+            "takes_per_still",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.originals_per_class < 1:
@@ -151,15 +169,20 @@ def apply_transform(
 
 
 def retake_plan(
-    config: synthetic.SynthConfig, class_index: int, video_index: int, take: int
+    config: synthetic.SynthConfig,
+    class_index: int,
+    video_index: int,
+    take: int,
+    scene: synthetic.VideoPlan | None = None,
 ) -> synthetic.VideoPlan:
     """The plan of another performance in the scene of video ``video_index``.
 
     The scene (size, frame rate, background level, lamp, floor line, tint, noise levels and, for
-    the stairs, the staircase) is the original's; the performance (figure, brightness, facing,
-    position, phase, repetitions, length) is drawn from an unrelated plan.
+    the stairs, the staircase) is the original's (``scene``, by default its synthetic plan); the
+    performance (figure, brightness, facing, position, phase, repetitions, length) is drawn from
+    an unrelated plan.
     """
-    scene = synthetic.plan_video(config, class_index, video_index)
+    scene = scene or synthetic.plan_video(config, class_index, video_index)
     # An index far outside any real dataset's range gives an independent performance.
     other = synthetic.plan_video(config, class_index, 100_000 + 1_000 * video_index + take)
     plan = dataclasses.replace(
@@ -186,6 +209,117 @@ def retake_plan(
     return plan
 
 
+STILL_CLASS = synthetic.CLASS_NAMES.index("stand")
+_STILL_INDEX = 50_000  # video indices of the dark stills' plans: apart from every original's
+
+
+def _dark_light(config: synthetic.SynthConfig, still: int, take: int) -> np.random.Generator:
+    return np.random.default_rng([config.seed, 7907, still, take])
+
+
+def dark_still_plan(config: synthetic.SynthConfig, still: int) -> synthetic.VideoPlan:
+    """The plan of dark still ``still``: a standing figure, 10-28 above a background of 2-6."""
+    plan = synthetic.plan_video(config, STILL_CLASS, _STILL_INDEX + still)
+    light = _dark_light(config, still, 0)
+    return dataclasses.replace(
+        plan,
+        background=float(light.uniform(2.0, 6.0)),
+        brightness=float(light.uniform(10.0, 28.0)),
+        noise_sigma=float(light.uniform(1.5, 4.0)),
+        # A lamp as faint as the rest: a few levels at most.
+        lamp=(*plan.lamp[:3], plan.lamp[3] * 0.3),
+        extra=dict(plan.extra),
+    )
+
+
+def dark_take_plan(config: synthetic.SynthConfig, still: int, take: int) -> synthetic.VideoPlan:
+    """Another take in the scene of dark still ``still``: the same dark room, another stand."""
+    plan = retake_plan(
+        config, STILL_CLASS, _STILL_INDEX + still, take, scene=dark_still_plan(config, still)
+    )
+    plan.brightness = float(_dark_light(config, still, take).uniform(10.0, 28.0))
+    return plan
+
+
+@dataclass
+class _Original:
+    """One original to write, with the plans of the other takes in its scene."""
+
+    path: Path
+    takes: list[synthetic.VideoPlan]
+    class_index: int
+    video_index: int  # of its synthetic plan: seeds its camera (hot pixels, noise)
+    plan: synthetic.VideoPlan | None = None  # None: the synthetic dataset's own video
+
+
+def _originals(config: CopyCorpusConfig, synth: synthetic.SynthConfig) -> list[_Original]:
+    originals = [
+        _Original(
+            synthetic.video_path(config.out, class_index, video_index),
+            [
+                retake_plan(synth, class_index, video_index, take)
+                for take in range(1, config.retakes_per_original + 1)
+            ],
+            class_index,
+            video_index,
+        )
+        for class_index in range(config.classes)
+        for video_index in range(config.originals_per_class)
+    ]
+    folder = config.out / synthetic.CLASS_NAMES[STILL_CLASS]
+    for still in range(config.dark_stills):
+        originals.append(
+            _Original(
+                folder / f"{synthetic.class_slug(synthetic.CLASS_NAMES[STILL_CLASS])}-dark_"
+                f"{still:03d}.mp4",
+                [
+                    dark_take_plan(synth, still, take)
+                    for take in range(1, config.takes_per_still + 1)
+                ],
+                STILL_CLASS,
+                _STILL_INDEX + still,
+                dark_still_plan(synth, still),
+            )
+        )
+    return originals
+
+
+class _SameSensor:
+    """The random stream of another take with the same camera: the sensor's hot pixels (the
+    renderer's first draw) from the original's stream, the noise of every frame from its own.
+
+    Two takes share a camera's fixed defects, never the noise of a moment: a take that drew its
+    frames' noise from the original's stream would carry the original's very noise, which only a
+    copy can.
+    """
+
+    def __init__(self, camera: np.random.Generator, own: np.random.Generator):
+        self._camera, self._own, self._first = camera, own, True
+
+    def random(self, *args, **kwargs):
+        source = self._camera if self._first else self._own
+        self._first = False
+        return source.random(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._own, name)
+
+
+def _write_original(synth: synthetic.SynthConfig, original: _Original) -> None:
+    """Write an original unless it is there (an interrupted corpus resumes)."""
+    if original.path.is_file():
+        return
+    original.path.parent.mkdir(parents=True, exist_ok=True)
+    if original.plan is None:
+        synthetic.write_one_video(synth, original.class_index, original.video_index)
+        return
+    frames = synthetic.render_frames(
+        original.plan,
+        synthetic.frame_generator(synth, original.class_index, original.video_index),
+    )
+    write_video(original.path, frames, fps=original.plan.fps, preset="ultrafast")
+
+
 def write_copy_corpus(config: CopyCorpusConfig) -> dict:
     """Write the corpus under ``config.out`` and return the content of ``corpus.json``."""
     out = config.out
@@ -204,36 +338,28 @@ def write_copy_corpus(config: CopyCorpusConfig) -> dict:
     transforms: dict[str, str] = {}
     details: dict[str, dict] = {}
     turn = 0
-    jobs = [
-        (class_index, video_index)
-        for class_index in range(config.classes)
-        for video_index in range(config.originals_per_class)
-    ]
-    for class_index, video_index in tqdm(jobs, desc="copy corpus", unit="original"):
-        original = synthetic.video_path(out, class_index, video_index)
-        if not original.is_file():
-            original.parent.mkdir(parents=True, exist_ok=True)
-            synthetic.write_one_video(synth, class_index, video_index)
-        recording = original.stem
-        recordings[original.relative_to(out).as_posix()] = recording
-        transforms[original.relative_to(out).as_posix()] = "original"
-        frames, fps = read_frames(original)
+    originals = _originals(config, synth)
+    for original in tqdm(originals, desc="copy corpus", unit="original"):
+        _write_original(synth, original)
+        recording = original.path.stem
+        recordings[original.path.relative_to(out).as_posix()] = recording
+        transforms[original.path.relative_to(out).as_posix()] = "original"
+        frames, fps = read_frames(original.path)
         for _ in range(config.copies_per_original):
             name = TRANSFORMS[turn % len(TRANSFORMS)]
             turn += 1
             copied, drawn = apply_transform(name, frames, rng)
-            path = original.with_name(f"{recording}_copy-{name}.mp4")
+            path = original.path.with_name(f"{recording}_copy-{name}.mp4")
             write_video(path, copied, fps=fps, crf=drawn.get("crf", 23), preset="ultrafast")
             relative = path.relative_to(out).as_posix()
             recordings[relative], transforms[relative], details[relative] = recording, name, drawn
-        for take in range(1, config.retakes_per_original + 1):
-            plan = retake_plan(synth, class_index, video_index, take)
-            path = original.with_name(f"{recording}_take-{take}.mp4")
-            rendered = synthetic.render_frames(
-                # The original's frame stream: the same hot pixels and noise bank (same camera).
-                plan,
-                synthetic.frame_generator(synth, class_index, video_index),
+        for take, plan in enumerate(original.takes, start=1):
+            path = original.path.with_name(f"{recording}_take-{take}.mp4")
+            camera = synthetic.frame_generator(synth, original.class_index, original.video_index)
+            own = np.random.default_rng(
+                [config.seed, 7927, original.class_index, original.video_index, take]
             )
+            rendered = synthetic.render_frames(plan, _SameSensor(camera, own))
             write_video(path, rendered, fps=plan.fps, preset="ultrafast")
             relative = path.relative_to(out).as_posix()
             recordings[relative], transforms[relative] = f"{recording}_take-{take}", "retake"
@@ -243,6 +369,7 @@ def write_copy_corpus(config: CopyCorpusConfig) -> dict:
         "recordings": recordings,
         "transforms": transforms,
         "details": details,
+        "dark_stills": [o.path.stem for o in originals if o.plan is not None],
         "config": settings,
     }
     files.write_json_atomic(out / CORPUS_FILE, corpus)
@@ -266,8 +393,9 @@ def score_detection(found: Sequence[tuple[str, str]], corpus: dict) -> dict:
     """Recall and precision of the pairs a detector found against the corpus's truth.
 
     ``found`` holds (path, path) pairs relative to the corpus folder (as in a store's manifest).
-    Also returns the recall per transform, and how many retakes (hard negatives) were taken for
-    copies.
+    Also returns the recall per transform, how many retakes (hard negatives) were taken for
+    copies, and recall and precision over the pairs that touch a dark still's scene (its
+    original, copy or takes: ``dark_stills``).
     """
     recordings, transforms = corpus["recordings"], corpus["transforms"]
     truth = true_pairs(recordings)
@@ -286,6 +414,13 @@ def score_detection(found: Sequence[tuple[str, str]], corpus: dict) -> dict:
         for a, b in found - truth
         if recordings[a].split("_take-")[0] == recordings[b].split("_take-")[0]
     )
+    scenes = set(corpus.get("dark_stills", []))
+
+    def dark(pair: tuple[str, str]) -> bool:
+        return any(recordings[path].split("_take-")[0] in scenes for path in pair)
+
+    dark_truth = {pair for pair in truth if dark(pair)}
+    dark_found = {pair for pair in found if dark(pair)}
     return {
         "true_pairs": len(truth),
         "found_pairs": len(found),
@@ -297,4 +432,11 @@ def score_detection(found: Sequence[tuple[str, str]], corpus: dict) -> dict:
             for name, hits_and_total in sorted(per_transform.items())
         },
         "retakes_taken_for_copies": retake_errors,
+        "dark_stills": {
+            "true_pairs": len(dark_truth),
+            "found_pairs": len(dark_found),
+            "correct_pairs": len(dark_found & dark_truth),
+            "recall": len(dark_found & dark_truth) / len(dark_truth) if dark_truth else 1.0,
+            "precision": len(dark_found & dark_truth) / len(dark_found) if dark_found else 1.0,
+        },
     }

@@ -46,6 +46,7 @@ from nightact.data.splits import Entry, split_counts
 __all__ = [
     "GROUP_BY_NAMES",
     "PREPASS_SIZE",
+    "PREPASS_THRESHOLD",
     "assign_grouped_splits",
     "assign_groups",
     "groups_from_pairs",
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 GROUP_BY_NAMES = ("none", "near-duplicates")
 PREPASS_SIZE = (60, 80)  # (height, width) of the frames the near-duplicate pre-pass decodes
+# Below the check's threshold: a missed pair leaks, a false one only merges two groups.
+PREPASS_THRESHOLD = 0.8
 
 
 def parse_group_by(value: str) -> str:
@@ -139,7 +142,7 @@ def near_duplicate_groups(
     Returns the groups and the pairs found (:class:`nightact.data.leakage.Pair`, with empty splits).
     Videos that fail to decode here are their own group (prepare reports them).
     """
-    config = config or LeakageConfig(store=str(src))
+    config = config or LeakageConfig(store=str(src), threshold=PREPASS_THRESHOLD)
     workers = worker_count(workers, len(entries))
     threads = decoder_threads(workers)
     jobs = [(str(src), entry.path, frames, threads) for entry in entries]

@@ -6,34 +6,45 @@ test, and the test score then measures memory. This module finds them from the f
 a prepared store (``nightact prepare``), with NumPy only, and writes::
 
     STORE/leakage.csv    path_a, split_a, path_b, split_b, similarity, appearance, motion,
-                         mirrored, cluster  (paths as in manifest.csv; cross-split pairs, and
-                         within-split ones on request), most similar first
+                         detail, noise, mirrored, cluster  (paths as in manifest.csv; cross-split
+                         pairs, and within-split ones on request), most similar first
     STORE/leakage.json   the LeakageConfig and the summary (pairs across / within splits,
                          clusters, seconds)
 
 How a clip becomes a signature (``clip_signature``), and why:
 
-1. Grey, then the letterbox padding is stripped (rows and columns that are exactly black in every
-   frame): a cropped or resized copy is letterboxed differently, its content is not.
+1. Grey, then the letterbox bars are stripped (rows and columns black in every frame, as wide on
+   both sides: letterboxing centres the picture, a dark floor or sky does not come in pairs).
 2. Halved until about 64 pixels remain on the short side, then a 3x3 median filter: white speckle
    noise and hot pixels are single bright pixels that a mean would smear into every cell.
-3. Averaged over a GRIDxGRID grid of the content, whatever its aspect ratio, and blurred across
-   neighbouring cells so a crop of up to ~10 % of each border moves content by less than a cell.
-4. Rank-normalised over the whole clip: a brightness or gamma change (any monotone change of the
-   pixel values) leaves the ranks unchanged, and night frames that are "all nearly black" to a
-   naive hash spread over the full range.
-5. Two views per frame: *appearance* (the ranked grid) and *motion* (the ranked grid minus the
-   clip's per-cell temporal median, i.e. what moves against the static scene). Two takes filmed in
-   the same scene share the background, so their appearance agrees; their motion does not.
+3. Averaged over a 2 GRID x 2 GRID grid of the content, whatever its aspect ratio (the *fine*
+   cells, kept), then over GRIDxGRID cells blurred across neighbours, so a crop of up to ~10 % of
+   each border moves content by less than a cell.
+4. Log, then standardised over the whole clip: a gain becomes an offset and a gamma a factor,
+   both removed, and night frames that are "all nearly black" spread over the full range.
+5. Views: *appearance* (each frame less its smooth light), *motion* (each frame less the clip's
+   per-cell temporal median, the *scene*), and the scene's *light* (a low rank over windows wider
+   than a figure: the lamp and the floor without the figure).
 
-Two signatures are compared (``compare_signatures``) as sequences: a store holds N frames sampled
-evenly over each clip, so a copy trimmed at either end is sampled at other moments. Every
-alignment ``t_a = start + (1 - start - end) * t_b`` with start and end trims in [-MAX_TRIM,
-MAX_TRIM] is tried (a negative trim means the first clip is the trimmed one), the first clip's
-frames are interpolated at the aligned times, and the best alignment wins; the same again with the
-second clip mirrored. The similarity is the lower of the appearance and the motion correlation:
-a duplicate must look alike *and* move alike. For clips with hardly any motion, where the motion
-correlation is only noise, the appearance decides alone.
+Two signatures are compared in two steps.
+
+*Content* (``compare_signatures``), as sequences: a store holds N frames sampled evenly over each
+clip, so a copy trimmed at either end is sampled at other moments. Every alignment
+``t_a = start + (1 - start - end) * t_b`` with trims in [-MAX_TRIM, MAX_TRIM] is tried, the first
+clip's frames interpolated at the aligned times, with and without mirroring; each alignment costs
+a little (WARP_PENALTY) so that trying many is not a way for different clips to line up. The
+content is the lowest of appearance, motion (counted as far as it rises above noise), scene and
+light. Pairs whose content is alike are also compared against crops of either clip.
+
+*Verification* (``verify_pairs``) of the pairs whose content is alike (VERIFY_FLOOR): the content
+of two takes of one action, two figures standing still in two dark rooms, can be as alike as a
+copy's. Two things tell them apart. Copies hold the same frames, and the same frames carry the
+same sensor *noise*, drawn anew in every frame of every recording (``noise``: correlation above
+chance of what changes from frame to frame); such a pair keeps only NOISE_DISCOUNT of its distance
+from a perfect match. Re-encoding wipes that noise out; without it, two clips of one shape (no
+crop relates them) must also agree in fine *detail*, at 48x48 cells with the smooth light removed:
+still clips in their temporal median, moving ones frame by frame. Different recordings differ
+there by a few percent of position, size or pose; copies do not.
 
 A store of thousands of clips has millions of pairs: each clip is compared in full only with its
 ``candidates`` nearest neighbours by a cheap, mirror- and trim-invariant summary (the time-mean of
@@ -60,13 +71,19 @@ from nightact.core import files
 from nightact.core.store import SPLIT_NAMES, open_split, read_manifest
 
 __all__ = [
-    "CROP_MARGIN",
     "CROPS",
     "CSV_COLUMNS",
     "CSV_NAME",
     "JSON_NAME",
     "MAX_TRIM",
+    "MOVING_SLACK",
+    "NOISE_DISCOUNT",
+    "SHARED_NOISE",
+    "STILL_ENERGY",
+    "STILL_SLACK",
     "TRIM_STEPS",
+    "VERIFY_FLOOR",
+    "WARP_PENALTY",
     "candidate_pairs",
     "check_store",
     "clip_signature",
@@ -81,6 +98,7 @@ __all__ = [
     "read_pairs",
     "Signature",
     "store_signatures",
+    "verify_pairs",
     "write_report",
 ]
 
@@ -96,6 +114,8 @@ CSV_COLUMNS = (
     "similarity",
     "appearance",
     "motion",
+    "detail",
+    "noise",
     "mirrored",
     "cluster",
 )
@@ -104,10 +124,20 @@ TRIM_STEPS = 9  # steps of the trim grid: (2 * TRIM_STEPS - 1) offsets x (TRIM_S
 _WORK_SIDE = 48  # short side, in pixels, from which clips are halved before the median filter
 _FINE = 2  # fine cells per signature cell, kept to derive crop variants
 CROPS = (0.0, 0.04, 0.08)  # share cut from each border (per axis) in the crop variants
-CROP_MARGIN = 0.1  # pairs this far below the threshold are compared again with crop variants
+VERIFY_FLOOR = 0.6  # content score from which a pair is compared with crops and verified
+WARP_PENALTY = 0.05  # content lost per unit of |offset| + |log scale| of a trim alignment
+SHARED_NOISE = 0.1  # noise score (above chance) from which two clips hold the same frames
+NOISE_DISCOUNT = 0.4  # share of (1 - content) left for pairs with the same frames
+STILL_ENERGY = 0.12  # motion energy below which a clip's detail is its still picture
+STILL_SLACK = 0.08  # detail + slack caps the similarity of a still pair of one shape
+MOVING_SLACK = 0.15  # ... and of a moving pair of one shape
 _MOTION_BLURS = 2  # [1, 2, 1] passes over the motion view
 _HIGH_PASS_BLURS = 8  # [1, 2, 1] passes of the background estimate: sigma 2 cells
+_DETAIL_BLURS = 2  # [1, 2, 1] passes of the smooth part removed from fine cells (detail, noise)
+_LIGHT_WINDOW = 9  # cells per side of the window whose low rank estimates the scene's light
+_LIGHT_RANK = 0.1  # rank, as a share of that window, taken as the light without the figure
 _PAD_LEVEL = 2  # a row or column no brighter than this in every frame is letterbox padding
+_PAD_SLACK = 2  # pixels by which top and bottom (or left and right) padding may differ
 
 
 @dataclass
@@ -116,11 +146,11 @@ class LeakageConfig:
 
     store: str | os.PathLike
     within: bool = False  # also report pairs inside one split
-    threshold: float = 0.8  # similarity from which two clips count as near-duplicates
+    threshold: float = 0.87  # similarity from which two clips count as near-duplicates
     grid: int = 24  # cells per side of the signature grid
     candidates: int = 10  # nearest neighbours per clip compared in full (0: every pair)
     static_motion: float = 0.1  # motion energy (RMS) up to which motion is mostly noise
-    motion_floor: float = 0.2  # weight of motion even in static clips (copies share their noise)
+    motion_floor: float = 0.0  # weight of motion in static clips (their noise is scored apart)
     batch_pairs: int = 2048  # pairs compared at once (memory: ~batch x 2 x frames^2 floats)
 
     def __post_init__(self) -> None:
@@ -143,7 +173,9 @@ class Signature:
     motion: np.ndarray  # float32 (frames, grid, grid), ranks minus their temporal median
     motion_energy: float  # root mean square of ``motion``
     scene: np.ndarray  # float32 (grid, grid), per-cell temporal median, centred
-    fine: np.ndarray  # float16 (frames, 2 grid, 2 grid) cell means, to derive crop variants
+    light: np.ndarray  # float32 (grid, grid), the scene with the figure ranked away, centred
+    fine: np.ndarray  # float16 (frames, 2 grid, 2 grid) cell means: crop variants, detail, noise
+    size: tuple[int, int] = (0, 0)  # (height, width) in pixels of the content (no letterbox)
 
 
 @dataclass
@@ -159,6 +191,8 @@ class Pair:
     motion: float
     mirrored: bool
     cluster: int = -1
+    detail: float = 0.0  # fine-grained agreement of the two clips, as verify_pairs measures it
+    noise: float = 0.0  # agreement of their sensor noise: the same frames
 
     @property
     def cross_split(self) -> bool:
@@ -232,17 +266,29 @@ class LeakageReport:
 
 
 def content_box(frames: np.ndarray) -> tuple[slice, slice]:
-    """Rows and columns of a stored clip that are not letterbox padding (black in every frame)."""
+    """Rows and columns of a stored clip that are not letterbox padding (black in every frame).
+
+    Letterboxing centres the picture, so its bars are as wide on both sides. Dark bands that are
+    not (the black floor of a very dark scene, the sky above a figure) are content and kept.
+    """
     # An elementwise maximum over frames, then over the small picture: reducing a big uint8
     # array over several axes at once is many times slower.
     brightest = np.maximum.reduce(frames, axis=0)
     if brightest.ndim == 3:
         brightest = np.maximum.reduce(brightest, axis=2)
-    rows = np.flatnonzero(brightest.max(axis=1) > _PAD_LEVEL)
-    columns = np.flatnonzero(brightest.max(axis=0) > _PAD_LEVEL)
-    if len(rows) == 0 or len(columns) == 0:
-        return slice(None), slice(None)
-    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
+    return _centred_span(brightest.max(axis=1)), _centred_span(brightest.max(axis=0))
+
+
+def _centred_span(profile: np.ndarray) -> slice:
+    """The span of a brightness profile between equal dark margins (letterbox bars)."""
+    lit = np.flatnonzero(profile > _PAD_LEVEL)
+    if len(lit) == 0:
+        return slice(None)
+    before, after = int(lit[0]), len(profile) - 1 - int(lit[-1])
+    if abs(before - after) > _PAD_SLACK:
+        return slice(None)
+    bar = min(before, after)
+    return slice(bar, len(profile) - bar)
 
 
 def _halve(grey: np.ndarray) -> np.ndarray:
@@ -301,13 +347,15 @@ def _blur_cells(cells: np.ndarray, passes: int = 1) -> np.ndarray:
     return rows @ cells @ columns.T
 
 
-def _fine_cells(frames: np.ndarray, cells: int) -> np.ndarray:
-    """Mean brightness of CELLSxCELLS cells of the content, speckles filtered out first."""
+def _fine_cells(frames: np.ndarray, cells: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Mean brightness of CELLSxCELLS cells of the content, speckles filtered out first, and the
+    content's (height, width) in pixels."""
     frames = np.asarray(frames)
     if frames.ndim not in (3, 4) or frames.shape[0] < 1:
         raise ValueError(f"expected (frames, height, width[, 3]) pixels, got {frames.shape}")
     rows, columns = content_box(frames)
     content = frames[:, rows, columns]
+    size = (int(content.shape[1]), int(content.shape[2]))
     while min(content.shape[1:3]) >= 4 * _WORK_SIDE:
         # Every other pixel of a large frame: the cells average hundreds of pixels anyway, and
         # converting all of them to grey is most of the cost of a signature.
@@ -324,7 +372,7 @@ def _fine_cells(frames: np.ndarray, cells: int) -> np.ndarray:
         grey = _halve(grey)
     if min(grey.shape[1:]) >= 3:
         grey = _median3x3(grey)
-    return _cell_means(grey, cells)
+    return _cell_means(grey, cells), size
 
 
 def _resampling(cells: int, grid: int, start: float, end: float) -> np.ndarray:
@@ -339,8 +387,21 @@ def _resampling(cells: int, grid: int, start: float, end: float) -> np.ndarray:
     return (overlap / width).astype(np.float32)
 
 
+def _low_rank_filter(cells: np.ndarray, window: int, rank: float) -> np.ndarray:
+    """Each cell's RANK quantile over the WINDOWxWINDOW cells around it (edges repeated)."""
+    pad = window // 2
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(cells, pad, mode="edge"), (window, window)
+    ).reshape(*cells.shape, -1)
+    k = int(round(rank * (window * window - 1)))
+    return np.partition(windows, k, axis=-1)[..., k]
+
+
 def _signature_from_fine(
-    fine: np.ndarray, grid: int, crop: tuple[float, float, float, float] = (0, 0, 0, 0)
+    fine: np.ndarray,
+    grid: int,
+    crop: tuple[float, float, float, float] = (0, 0, 0, 0),
+    size: tuple[int, int] = (0, 0),
 ) -> Signature:
     """The signature of the part of a clip left by ``crop`` (top, bottom, left, right)."""
     fine = fine.astype(np.float32)
@@ -361,18 +422,25 @@ def _signature_from_fine(
     motion = _blur_cells(motion, _MOTION_BLURS)
     motion = motion.astype(np.float32)
     energy = float(np.sqrt(np.mean(motion**2)))
+    # The light of the scene (a lamp's glow, a lit floor) under the figure and its props: they are
+    # brighter than their surroundings, so a low rank over a window wider than them leaves them
+    # out. Two clips filmed under other lamps differ here even when their figures coincide.
+    light = _blur_cells(_low_rank_filter(scene, _LIGHT_WINDOW, _LIGHT_RANK), 2)
     return Signature(
         appearance=appearance,
         motion=motion,
         motion_energy=energy,
         scene=(scene - scene.mean()).astype(np.float32),
+        light=(light - light.mean()).astype(np.float32),
         fine=fine.astype(np.float16),
+        size=size,
     )
 
 
 def clip_signature(frames: np.ndarray, grid: int = 24) -> Signature:
     """The signature of one stored clip, uint8 (frames, height, width, 3) or (frames, h, w)."""
-    return _signature_from_fine(_fine_cells(frames, _FINE * grid), grid)
+    fine, size = _fine_cells(frames, _FINE * grid)
+    return _signature_from_fine(fine, grid, size=size)
 
 
 def crop_variants(signature: Signature) -> list[Signature]:
@@ -380,7 +448,9 @@ def crop_variants(signature: Signature) -> list[Signature]:
     it shows."""
     grid = signature.appearance.shape[1]
     return [
-        _signature_from_fine(signature.fine, grid, (vertical, vertical, across, across))
+        _signature_from_fine(
+            signature.fine, grid, (vertical, vertical, across, across), signature.size
+        )
         for vertical in CROPS
         for across in CROPS
         if vertical or across
@@ -388,6 +458,22 @@ def crop_variants(signature: Signature) -> list[Signature]:
 
 
 # --- comparing clips -----------------------------------------------------------------------------
+
+
+def _trim_grid() -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and scales of every trim hypothesis (see :func:`_alignments`)."""
+    widest = 1.0 / (1.0 - 2 * MAX_TRIM)
+    offsets = np.linspace(-MAX_TRIM * widest, MAX_TRIM, 2 * TRIM_STEPS - 1)
+    scales = np.geomspace(1.0 / widest, widest, TRIM_STEPS + 2)
+    offset, scale = (grid.ravel() for grid in np.meshgrid(offsets, scales, indexing="ij"))
+    return offset, scale
+
+
+def _warp_penalties() -> np.ndarray:
+    """What each trim hypothesis costs: untrimmed copies are the common case, and every
+    hypothesis tried is one more chance for two different clips to line up by accident."""
+    offset, scale = _trim_grid()
+    return (WARP_PENALTY * (np.abs(offset) + np.abs(np.log(scale)))).astype(np.float32)
 
 
 def _alignments(frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -399,10 +485,7 @@ def _alignments(frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     indices, interpolation weights (hypotheses, frames) and a validity mask (b's frame falls
     inside a's sampled span).
     """
-    widest = 1.0 / (1.0 - 2 * MAX_TRIM)
-    offsets = np.linspace(-MAX_TRIM * widest, MAX_TRIM, 2 * TRIM_STEPS - 1)
-    scales = np.geomspace(1.0 / widest, widest, TRIM_STEPS + 2)
-    offset, scale = (grid.ravel() for grid in np.meshgrid(offsets, scales, indexing="ij"))
+    offset, scale = _trim_grid()
     # Sampled frame i sits at time i / frames of its clip (prepare's int(i * total / N)).
     times_b = np.arange(frames) / frames
     position = (offset[:, None] + scale[:, None] * times_b[None, :]) * frames
@@ -454,17 +537,25 @@ def compare_signatures(
     first: list[Signature],
     second: list[Signature],
     static_motion: float = 0.1,
-    motion_floor: float = 0.2,
+    motion_floor: float = 0.0,
 ) -> np.ndarray:
-    """Similarity of each pair (first[k], second[k]): (pairs, 4) columns similarity, appearance,
-    motion, mirrored (1.0 when the mirrored alignment won)."""
+    """Content similarity of each pair (first[k], second[k]): (pairs, 5) columns content,
+    appearance, motion, mirrored (1.0 when the mirrored alignment won), and the content without
+    the scene's light.
+
+    The content is the lowest of appearance, motion (weighted by how far it rises above noise),
+    the static scene and its light, at the best trim alignment less what that alignment costs.
+    The light is the darkest part of the picture, which noise and gamma change most: where two
+    clips share their frames' noise (verify_pairs), it is left out.
+    """
     if len(first) != len(second):
         raise ValueError("compare_signatures needs two lists of equal length")
     if not first:
-        return np.zeros((0, 4), dtype=np.float32)
+        return np.zeros((0, 5), dtype=np.float32)
     frames = first[0].appearance.shape[0]
     alignment = _alignments(frames)
     min_valid = alignment[3].sum(axis=1) >= max(2, frames // 2)
+    penalties = _warp_penalties()
 
     def stack(signatures, view, mirror=False):
         values = np.stack([getattr(s, view) for s in signatures]).astype(np.float32)
@@ -475,8 +566,8 @@ def compare_signatures(
             values = values - values.mean(axis=2, keepdims=True)
         return values
 
-    def stack_scene(signatures, mirror=False):
-        values = np.stack([s.scene for s in signatures]).astype(np.float32)
+    def stack_still(signatures, view, mirror=False):
+        values = np.stack([getattr(s, view) for s in signatures]).astype(np.float32)
         return (values[..., ::-1] if mirror else values).reshape(len(signatures), -1)
 
     energy = np.array(
@@ -493,18 +584,180 @@ def compare_signatures(
         )
         # Motion counts in proportion to how far it rises above the noise floor.
         trusted = motion_weight[:, None] * motion + (1 - motion_weight[:, None]) * appearance
-        scene = _correlations(stack_scene(first), stack_scene(second, mirror))
-        combined = np.minimum(np.minimum(appearance, trusted), scene[:, None])
+        scene = _correlations(stack_still(first, "scene"), stack_still(second, "scene", mirror))
+        light = _correlations(stack_still(first, "light"), stack_still(second, "light", mirror))
+        unlit = np.minimum(np.minimum(appearance, trusted), scene[:, None]) - penalties[None, :]
+        combined = np.minimum(unlit, light[:, None] - penalties[None, :])
         combined = np.where(min_valid[None, :], combined, -1.0)
         best = combined.argmax(axis=1)
         rows = np.arange(len(first))
         results.append(
-            np.stack([combined[rows, best], appearance[rows, best], motion[rows, best]], axis=1)
+            np.stack(
+                [
+                    combined[rows, best],
+                    appearance[rows, best],
+                    motion[rows, best],
+                    np.where(min_valid[best], unlit[rows, best], -1.0),
+                ],
+                axis=1,
+            )
         )
     plain, mirrored = results
     use_mirror = mirrored[:, 0] > plain[:, 0]
     chosen = np.where(use_mirror[:, None], mirrored, plain)
-    return np.column_stack([chosen, use_mirror.astype(np.float32)]).astype(np.float32)
+    return np.column_stack([chosen[:, :3], use_mirror.astype(np.float32), chosen[:, 3]]).astype(
+        np.float32
+    )
+
+
+# --- verifying a pair: the same detail? the same frames? -----------------------------------------
+
+
+@dataclass
+class _Fine:
+    """What verification needs of one clip, from its fine cells (both ways round)."""
+
+    detail: np.ndarray  # float32 (frames, cells): each frame less its smooth part
+    still: np.ndarray  # float32 (cells,): the temporal median less its smooth part
+    noise: np.ndarray  # float32 (frames, cells): what changes from frame to frame, finest scale
+    quiet: np.ndarray  # bool (cells,): cells where nothing moves, so that change is noise
+    side: int  # cells per side
+
+
+def _fine_views(signature: Signature, mirror: bool) -> _Fine:
+    cells = np.log1p(np.maximum(signature.fine.astype(np.float32), 0))
+    # The log makes a gain an offset and a gamma a factor; standardising removes both.
+    cells = (cells - cells.mean()) / max(float(cells.std()), 1e-6)
+    if mirror:
+        cells = cells[..., ::-1]
+    frames, side = cells.shape[0], cells.shape[-1]
+    detail = cells - _blur_cells(cells, _DETAIL_BLURS)
+    median = np.median(cells, axis=0)
+    change = cells - median
+    smooth = _blur_cells(change, _DETAIL_BLURS)
+    # A moving figure changes whole neighbourhoods of cells; sensor noise does not. Cells whose
+    # smoothed change stays within twice the clip's typical value, and their neighbours, are quiet.
+    moving = np.abs(smooth).max(axis=0)
+    quiet = np.pad(moving <= 2.0 * np.median(moving), 1, constant_values=False)
+    quiet = np.lib.stride_tricks.sliding_window_view(quiet, (3, 3)).all(axis=(-1, -2))
+    return _Fine(
+        detail=detail.reshape(frames, -1),
+        still=(median - _blur_cells(median, _DETAIL_BLURS)).ravel(),
+        noise=(change - smooth).reshape(frames, -1),
+        quiet=quiet.ravel(),
+        side=side,
+    )
+
+
+def _unit_rows(values: np.ndarray) -> np.ndarray:
+    values = values - values.mean(axis=-1, keepdims=True)
+    return values / np.maximum(np.linalg.norm(values, axis=-1, keepdims=True), 1e-9)
+
+
+def _best_frames(a_noise, a_quiet, b_noise, b_quiet) -> float:
+    """Mean over the frames of both clips of the noise correlation with the best-matching frame
+    of the other, over cells quiet in both."""
+    quiet = a_quiet & b_quiet
+    if quiet.sum() < 50:
+        return 0.0
+    matrix = _unit_rows(a_noise[:, quiet]) @ _unit_rows(b_noise[:, quiet]).T
+    return float(0.5 * (matrix.max(axis=0).mean() + matrix.max(axis=1).mean()))
+
+
+def _shared_noise(a: _Fine, b: _Fine) -> float:
+    """How far the two clips' frames carry the same sensor noise, above chance.
+
+    Noise is drawn anew in every frame of every recording: only copies of one frame share it.
+    Each frame is matched with the best frame of the other clip, so a trimmed copy scores on the
+    frames both clips sampled. Chance matches, and patterns every video of one size shares (the
+    encoder's block grid), are measured by matching the same frames shifted against each other by
+    a fraction of the picture, and subtracted: other recordings score about 0 +- 0.05.
+    """
+    score = _best_frames(a.noise, a.quiet, b.noise, b.quiet)
+    side = b.side
+    shifted_noise = b.noise.reshape(-1, side, side)
+    shifted_quiet = b.quiet.reshape(side, side)
+    chance = [
+        _best_frames(
+            a.noise,
+            a.quiet,
+            np.roll(shifted_noise, shift, axis=(1, 2)).reshape(len(b.noise), -1),
+            np.roll(shifted_quiet, shift, axis=(0, 1)).ravel(),
+        )
+        for shift in ((side // 3, side // 2), (side // 2, side // 5), (side // 4, side // 3))
+    ]
+    return score - float(np.mean(chance))
+
+
+def _moving_detail(first: list[_Fine], second: list[_Fine]) -> np.ndarray:
+    """Mean per-frame correlation of fine detail at the best trim alignment, for each pair."""
+    frames = first[0].detail.shape[0]
+    alignment = _alignments(frames)
+    min_valid = alignment[3].sum(axis=1) >= max(2, frames // 2)
+    a = _unit_rows(np.stack([view.detail for view in first]))
+    b = _unit_rows(np.stack([view.detail for view in second]))
+    scores = _aligned_scores(a, b, alignment, True) - _warp_penalties()[None, :]
+    return np.where(min_valid[None, :], scores, -1.0).max(axis=1)
+
+
+def _same_shape(a: Signature, b: Signature) -> bool:
+    """Whether two clips' pictures have one shape, to a pixel: then no crop relates them."""
+    if 0 in a.size or 0 in b.size:
+        return True
+    difference = abs(np.log(a.size[0] / a.size[1]) - np.log(b.size[0] / b.size[1]))
+    return difference <= 1.0 / min(a.size[0], b.size[0]) + 1.0 / min(a.size[1], b.size[1])
+
+
+def _verify_batch(first, second, content, views) -> np.ndarray:
+    """(pairs, 3): similarity, detail, noise; see verify_pairs."""
+    plain = [views(s, False) for s in first]
+    both = {mirror: [views(s, mirror) for s in second] for mirror in (False, True)}
+    moving = np.maximum(*(_moving_detail(plain, both[m]) for m in (False, True)))
+    out = np.zeros((len(first), 3), dtype=np.float32)
+    for k, (a, b) in enumerate(zip(first, second, strict=True)):
+        still = min(a.motion_energy, b.motion_energy) < STILL_ENERGY
+        stills = [float(_unit_rows(plain[k].still) @ _unit_rows(both[m][k].still)) for m in (0, 1)]
+        detail = max(stills) if still else float(moving[k])
+        noise = max(_shared_noise(plain[k], both[m][k]) for m in (False, True))
+        lit, unlit = content[k]
+        if noise >= SHARED_NOISE:
+            similarity = 1.0 - (1.0 - unlit) * NOISE_DISCOUNT
+        elif _same_shape(a, b):
+            similarity = min(lit, detail + (STILL_SLACK if still else MOVING_SLACK))
+        else:
+            similarity = lit
+        out[k] = (similarity, detail, noise)
+    return out
+
+
+def verify_pairs(
+    first: list[Signature], second: list[Signature], content: np.ndarray, batch: int = 128
+) -> np.ndarray:
+    """Final similarity of pairs whose content (compare_signatures) is alike: (pairs, 3) columns
+    similarity, detail, noise. ``content`` is (pairs, 2): the content with and without light.
+
+    *Noise*: frames that share their sensor noise are the same frames, so the pair is a copy
+    whatever a transform did to its content; only NOISE_DISCOUNT of its distance from a perfect
+    match (1 - content) remains. *Detail*: without such frames, two clips of one shape must also
+    agree in fine detail (48x48 cells, the smooth light removed): still clips in their temporal
+    median, where noise averages out, moving ones frame by frame. Different recordings of one
+    action, even in one scene, differ there by a few percent of position or size; copies do
+    not. Clips of different shapes may be crops of each other, which shifts detail: their content
+    decides.
+    """
+    cache: dict[tuple[int, bool], _Fine] = {}
+
+    def views(signature: Signature, mirror: bool) -> _Fine:
+        key = (id(signature), mirror)
+        if key not in cache:
+            cache[key] = _fine_views(signature, mirror)
+        return cache[key]
+
+    parts = [
+        _verify_batch(first[i : i + batch], second[i : i + batch], content[i : i + batch], views)
+        for i in range(0, len(first), batch)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.float32)
 
 
 def _summaries(signatures: list[Signature]) -> np.ndarray:
@@ -576,11 +829,9 @@ def connected_components(count: int, edges: list[tuple[int, int]]) -> np.ndarray
 def _compare_cropped(
     signatures: list[Signature], candidates: np.ndarray, scores: np.ndarray, config
 ) -> None:
-    """Compare the pairs just below the threshold again, each clip against crops of the other;
+    """Compare the pairs whose content is alike again, each clip against crops of the other;
     raise their scores in place where a crop matches better."""
-    near = np.flatnonzero(
-        (scores[:, 0] < config.threshold) & (scores[:, 0] >= config.threshold - CROP_MARGIN)
-    )
+    near = np.flatnonzero((scores[:, 0] < 1.0) & (scores[:, :5:4].max(axis=1) >= VERIFY_FLOOR))
     if len(near) == 0:
         return
     variants: dict[int, list[Signature]] = {}
@@ -599,10 +850,49 @@ def _compare_cropped(
             first += of(i) + [signatures[i]] * len(of(j))
             second += [signatures[j]] * len(of(i)) + of(j)
         cropped = compare_signatures(first, second, config.static_motion, config.motion_floor)
-        cropped = cropped.reshape(len(rows), per_pair, 4)
+        cropped = cropped.reshape(len(rows), per_pair, cropped.shape[1])
         best = cropped[np.arange(len(rows)), cropped[:, :, 0].argmax(axis=1)]
         better = best[:, 0] > scores[rows, 0]
         scores[rows[better]] = best[better]
+
+
+def _pair_scores(signatures: list[Signature], candidates: np.ndarray, config) -> np.ndarray:
+    """(pairs, 6): similarity, appearance, motion, mirrored, detail, noise of every candidate
+    pair; pairs whose content stays below VERIFY_FLOOR keep their content as similarity."""
+    content = np.zeros((len(candidates), 5), dtype=np.float32)
+    for start in range(0, len(candidates), config.batch_pairs):
+        batch = candidates[start : start + config.batch_pairs]
+        content[start : start + len(batch)] = compare_signatures(
+            [signatures[i] for i in batch[:, 0]],
+            [signatures[j] for j in batch[:, 1]],
+            config.static_motion,
+            config.motion_floor,
+        )
+    _compare_cropped(signatures, candidates, content, config)
+    scores = np.column_stack([content[:, :4], np.zeros((len(candidates), 2), dtype=np.float32)])
+    alike = np.flatnonzero(np.maximum(content[:, 0], content[:, 4]) >= VERIFY_FLOOR)
+    verified = verify_pairs(
+        [signatures[i] for i in candidates[alike, 0]],
+        [signatures[j] for j in candidates[alike, 1]],
+        content[alike][:, [0, 4]],
+    )
+    scores[alike, 0] = verified[:, 0]
+    scores[alike, 4:] = verified[:, 1:]
+    return scores
+
+
+def _exact_copies(clips: list[tuple[str, str]], sha256: dict[str, str]) -> list[tuple[int, int]]:
+    """Pairs of clips whose files are byte-identical (equal sha256 in the manifest)."""
+    by_digest: dict[str, list[int]] = {}
+    for index, (path, _) in enumerate(clips):
+        if sha256.get(path):
+            by_digest.setdefault(sha256[path], []).append(index)
+    return [
+        (min(i, j), max(i, j))
+        for members in by_digest.values()
+        for x, i in enumerate(members)
+        for j in members[x + 1 :]
+    ]
 
 
 def find_near_duplicates(
@@ -614,30 +904,14 @@ def find_near_duplicates(
     """Compare the clips' signatures and gather the pairs at or above the threshold."""
     started = time.perf_counter()
     candidates = candidate_pairs(signatures, config.candidates)
-    scores = np.zeros((len(candidates), 4), dtype=np.float32)
-    for start in range(0, len(candidates), config.batch_pairs):
-        batch = candidates[start : start + config.batch_pairs]
-        scores[start : start + len(batch)] = compare_signatures(
-            [signatures[i] for i in batch[:, 0]],
-            [signatures[j] for j in batch[:, 1]],
-            config.static_motion,
-            config.motion_floor,
-        )
-    _compare_cropped(signatures, candidates, scores, config)
+    scores = _pair_scores(signatures, candidates, config)
     found: dict[tuple[int, int], tuple] = {}
     for (i, j), score in zip(candidates.tolist(), scores.tolist(), strict=True):
         if score[0] >= config.threshold:
             found[(i, j)] = tuple(score)
-    if sha256:
-        # Byte-identical files are copies whatever their pixels say.
-        by_digest: dict[str, list[int]] = {}
-        for index, (path, _) in enumerate(clips):
-            if sha256.get(path):
-                by_digest.setdefault(sha256[path], []).append(index)
-        for members in by_digest.values():
-            for x, i in enumerate(members):
-                for j in members[x + 1 :]:
-                    found[(min(i, j), max(i, j))] = (1.0, 1.0, 1.0, 0.0)
+    # Byte-identical files are copies whatever their pixels say.
+    for pair in _exact_copies(clips, sha256 or {}):
+        found[pair] = (1.0, 1.0, 1.0, 0.0, 1.0, 1.0)
     component = connected_components(len(clips), list(found))
     pairs = [
         Pair(
@@ -650,6 +924,8 @@ def find_near_duplicates(
             motion=round(score[2], 4),
             mirrored=bool(score[3]),
             cluster=int(component[i]),
+            detail=round(score[4], 4),
+            noise=round(score[5], 4),
         )
         for (i, j), score in found.items()
     ]
