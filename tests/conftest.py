@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 # First, before any test module imports Keras: nightact picks the backend the suite runs under
 # (the user's default: JAX on a CPU; KERAS_BACKEND, as make test's TensorFlow leg sets it, wins).
 import nightact  # noqa: F401
+from nightact.core import backend
 from nightact.core.videos import write_video
 
 # Real footage nobody on the project made; present in the team's checkout, absent in a user's.
@@ -296,3 +298,30 @@ def simulated_jax_gpu(monkeypatch) -> list[str]:
     monkeypatch.setattr(keras_rnn, "_is_gpu_available", lambda: True)
     monkeypatch.setattr(rnn, "lstm", cudnn_lstm)
     return calls
+
+
+# --- a machine with or without an NVIDIA GPU, as the driver reports it ---------------------------
+
+
+@pytest.fixture
+def no_gpu(monkeypatch, tmp_path):
+    """No driver entry and no nvidia-smi on PATH (none is on the project's machines anyway)."""
+    monkeypatch.setattr(backend, "NVIDIA_GPUS", tmp_path / "no-driver")
+    folders = [
+        folder
+        for folder in os.environ["PATH"].split(os.pathsep)
+        if not Path(folder, "nvidia-smi").exists()
+    ]
+    monkeypatch.setenv("PATH", os.pathsep.join(folders or [str(tmp_path)]))
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    """The driver's /proc entry for one GPU and its device file; no GPU hidden on purpose."""
+    gpus = tmp_path / "gpus"
+    (gpus / "0000:01:00.0").mkdir(parents=True)
+    monkeypatch.setattr(backend, "NVIDIA_GPUS", gpus)
+    (tmp_path / "nvidiactl").touch()
+    monkeypatch.setattr(backend, "NVIDIA_DEVICES", (tmp_path / "nvidiactl",))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)

@@ -21,12 +21,6 @@ def no_keras_yet(monkeypatch):
     monkeypatch.delenv(backend.CHOICE_MARKER, raising=False)
 
 
-@pytest.fixture
-def no_gpu(monkeypatch, tmp_path):
-    monkeypatch.setattr(backend, "NVIDIA_GPUS", tmp_path / "no-driver")
-    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi either
-
-
 def fake_nvidia_smi(folder: Path, output: str, code: int = 0) -> None:
     script = folder / "nvidia-smi"
     script.write_text(f"#!/bin/sh\necho '{output}'\nexit {code}\n")
@@ -139,7 +133,8 @@ def test_gpus_hidden_on_purpose(name, environ, hidden):
     assert backend.gpus_hidden_by(name, environ) == hidden
 
 
-def test_nvidia_smi_is_asked_when_proc_says_nothing(no_gpu, tmp_path):
+def test_nvidia_smi_is_asked_when_proc_says_nothing(no_gpu, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # where the fake nvidia-smi goes
     assert not backend.nvidia_gpu_present()
     fake_nvidia_smi(tmp_path, "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1234)")
     assert backend.nvidia_gpu_present()

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,21 +24,8 @@ from nightact.core import backend, doctor
 
 
 @pytest.fixture
-def no_gpu(monkeypatch, tmp_path):
-    monkeypatch.setattr(backend, "NVIDIA_GPUS", tmp_path / "no-driver")
-    monkeypatch.setenv("PATH", _without_nvidia_smi(os.environ["PATH"], tmp_path))
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch, tmp_path):
-    """An H200 as the driver reports it: a /proc entry and an nvidia-smi that answers queries."""
-    gpus = tmp_path / "gpus"
-    (gpus / "0000:01:00.0").mkdir(parents=True)
-    monkeypatch.setattr(backend, "NVIDIA_GPUS", gpus)
-    (tmp_path / "nvidiactl").touch()
-    monkeypatch.setattr(backend, "NVIDIA_DEVICES", (tmp_path / "nvidiactl",))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+def fake_gpu(fake_gpu, monkeypatch, tmp_path):
+    """An H200 as the driver reports it: conftest's GPU, and an nvidia-smi that answers queries."""
     bin_folder = tmp_path / "bin"
     bin_folder.mkdir()
     script = bin_folder / "nvidia-smi"
@@ -49,14 +35,6 @@ def fake_gpu(monkeypatch, tmp_path):
     )
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
-
-
-def _without_nvidia_smi(path: str, empty: Path) -> str:
-    """PATH less any folder holding an nvidia-smi (none on the project's machines)."""
-    folders = [
-        folder for folder in path.split(os.pathsep) if not Path(folder, "nvidia-smi").exists()
-    ]
-    return os.pathsep.join(folders or [str(empty)])
 
 
 def fake_probe(devices: list[list[str]]) -> str:

@@ -26,24 +26,6 @@ def first_check(monkeypatch):
 
 
 @pytest.fixture
-def fake_gpu(monkeypatch, tmp_path):
-    """The driver's /proc entry for one GPU and its device file; no GPU hidden on purpose."""
-    gpus = tmp_path / "gpus"
-    (gpus / "0000:01:00.0").mkdir(parents=True)
-    monkeypatch.setattr(backend, "NVIDIA_GPUS", gpus)
-    (tmp_path / "nvidiactl").touch()
-    monkeypatch.setattr(backend, "NVIDIA_DEVICES", (tmp_path / "nvidiactl",))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-
-
-@pytest.fixture
-def no_gpu(monkeypatch, tmp_path):
-    monkeypatch.setattr(backend, "NVIDIA_GPUS", tmp_path / "no-driver")
-    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi either
-
-
-@pytest.fixture
 def cpu_only_backend():
     if gpu.backend_sees_gpu():
         pytest.skip("this machine's backend sees a real GPU")
