@@ -11,8 +11,16 @@
 Each run is its own ``nightact train --resume`` process: a fresh backend each time (the device setup
 of :mod:`nightact.training.devices` is once per process), and running the study again continues
 where it stopped: finished runs are kept as they are, interrupted ones resume from their last
-finished epoch. ``parallel`` runs go side by side; with ``gpus`` given, each gets its own
-``devices`` of them through ``CUDA_VISIBLE_DEVICES``.
+finished epoch. A run that fails is reported with the end of its log, and the others go on.
+
+Where the runs go:
+
+- on this machine (default): ``parallel`` runs side by side; with ``gpus`` given, each gets its
+  own ``devices`` of them through ``CUDA_VISIBLE_DEVICES``;
+- on a Ray cluster (``ray``, the address of :mod:`nightact.core.cluster`): each run is a Ray task
+  asking for ``cpus_per_run`` CPUs and, where the cluster has GPUs, ``devices`` GPUs, which Ray
+  assigns. ``STUDY`` and the store must be on storage every node sees. A run whose process or
+  node dies is started again by Ray, and resumes from its last finished epoch.
 
 Keras-free: the runs import it in their own processes.
 """
@@ -29,17 +37,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from nightact.core import files
+from nightact.core import cluster, files
 from nightact.core.names import MODEL_NAMES
 from nightact.scoring.compare import compare
 
 __all__ = [
     "TRAIN_SETTINGS",
+    "RunJob",
+    "RunKilled",
     "study",
     "StudyConfig",
     "train_command",
     "train_flag",
+    "train_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,8 +96,13 @@ class StudyConfig:
     epochs: int | None = None  # None: the preset's or train's default
     batch_size: int | None = None
     devices: int | None = None  # devices per run; None: train's default (every GPU, or 1 CPU)
-    parallel: int = 1  # runs at the same time
+    # Runs at the same time. None: one on this machine; on Ray, as many as its resources allow.
+    parallel: int | None = None
     gpus: tuple[int, ...] = ()  # GPU ids to share out between the parallel runs; (): no pinning
+    # A Ray cluster's address to run on ("local": a new one here; nightact.core.cluster), None:
+    # this machine; and the CPUs each run asks Ray for (its GPUs are `devices`, where it has any).
+    ray: str | None = None
+    cpus_per_run: float = 1
     # Any other `nightact train` setting, the same for every run: TrainConfig field -> value,
     # e.g. {"learning_rate": 3e-3, "units": (64, 32, 16)}. Passed on as train's own flags.
     train: dict = field(default_factory=dict)
@@ -110,12 +127,20 @@ class StudyConfig:
                 f"train settings {', '.join(unknown)} cannot be set for a study; "
                 f"choose from {', '.join(TRAIN_SETTINGS)}"
             )
-        if self.parallel < 1:
+        if self.parallel is not None and self.parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {self.parallel}")
-        if self.gpus and len(self.gpus) < self.parallel * (self.devices or 1):
+        if self.cpus_per_run <= 0:
+            raise ValueError(f"cpus_per_run must be positive, got {self.cpus_per_run}")
+        if self.gpus and self.ray is not None:
             raise ValueError(
-                f"{self.parallel} parallel runs of {self.devices or 1} device(s) need "
-                f"{self.parallel * (self.devices or 1)} GPUs; {len(self.gpus)} given"
+                "gpus pins GPU ids on one machine; on Ray each run asks for `devices` GPUs "
+                "and Ray assigns them"
+            )
+        runs_at_once = self.parallel or 1
+        if self.gpus and len(self.gpus) < runs_at_once * (self.devices or 1):
+            raise ValueError(
+                f"{runs_at_once} parallel runs of {self.devices or 1} device(s) need "
+                f"{runs_at_once * (self.devices or 1)} GPUs; {len(self.gpus)} given"
             )
 
     def run_names(self) -> list[str]:
@@ -166,6 +191,8 @@ def study(config: StudyConfig) -> Path:
     report is then not written; run the study again to retry them).
     """
     out = Path(config.out)
+    if config.ray is not None:
+        cluster.require_ray()  # before anything is written
     saved = out / "study.json"
     if saved.exists():
         before = json.loads(saved.read_text(encoding="utf-8"))
@@ -175,12 +202,27 @@ def study(config: StudyConfig) -> Path:
     files.write_text_atomic(saved, json.dumps(dataclasses.asdict(config), indent=2))
 
     cells = [(model, seed) for model in config.models for seed in config.seeds]
-    slots = list(range(config.parallel))
+    if config.ray is not None:
+        failures = _train_on_ray(config, cells)
+    else:
+        failures = _train_here(config, cells)
+    if failures:
+        raise ValueError(
+            f"{out}: {len(failures)} run(s) failed: {', '.join(sorted(failures))} "
+            f"(see {out / 'logs'}); run the study again to resume them"
+        )
+    return compare([out / "runs"], out / "report", evaluate_missing=True)
+
+
+def _train_here(config: StudyConfig, cells: list[tuple[str, int]]) -> list[str]:
+    """Train the cells on this machine, ``parallel`` at a time; return the names that failed."""
+    out = Path(config.out)
+    parallel = config.parallel or 1
     failures = []
 
     def run_cell(job: tuple[int, tuple[str, int]]) -> None:
         index, (model, seed) = job
-        slot = slots[index % config.parallel]
+        slot = index % parallel
         environment = dict(os.environ)
         if config.gpus:
             per_run = config.devices or 1
@@ -199,19 +241,112 @@ def study(config: StudyConfig) -> Path:
         seconds = time.perf_counter() - started
         if finished.returncode != 0:
             failures.append(name)
-            log.error("%s failed (exit %d) after %.0f s", name, finished.returncode, seconds)
+            _report_failure(out, name, f"exit {finished.returncode} after {seconds:.0f} s")
         else:
             log.info("%s: done in %.0f s", name, seconds)
 
     # Jobs go out in waves of `parallel`, so job i always runs in slot i % parallel and two
     # runs never share a slot's GPUs.
-    with ThreadPoolExecutor(config.parallel) as pool:
-        for wave in range(0, len(cells), config.parallel):
-            jobs = list(enumerate(cells))[wave : wave + config.parallel]
+    with ThreadPoolExecutor(parallel) as pool:
+        for wave in range(0, len(cells), parallel):
+            jobs = list(enumerate(cells))[wave : wave + parallel]
             list(pool.map(run_cell, jobs))
-    if failures:
-        raise ValueError(
-            f"{out}: {len(failures)} run(s) failed: {', '.join(failures)} (see {out / 'logs'}); "
-            "run the study again to resume them"
+    return failures
+
+
+class RunJob(NamedTuple):
+    """One run of a study, as a Ray task gets it."""
+
+    name: str
+    command: list[str]  # train_command's, started with the node's own Python
+    log: str  # the run's log file, appended to
+
+
+class RunKilled(RuntimeError):
+    """A run's process was ended by a signal (a kill, the OOM killer): Ray starts it again."""
+
+
+def train_run(job: RunJob) -> float:
+    """A Ray task: train one run, its output appended to its log; return its seconds.
+
+    Raises :class:`RunKilled` when the process dies of a signal (Ray then runs the task again,
+    and the run resumes), RuntimeError when it exits with an error.
+    """
+    started = time.perf_counter()
+    with open(job.log, "a", encoding="utf-8") as handle:
+        finished = subprocess.run(
+            [sys.executable, *job.command[1:]],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_end_with_parent,
         )
-    return compare([out / "runs"], out / "report", evaluate_missing=True)
+    if finished.returncode < 0:
+        raise RunKilled(f"{job.name}: killed by signal {-finished.returncode}")
+    if finished.returncode != 0:
+        raise RuntimeError(f"exit {finished.returncode}")
+    return time.perf_counter() - started
+
+
+def _end_with_parent() -> None:
+    """In the run's process: die with the Ray worker that started it (Linux).
+
+    A worker that Ray kills (its task cancelled, its driver gone) would otherwise leave the run
+    training on, and a study started again would find that run's folder taken.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        set_parent_death_signal = 1  # prctl's PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(set_parent_death_signal, signal.SIGKILL)
+
+
+def _train_on_ray(config: StudyConfig, cells: list[tuple[str, int]]) -> list[str]:
+    """Train the cells as Ray tasks on the cluster at ``config.ray``; return the names that
+    failed. Every node must see the study folder and the store by the same paths."""
+    out = Path(config.out).resolve()
+    absolute = dataclasses.replace(config, data=str(Path(config.data).resolve()), out=str(out))
+    jobs = [
+        RunJob(
+            f"{model}-seed{seed}",
+            train_command(absolute, model, seed),
+            str(out / "logs" / f"{model}-seed{seed}.log"),
+        )
+        for model, seed in cells
+    ]
+    failures = []
+    with cluster.connect(config.ray):
+        gpus = (config.devices or 1) if cluster.cluster_gpus() else 0
+        log.info(
+            "%d runs on Ray, %g CPU(s) and %d GPU(s) each (logs in %s)",
+            len(jobs),
+            config.cpus_per_run,
+            gpus,
+            out / "logs",
+        )
+        for finished in cluster.map_unordered(
+            train_run,
+            jobs,
+            cpus=config.cpus_per_run,
+            gpus=gpus,
+            in_flight=config.parallel,
+            retry_on=(RunKilled,),
+        ):
+            name = finished.job.name
+            if finished.error is None:
+                log.info("%s: done in %.0f s", name, finished.value)
+            else:
+                failures.append(name)
+                _report_failure(out, name, str(finished.error))
+    return failures
+
+
+def _report_failure(out: Path, name: str, why: str, lines: int = 15) -> None:
+    """Log that run ``name`` failed, with the last ``lines`` of its log."""
+    log_path = out / "logs" / f"{name}.log"
+    try:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    except OSError:
+        tail = []
+    shown = "".join(f"\n    {line}" for line in tail)
+    log.error("%s failed (%s); the end of %s:%s", name, why, log_path, shown)

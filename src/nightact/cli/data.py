@@ -6,7 +6,15 @@ import it only inside the functions that build a network.
 
 from __future__ import annotations
 
-from nightact.cli.options import build_config, fractions, option, size_option, sized_config, words
+from nightact.cli.options import (
+    build_config,
+    fractions,
+    option,
+    ray_option,
+    size_option,
+    sized_config,
+    words,
+)
 from nightact.core.store import SHORT_CLIP_POLICIES, SPLIT_NAMES
 from nightact.data.embed import EmbedConfig, embed
 from nightact.data.leakage import LeakageConfig, check_store, write_report
@@ -34,7 +42,15 @@ def add_prepare_parser(subparsers) -> None:
     size_option(parser, PrepareConfig)
     option(parser, "--split", PrepareConfig, "train,val,test fractions", type=fractions)
     option(parser, "--seed", PrepareConfig, "seed of the stratified split", type=int)
-    option(parser, "--workers", PrepareConfig, "processes", type=int, none="CPUs")
+    option(
+        parser,
+        "--workers",
+        PrepareConfig,
+        "processes (with --ray and no ADDRESS: the new cluster's CPUs)",
+        type=int,
+        none="CPUs",
+    )
+    ray_option(parser, "decode the videos")
     option(
         parser,
         "--frames-per-segment",

@@ -19,6 +19,7 @@ __all__ = [
     "layer_widths",
     "numbers",
     "option",
+    "ray_option",
     "size_option",
     "sized_config",
     "words",
@@ -89,6 +90,20 @@ def option(parser, flag: str, config_class, help: str, field: str | None = None,
     if kwargs.get("action") != "store_true":  # a switch is off unless given
         help = f"{help} (default {shown})"
     parser.add_argument(flag, dest=field, default=None, help=help, **kwargs)
+
+
+def ray_option(parser, what: str) -> None:
+    """--ray [ADDRESS]: ``what`` on a Ray cluster (nightact.core.cluster); sets field ``ray``."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help=f"{what} on a Ray cluster: without ADDRESS a new one on this machine, 'auto' the "
+        "one `ray start` joined this machine to, or HOST:PORT of its head (needs "
+        "nightact[ray]; docs/scaling.md)",
+    )
 
 
 def size_option(parser, config_class) -> None:

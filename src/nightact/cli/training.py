@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from nightact.cli.options import build_config, layer_widths, numbers, option, words
+from nightact.cli.options import build_config, layer_widths, numbers, option, ray_option, words
 from nightact.core.names import LOSSES, LSTM_KERNELS, MIXED_DTYPES, MODEL_NAMES
 from nightact.data.placement import DATA_ON_DEVICE
 from nightact.demo import DemoConfig, format_demo_result, run_demo
@@ -251,12 +251,27 @@ def add_study_parser(subparsers) -> None:
     _add_optimisation_flags(parser)
     _add_device_flags(parser)
     _add_architecture_flags(parser)
-    option(parser, "--parallel", StudyConfig, "runs at the same time", type=int)
+    option(
+        parser,
+        "--parallel",
+        StudyConfig,
+        "runs at the same time",
+        type=int,
+        none="1; with --ray, as many as the cluster's resources allow",
+    )
     parser.add_argument(
         "--gpus",
         type=numbers,
         default=None,
         help="GPU ids shared out to the parallel runs, --devices each (default: no pinning)",
+    )
+    ray_option(parser, "train the runs")
+    option(
+        parser,
+        "--cpus-per-run",
+        StudyConfig,
+        "CPUs each run asks Ray for (its GPUs: --devices, on a cluster with GPUs)",
+        type=float,
     )
     parser.set_defaults(handler=_study_command)
 

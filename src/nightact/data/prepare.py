@@ -30,6 +30,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -38,7 +39,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from nightact.core import files, runs, workers
+from nightact.core import cluster, files, runs, workers
 from nightact.core.locks import folder_lock
 from nightact.core.store import (
     CLASSES_FILE,
@@ -97,6 +98,9 @@ class PrepareConfig:
     frames_per_segment: int = 1
     group_by: str = "none"  # none, near-duplicates or a regex with a capture group (groups.py)
     check_leakage: bool = True  # look for near-duplicates across splits at the end, and warn
+    # Decode on a Ray cluster (nightact.core.cluster): its address, "local" for a new instance
+    # here; None: worker processes on this machine. Not a content setting: the store is the same.
+    ray: str | None = None
 
     def __post_init__(self) -> None:
         self.src = str(self.src)
@@ -229,6 +233,8 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
     the clips done so far stay in ``STORE/.partial`` and the same command resumes from them.
     """
     started = time.perf_counter()
+    if config.ray is not None:
+        cluster.require_ray()  # before anything is written
     class_names, entries, ignored = index_videos(config.src, config.extensions)
     if not entries:
         raise ValueError(
@@ -376,15 +382,17 @@ def _flat_plan(plan: dict) -> dict:
 
 
 def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) -> int:
-    """Decode the clips still to do, in worker processes, journaling each finished one."""
+    """Decode the clips still to do, in worker processes or Ray tasks, journaling each one."""
     if not todo:
         return 0
     count = workers.worker_count(config.workers, len(todo))
-    # Each worker's decoder takes its share of the CPUs, not all of them.
-    threads = workers.decoder_threads(count)
+    # Each worker's decoder takes its share of the CPUs, not all of them; a Ray task its one CPU.
+    threads = 1 if config.ray is not None else workers.decoder_threads(count)
+    # Ray's nodes find the videos by the same absolute path (shared storage).
+    src = str(Path(config.src).resolve()) if config.ray is not None else config.src
     jobs = [
         ClipJob(
-            src=config.src,
+            src=src,
             partial=str(journal_path.parent),
             path=entry.path,
             split=split,
@@ -411,7 +419,7 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
     # which takes one result at a time, for the journal's. A crash loses at most a batch.
     journal = _Journal(journal_path, batch=_CLIPS_PER_SYNC * count)
     try:
-        for result in workers.map_unordered(_prepare_one, jobs, count):
+        for result in _results(config, jobs, count):
             record(journal.add(result))
         record(journal.commit())
     except BaseException:
@@ -425,6 +433,27 @@ def _process(config: PrepareConfig, todo: list, journal_path: Path, done: dict) 
         # on a rewritten store never writes through a map of the old file.
         _close_arrays()
     return len(jobs)
+
+
+def _results(config: PrepareConfig, jobs: list, count: int) -> Iterator[dict]:
+    """Each job's manifest fields as it finishes, its row written.
+
+    Worker processes on this machine write their rows themselves. Ray tasks, which may run on
+    machines that cannot write into this store, send their frames back and the rows are written
+    here, one at a time as they arrive: at most two clips per cluster CPU are ever held here.
+    """
+    if config.ray is None:
+        yield from workers.map_unordered(_prepare_one, jobs, count)
+        return
+    with cluster.connect(config.ray, cpus=config.workers):
+        for finished in cluster.map_unordered(_decode_one, jobs):
+            if finished.error is not None:
+                raise finished.error
+            result, frames = finished.value
+            if frames is not None:
+                job = finished.job
+                _write_row(str(Path(job.partial) / f"{job.split}.npy"), job.row, frames)
+            yield result
 
 
 # Clips per worker made durable and journaled together (see _Journal).
@@ -550,9 +579,24 @@ class ClipJob(NamedTuple):
 
 def _prepare_one(job: ClipJob) -> dict:
     """Worker: decode one video into its row; return its manifest fields. Never raises."""
-    path, split, row, frames = job.path, job.split, job.row, job.frames
+    result, frames = _decode_one(job)
+    if frames is None:
+        return result
+    try:
+        _write_row(str(Path(job.partial) / f"{job.split}.npy"), job.row, frames)
+    except Exception as error:  # noqa: BLE001 - one bad file must not stop the whole run.
+        result.update(status="failed", error=f"unexpected {type(error).__name__}: {error}")
+    return result
+
+
+def _decode_one(job: ClipJob) -> tuple[dict, np.ndarray | None]:
+    """Decode one video: its manifest fields, and the frames of its row (None: nothing to store).
+
+    Never raises: a file that cannot be read comes back as a status and its reason.
+    """
+    path, frames = job.path, job.frames
     source = Path(job.src) / path
-    result = {"path": path, "split": split, "row": row, "status": "failed", "error": ""}
+    result = {"path": path, "split": job.split, "row": job.row, "status": "failed", "error": ""}
     try:
         stat = source.stat()
         result.update(file_size=stat.st_size, mtime_ns=stat.st_mtime_ns)
@@ -581,14 +625,14 @@ def _prepare_one(job: ClipJob) -> dict:
                 else f"only {clip.decoded_frames} decodable frames, fewer than {frames}"
             )
             result.update(status="skipped", error=f"{reason} (--short-clips skip)")
-            return result
-        _write_row(str(Path(job.partial) / f"{split}.npy"), row, clip.frames)
+            return result, None
         result.update(_stored_status(clip))
+        return result, clip.frames
     except VideoError as error:
         result["error"] = error.reason
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the whole run.
         result["error"] = f"unexpected {type(error).__name__}: {error}"
-    return result
+    return result, None
 
 
 def _stored_status(clip) -> dict:

@@ -1,0 +1,94 @@
+"""nightact.core.cluster: jobs as Ray tasks on a real local Ray instance (the ray extra)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from nightact.core import cluster  # noqa: E402
+from support import cluster_jobs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local instance of 2 CPUs for the module (each start costs seconds).
+
+    Its workers inherit this environment: PYTHONPATH lets them import the jobs of
+    ``support.cluster_jobs``, as a cluster's nodes import nightact's own.
+    """
+    tests = str(Path(__file__).resolve().parent)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, before]))
+    try:
+        with cluster.connect(cluster.LOCAL, cpus=2):
+            yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def test_every_job_comes_back_and_a_failing_one_alone_fails(local_ray):
+    finished = list(cluster.map_unordered(cluster_jobs.fail_on_three, range(6)))
+    assert sorted(item.job for item in finished) == list(range(6))
+    values = {item.job: item.value for item in finished if item.error is None}
+    assert values == {0: 0, 1: 1, 2: 4, 4: 16, 5: 25}
+    (broken,) = [item for item in finished if item.error is not None]
+    assert broken.job == 3
+    assert isinstance(broken.error, ValueError)
+    assert "job 3 is broken" in str(broken.error)
+
+
+def test_a_job_whose_worker_dies_runs_again(local_ray, tmp_path):
+    marker = tmp_path / "died"
+    (finished,) = cluster.map_unordered(cluster_jobs.die_once, [str(marker)])
+    assert finished.error is None
+    # The first worker killed itself after writing its pid; another one ran the job again.
+    assert finished.value != int(marker.read_text())
+
+    without_retries = tmp_path / "died-for-good"
+    (lost,) = cluster.map_unordered(cluster_jobs.die_once, [str(without_retries)], retries=0)
+    assert isinstance(lost.error, ray.exceptions.WorkerCrashedError)
+
+
+def test_only_the_errors_asked_for_are_tried_again(local_ray, tmp_path):
+    retried = tmp_path / "retried"
+    (finished,) = cluster.map_unordered(
+        cluster_jobs.flaky_once, [str(retried)], retry_on=(cluster_jobs.Flaky,)
+    )
+    assert (finished.value, finished.error) == ("second attempt", None)
+    assert retried.read_text().count("attempt") == 2
+
+    once = tmp_path / "once"
+    (failed,) = cluster.map_unordered(cluster_jobs.flaky_once, [str(once)])
+    assert isinstance(failed.error, cluster_jobs.Flaky)
+    assert once.read_text().count("attempt") == 1
+
+
+def test_the_jobs_out_at_once_are_bounded(local_ray):
+    taken = []
+
+    def jobs():
+        for number in range(20):
+            taken.append(number)
+            yield number
+
+    results = cluster.map_unordered(cluster_jobs.square, jobs(), in_flight=3)
+    first = next(results)
+    # Three submitted before the first result; one more only as each result is taken.
+    assert len(taken) == 3 and first.job in taken
+    rest = list(results)
+    assert len(taken) == 20
+    assert sorted(item.value for item in [first, *rest]) == [n * n for n in range(20)]
+
+
+def test_connect_inside_a_connection_leaves_it_open(local_ray):
+    with cluster.connect("auto"):
+        assert cluster.cluster_cpus() == 2
+    assert ray.is_initialized()
+    assert cluster.cluster_gpus() == 0
