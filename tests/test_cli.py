@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 
@@ -254,3 +255,36 @@ def test_doctor_flags_and_a_bad_timeout(capsys):
     assert cli.main(["doctor", "--timeout", "0"]) == 2
     error = capsys.readouterr().err
     assert error == "nightact doctor: error: timeout must be positive, got 0\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "hint"),
+    [
+        (
+            ["train", "--data", "s", "--model", "gru", "--out", "r"],
+            "; run it again with --resume to go on from its last finished epoch",
+        ),
+        (
+            ["study", "--data", "s", "--out", "o"],
+            "; run the same command again to go on where it stopped",
+        ),
+        (["evaluate", "r"], ""),
+    ],
+)
+def test_ctrl_c_ends_a_command_in_one_line_saying_how_to_go_on(
+    monkeypatch, capsys, arguments, hint
+):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    real_parse_args = argparse.ArgumentParser.parse_args
+
+    def parsed_then_interrupted(parser, *given, **options):
+        parsed = real_parse_args(parser, *given, **options)
+        assert parsed.command == arguments[0]
+        parsed.handler = interrupted  # the command is stopped as it starts
+        return parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parsed_then_interrupted)
+    assert cli.main(arguments) == 130
+    assert capsys.readouterr().err.splitlines() == [f"nightact {arguments[0]}: interrupted{hint}"]

@@ -13,14 +13,14 @@ from nightact.core.extras import MissingPackageError, require
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# Makes the export extra's packages absent, as on a plain `pip install nightact`: an import of
-# them fails as it does when they are not installed, and the command then runs as `nightact`.
+# Makes the extras' packages absent, as on a plain `pip install nightact`: an import of them
+# fails as it does when they are not installed, and the command then runs as `nightact`.
 ABSENT = textwrap.dedent(
     """
     import importlib.abc, runpy, sys
     class Absent(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("onnxruntime", "onnx", "tf2onnx"):
+            if name.split(".")[0] in ("onnxruntime", "onnx", "tf2onnx", "ray"):
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
             return None
     sys.meta_path.insert(0, Absent())
@@ -73,6 +73,26 @@ def test_an_onnx_export_without_the_export_extra_says_so(tmp_path):
         + EXPORT_HINT
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+RAY_HINT = "pip install 'nightact[ray]' (from a clone: pip install -e '.[ray]')"
+
+
+@pytest.mark.parametrize("command", ["prepare", "study"])
+def test_ray_without_the_ray_extra_is_refused_in_one_line_before_any_work(tmp_path, command):
+    videos = tmp_path / "videos" / "boxing"
+    videos.mkdir(parents=True)
+    (videos / "clip.mp4").write_bytes(b"a video")  # never read: --ray is refused first
+    if command == "prepare":
+        arguments = ["prepare", "videos", "store", "--ray"]
+    else:
+        arguments = ["study", "--data", "store", "--out", "study", "--ray", "auto"]
+    completed = nightact_without_the_extras(*arguments, cwd=tmp_path)
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [
+        f"nightact {command}: error: --ray needs ray, which is not installed: {RAY_HINT}"
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["videos"]
 
 
 def test_require_names_the_package_a_missing_dependency_and_a_broken_install(tmp_path, monkeypatch):

@@ -70,6 +70,7 @@ def test_split_counts_sum_up_and_leave_no_split_empty():
 def test_index_uses_sorted_folder_names_and_reports_what_it_passes_over(tmp_path):
     src = _make_source(tmp_path / "src", per_class=1)
     (src / "notes.txt").write_text("hello")
+    (src / "synth_config.json").write_text("{}")  # `nightact synth`'s record: passed over quietly
     (src / "boxing" / "readme.md").write_text("hello")
     (src / "empty class").mkdir()
     hidden = src / "boxing" / ".partial-123" / "half.mp4"
@@ -81,6 +82,7 @@ def test_index_uses_sorted_folder_names_and_reports_what_it_passes_over(tmp_path
     assert [entry.label for entry in entries] == [0, 1, 2]
     reasons = {row["path"]: row["error"] for row in ignored}
     assert "outside any class folder" in reasons["notes.txt"]
+    assert "synth_config.json" not in reasons
     assert "extension .md" in reasons["boxing/readme.md"]
     assert "without any video" in reasons["empty class/"]
 
@@ -321,7 +323,9 @@ def test_ctrl_c_stops_prepare_and_its_workers_in_one_line_and_a_rerun_resumes(tm
     os.killpg(process.pid, signal.SIGINT)
     stderr = process.communicate(timeout=60)[1]
     assert process.returncode == 130, stderr
-    assert stderr.splitlines() == ["nightact prepare: interrupted; run it again to resume"]
+    assert stderr.splitlines() == [
+        "nightact prepare: interrupted; run the same command again to go on where it stopped"
+    ]
     finished = len(journal.read_text().splitlines())
     assert 2 <= finished < 18, "the run should have been stopped part way"
     # The workers went with the command, and its lock file with its lock.
@@ -545,3 +549,48 @@ def test_after_a_failed_sync_the_waiting_clips_are_never_journaled(tmp_path, mon
     assert journal.commit_on_error() == [] and journal.commit() == []
     journal.close()
     assert path.read_text() == ""
+
+
+def test_a_prepare_on_ray_resumes_a_plain_one_into_the_same_bytes(tmp_path, monkeypatch):
+    # The decoding moves to Ray tasks (a real local instance of 2 CPUs), the rows are written
+    # here as the frames come back: the store must not change by a byte, damaged files and an
+    # interrupted run included.
+    pytest.importorskip("ray")
+    import nightact.data.prepare as dataset
+
+    src = tmp_path / "src"
+    _make_source(src, per_class=4)
+    good = (src / "boxing" / "clip_00.mp4").read_bytes()
+    (src / "boxing" / "text.mp4").write_text("definitely not a video\n")
+    (src / "boxing" / "cut.mp4").write_bytes(good[: len(good) // 3])
+    write_truncated_mp4(src / "boxing" / "truncated.mp4", count=49)
+    plain = tmp_path / "plain"
+    prepare(_config(src, plain, workers=2))
+
+    real_prepare_one = dataset._prepare_one
+    calls = []
+
+    def interrupted_after_four(job):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(job.path)
+        return real_prepare_one(job)
+
+    out = tmp_path / "ray"
+    monkeypatch.setattr(dataset, "_prepare_one", interrupted_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(_config(src, out))
+    monkeypatch.setattr(dataset, "_prepare_one", real_prepare_one)
+    # Back in the command line's hands: its own Ray instance, of 2 CPUs.
+    assert main(["prepare", str(src), str(out), "--frames", "4", "--size", "16x24",
+                 "--ray", "--workers", "2"]) == 0  # fmt: skip
+    rows = {row["path"]: row for row in read_manifest(out)}
+    assert [rows[path]["status"] for path in ("boxing/text.mp4", "boxing/cut.mp4")] == [
+        "failed",
+        "failed",
+    ]
+    assert rows["boxing/truncated.mp4"]["status"] == "truncated"
+    names = ("train.npy", "val.npy", "test.npy", "train_labels.npy", "manifest.csv")
+    for name in (*names, "store.json", "classes.json"):
+        assert (plain / name).read_bytes() == (out / name).read_bytes(), name
+    assert json.loads((out / "prepare_config.json").read_text())["ray"] == "local"

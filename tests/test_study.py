@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from nightact.cli import build_parser, main, study_config, train_config
-from nightact.study import TRAIN_SETTINGS, StudyConfig, train_command
+from nightact.study import (
+    TRAIN_SETTINGS,
+    RunJob,
+    RunKilled,
+    StudyConfig,
+    study,
+    train_command,
+    train_run,
+)
 from nightact.training.train import TrainConfig
 
 
@@ -91,6 +106,83 @@ def test_bad_grids_are_refused():
         StudyConfig(data="s", out="o", parallel=2, devices=2, gpus=(0, 1))
     with pytest.raises(ValueError, match="train settings seed cannot be set"):
         StudyConfig(data="s", out="o", train={"seed": 3})
+    with pytest.raises(ValueError, match="on Ray each run asks for `devices` GPUs"):
+        StudyConfig(data="s", out="o", ray="auto", gpus=(0, 1))
+    with pytest.raises(ValueError, match="cpus_per_run must be positive"):
+        StudyConfig(data="s", out="o", ray="auto", cpus_per_run=0)
+
+
+def test_a_run_task_logs_and_tells_an_error_from_a_kill(tmp_path):
+    log_path = tmp_path / "run.log"
+    failing = [sys.executable, "-c", "print('training...'); raise SystemExit(3)"]
+    with pytest.raises(RuntimeError, match="exit 3"):
+        train_run(RunJob("gru-seed0", failing, str(log_path)))
+    killed = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    # Killed (by the OOM killer, say): an error Ray is asked to try again, unlike an exit.
+    with pytest.raises(RunKilled, match="killed by signal 9"):
+        train_run(RunJob("gru-seed0", killed, str(log_path)))
+    finishing = [sys.executable, "-c", "print('done')"]
+    assert train_run(RunJob("gru-seed0", finishing, str(log_path))) > 0
+    assert log_path.read_text().splitlines() == ["training...", "done"]
+
+
+# Starts a run task whose run sleeps, then waits to be killed.
+RUN_TASK = """
+import sys
+from nightact.study import RunJob, train_run
+sleeper = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"]
+train_run(RunJob("gru-seed0", sleeper, sys.argv[1]))
+"""
+
+
+def test_a_run_ends_with_the_task_that_started_it(tmp_path):
+    # Ray kills a task's worker when the task is cancelled or its driver is gone; a run left
+    # training would hold its folder against the study started again.
+    log_path = tmp_path / "run.log"
+    task = subprocess.Popen([sys.executable, "-c", RUN_TASK, str(log_path)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _text(log_path).strip():
+        time.sleep(0.05)
+    run = int(_text(log_path))
+    task.send_signal(signal.SIGKILL)
+    task.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(run):
+        time.sleep(0.05)
+    assert not _alive(run)
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead, waiting for its (new) parent to read its status.
+    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_study_on_ray_reports_each_failed_run_with_its_log(tmp_path, caplog):
+    # Every run fails at once (no store there), on a real local Ray instance: each is tried,
+    # each reported with the end of its log, and no report is written.
+    pytest.importorskip("ray")
+    config = StudyConfig(
+        data=tmp_path / "absent", out=tmp_path / "study", models=("gru", "lstm"), ray="local"
+    )
+    with caplog.at_level(logging.ERROR, logger="nightact.study"):
+        with pytest.raises(ValueError, match=r"2 run\(s\) failed: gru-seed0, lstm-seed0"):
+            study(config)
+    messages = sorted(record.getMessage() for record in caplog.records)
+    assert len(messages) == 2
+    for name, message in zip(("gru-seed0", "lstm-seed0"), messages, strict=True):
+        assert message.startswith(f"{name} failed (exit 2); the end of ")
+        assert "not a prepared store (no store.json)" in message
+        log_text = (tmp_path / "study" / "logs" / f"{name}.log").read_text()
+        assert "not a prepared store (no store.json)" in log_text
+    assert not (tmp_path / "study" / "report").exists()
 
 
 @pytest.mark.slow
@@ -112,3 +204,85 @@ def test_a_study_trains_every_run_resumes_and_reports(tmp_path, synthetic_store,
     assert main(arguments) == 0
     assert (out / "runs" / "gru-seed0" / "result.json").stat().st_mtime_ns == before
     assert "already finished" in (out / "logs" / "gru-seed0.log").read_text()
+
+
+def _trained(study_folder: Path) -> dict:
+    """What a study's runs learned and its report says, less timings, paths and host names."""
+    runs = {}
+    for run in sorted((study_folder / "runs").iterdir()):
+        with open(run / "history.csv", newline="") as handle:
+            history = [
+                {key: value for key, value in row.items() if key != "seconds"}
+                for row in csv.DictReader(handle)
+            ]
+        # TensorBoard's event files are named after the host and process.
+        listing = sorted(
+            str(path.relative_to(run)) for path in run.rglob("*") if "tensorboard" not in path.parts
+        )
+        runs[run.name] = (history, listing)
+    report = json.loads((study_folder / "report" / "report.json").read_text())
+    learned = {
+        entry["model"]: {
+            name: entry["values"][name] for name in ("accuracy", "macro_f1", "parameters")
+        }
+        for entry in report["models"]
+    }
+    files = sorted(path.name for path in (study_folder / "report").iterdir())
+    return {"runs": runs, "report": learned, "report_files": files}
+
+
+@pytest.mark.slow
+def test_a_study_on_ray_trains_the_same_runs_and_report_as_one_without(tmp_path, synthetic_store):
+    arguments = ["study", "--data", str(synthetic_store), "--models", "gru,simple_rnn"]
+    arguments += ["--seeds", "0,1", "--epochs", "1", "--batch-size", "8"]
+    assert main([*arguments, "--out", str(tmp_path / "here")]) == 0
+    assert main([*arguments, "--out", str(tmp_path / "ray"), "--ray"]) == 0
+    here, on_ray = _trained(tmp_path / "here"), _trained(tmp_path / "ray")
+    assert sorted(on_ray["runs"]) == [
+        "gru-seed0",
+        "gru-seed1",
+        "simple_rnn-seed0",
+        "simple_rnn-seed1",
+    ]
+    assert on_ray == here
+
+
+@pytest.mark.slow
+def test_a_study_on_ray_survives_a_worker_killed_mid_run(tmp_path, synthetic_store):
+    # The Ray worker running a run is killed while the run trains (as when its node is lost):
+    # Ray runs the task again, the run resumes from its last finished epoch, the study ends
+    # with every run finished and its report, and the killed run's process is gone too.
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "nightact.cli", "study", "--data", str(synthetic_store)]
+    command += ["--out", str(out), "--models", "gru", "--seeds", "0,1", "--epochs", "4"]
+    command += ["--batch-size", "8", "--ray", "--workers", "1"]
+    study_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    backups = out / "runs" / "gru-seed0" / "backup"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(backups.glob("epoch-*")):
+        time.sleep(0.1)
+    assert list(backups.glob("epoch-*")), "the run never finished an epoch"
+    run = _training_process(out / "runs" / "gru-seed0")
+    worker = int(Path(f"/proc/{run}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(worker, signal.SIGKILL)
+    output, _ = study_process.communicate(timeout=600)
+    assert study_process.returncode == 0, output.decode()
+    assert not _alive(run)
+    for seed in (0, 1):
+        result = json.loads((out / "runs" / f"gru-seed{seed}" / "result.json").read_text())
+        assert result["epochs_completed"] == 4
+    log_text = (out / "logs" / "gru-seed0.log").read_text()
+    assert "resuming" in log_text and "epochs finished)" in log_text, log_text
+    assert (out / "report" / "report.html").exists()
+
+
+def _training_process(run: Path) -> int:
+    """The pid of the `nightact train` process writing into ``run``."""
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            arguments = status.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"train" in arguments and str(run).encode() in arguments:
+            return int(status.parent.name)
+    raise AssertionError(f"no training process for {run}")

@@ -116,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a command interrupted by Ctrl-C keeps, and how to go on; the others write nothing until
+# they are done (atomic writes), so running them again is all there is.
+_RESUME_HINTS = {
+    "train": "; run it again with --resume to go on from its last finished epoch",
+    **{
+        command: "; run the same command again to go on where it stopped"
+        for command in ("synth", "download", "prepare", "embed", "study", "demo")
+    },
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Before any command imports Keras: the backends' start-up lines hide our own output
@@ -131,5 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nightact {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"nightact {args.command}: interrupted; run it again to resume", file=sys.stderr)
+        print(f"nightact {args.command}: interrupted{_RESUME_HINTS.get(args.command, '')}",
+              file=sys.stderr)  # fmt: skip
         return 130

@@ -13,12 +13,17 @@ __all__ = [
     "MODEL_NAMES",
     "NUM_CLASSES",
     "ORIGINAL_MS_PER_STEP",
+    "SYNTH_CONFIG_FILE",
     "VERSION",
     "model_key",
 ]
 
 # The package's version, written here only: pyproject.toml reads it (setuptools' dynamic attr).
 VERSION = "0.1.0"
+
+# What `nightact synth` writes beside the class folders: its settings. Not a video, and not a
+# stray file of the dataset either, so `prepare` passes over it without a word.
+SYNTH_CONFIG_FILE = "synth_config.json"
 
 # The six models, in the order tables, reports and the demo list them.
 MODEL_NAMES = ("simple_rnn", "lstm", "gru", "cnn_simple_rnn", "cnn_lstm", "cnn_gru")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nightact.core.names import SYNTH_CONFIG_FILE
 from nightact.core.store import MANIFEST_COLUMNS, SPLIT_NAMES
 from nightact.core.videos import VIDEO_EXTENSIONS, visible_files
 
@@ -52,7 +53,8 @@ def index_videos(
             continue
         relative = child.relative_to(src).as_posix()
         if child.is_file():
-            ignored.append(_ignored_row(relative, "file outside any class folder"))
+            if child.name != SYNTH_CONFIG_FILE:
+                ignored.append(_ignored_row(relative, "file outside any class folder"))
             continue
         files = visible_files(child)
         videos = [path for path in files if path.suffix.lower() in extensions]

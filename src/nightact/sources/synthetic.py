@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nightact.core import files, runs, workers
-from nightact.core.names import CLASS_NAMES
+from nightact.core.names import CLASS_NAMES, SYNTH_CONFIG_FILE
 from nightact.core.videos import write_video
 from nightact.sources.render import VideoPlan, render_frames
 
@@ -73,7 +73,7 @@ _SIZE_WEIGHTS = np.array([2, 2, 2, 2, 2, 2, 1, 1, 0.5]) / 14.5
 # Frames per second, with the NTSC rates (24000/1001, 30000/1001) that real phones record.
 FRAME_RATES = (15.0, 20.0, 24000 / 1001, 24.0, 25.0, 30000 / 1001, 30.0)
 
-CONFIG_NAME = "synth_config.json"
+CONFIG_NAME = SYNTH_CONFIG_FILE
 # Settings that change a video's content: a folder written with other values cannot be resumed.
 _CONTENT_SETTINGS = ("seed", "min_seconds", "max_seconds", "size")
 _PARTIAL_PREFIX = ".partial-"
