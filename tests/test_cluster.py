@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +96,61 @@ def test_connect_inside_a_connection_leaves_it_open(local_ray):
         assert cluster.cluster_cpus() == 2
     assert ray.is_initialized()
     assert cluster.cluster_gpus() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def two_nodes(monkeypatch):
+    """A cluster of two raylets on this machine, started as a lab starts one: `ray start`."""
+    ray_command = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    address = f"127.0.0.1:{_free_port()}"
+    tests = str(Path(__file__).resolve().parent)
+    # On loopback only, for the test's lifetime: no token to hand around.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    )
+    starts = [
+        (
+            "head",
+            ["start", "--head", "--port", address.split(":")[1], "--include-dashboard", "false"],
+        ),
+        ("second", ["start", "--address", address]),
+    ]
+    try:
+        for name, arguments in starts:
+            environment = {**os.environ, "NIGHTACT_TEST_NODE": name}
+            subprocess.run(
+                [ray_command, *arguments, "--num-cpus", "1", "--disable-usage-stats"],
+                env=environment, check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+        yield address
+    finally:
+        subprocess.run([ray_command, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_jobs_and_a_prepare_spread_over_two_nodes(two_nodes, tmp_path):
+    with cluster.connect(two_nodes):
+        assert cluster.cluster_cpus() == 2
+        nodes = [item.value for item in cluster.map_unordered(cluster_jobs.node_name, range(8))]
+    assert sorted(set(nodes)) == ["head", "second"]
+
+    from nightact.cli import main
+    from nightact.sources.synthetic import SynthConfig, write_synthetic_dataset
+
+    videos = tmp_path / "videos"
+    write_synthetic_dataset(
+        SynthConfig(videos, videos_per_class=2, min_seconds=1, max_seconds=2, size=(96, 128))
+    )
+    settings = ["--frames", "6", "--size", "48x64", "--no-leakage-check"]
+    assert main(["prepare", str(videos), str(tmp_path / "plain"), *settings]) == 0
+    on_ray = ["prepare", str(videos), str(tmp_path / "ray"), *settings, "--ray", two_nodes]
+    assert main(on_ray) == 0
+    for name in ("train.npy", "val.npy", "test.npy", "train_labels.npy", "manifest.csv"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()

@@ -6,7 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-__all__ = ["Flaky", "die_once", "fail_on_three", "flaky_once", "square"]
+__all__ = ["Flaky", "die_once", "fail_on_three", "flaky_once", "node_name", "square"]
 
 
 def square(number: int) -> int:
@@ -40,3 +40,11 @@ def flaky_once(marker: str) -> str:
     if path.read_text(encoding="utf-8").count("attempt") == 1:
         raise Flaky("first attempt fails")
     return "second attempt"
+
+
+def node_name(_) -> str:
+    """The NIGHTACT_TEST_NODE of the raylet this task ran under (a worker inherits its env)."""
+    import time
+
+    time.sleep(0.3)  # long enough that one node cannot take every task
+    return os.environ.get("NIGHTACT_TEST_NODE", "")
