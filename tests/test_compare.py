@@ -405,7 +405,12 @@ addEventListener("load", () => {
     natural: image.naturalWidth,
     rendered: image.getBoundingClientRect().width,
   }));
-  const measured = {window: innerWidth, text: document.body.innerText, figures};
+  const table = document.querySelector("table").getBoundingClientRect();
+  const measured = {
+    window: innerWidth, text: document.body.innerText, figures,
+    table: {left: table.left, right: table.right},
+    page: document.documentElement.scrollWidth,
+  };
   document.body.dataset.measured = encodeURIComponent(JSON.stringify(measured));
 });
 </script>
@@ -468,6 +473,8 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     assert found, "the measuring script did not run"
     measured = json.loads(urllib.parse.unquote(html.unescape(found.group(1))))
     assert measured["window"] == 1400
+    # The results table fits the window: nothing to scroll sideways for.
+    assert measured["table"]["right"] <= 1400 and measured["page"] <= 1400, measured["table"]
 
     # The confusion matrices' smallest text, as the browser shows it: its size in the PNG (points
     # at the dpi the PNG records) times the scale at which the page draws the picture.

@@ -585,10 +585,12 @@ def render_html(rows: list[dict], context: dict, images: dict[str, bytes], secti
 <style>
 body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
        max-width: 1300px; padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 0.35em 0.7em; text-align: right; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.35em 0.55em; text-align: right; }}
 td {{ white-space: nowrap; }}
-th {{ background: #f0f3f7; }}
+/* Eleven columns: the headings wrap, so the table fits a laptop's window. */
+th {{ background: #f0f3f7; vertical-align: bottom; max-width: 6.5em; }}
+.table-frame {{ overflow-x: auto; }}
 td:first-child, th:first-child {{ text-align: left; }}
 img {{ max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }}
 .note {{ color: #555; font-size: 0.9em; }}
@@ -599,12 +601,14 @@ code {{ font-size: 0.9em; }}
 <h1>nightact: model comparison</h1>
 {context_html}
 <h2>Test-split results</h2>
+<div class="table-frame">
 <table>
 <thead><tr>{head}</tr></thead>
 <tbody>
 {body}
 </tbody>
 </table>
+</div>
 <p class="note">{escape(_TABLE_NOTE)}</p>
 {chr(10).join(blocks)}
 <h2>Which differences are real</h2>
