@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,6 +164,19 @@ def _alive(pid: int) -> bool:
         return False
     # A zombie is dead, waiting for its (new) parent to read its status.
     return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_study_on_a_cluster_nobody_runs_is_refused_in_one_line_before_writing(tmp_path, capsys):
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    out = tmp_path / "study"
+    assert main(["study", "--data", str(tmp_path), "--out", str(out), "--ray", address]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"nightact study: error: --ray {address}: nothing answers there (Connection refused)"
+    ]
+    assert not out.exists()
 
 
 def test_a_study_on_ray_reports_each_failed_run_with_its_log(tmp_path, caplog):

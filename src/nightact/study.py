@@ -27,6 +27,7 @@ Keras-free: the runs import it in their own processes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -191,21 +192,20 @@ def study(config: StudyConfig) -> Path:
     report is then not written; run the study again to retry them).
     """
     out = Path(config.out)
-    if config.ray is not None:
-        cluster.require_ray()  # before anything is written
-    saved = out / "study.json"
-    if saved.exists():
-        before = json.loads(saved.read_text(encoding="utf-8"))
-        if Path(before["data"]).resolve() != Path(config.data).resolve():
-            raise ValueError(f"{out}: the study was started on {before['data']}, not {config.data}")
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    files.write_text_atomic(saved, json.dumps(dataclasses.asdict(config), indent=2))
-
-    cells = [(model, seed) for model in config.models for seed in config.seeds]
-    if config.ray is not None:
-        failures = _train_on_ray(config, cells)
-    else:
-        failures = _train_here(config, cells)
+    # On Ray, connected (or told why not) before anything is written.
+    on_ray = config.ray is not None
+    with cluster.connect(config.ray) if on_ray else contextlib.nullcontext():
+        saved = out / "study.json"
+        if saved.exists():
+            before = json.loads(saved.read_text(encoding="utf-8"))
+            if Path(before["data"]).resolve() != Path(config.data).resolve():
+                raise ValueError(
+                    f"{out}: the study was started on {before['data']}, not {config.data}"
+                )
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        files.write_text_atomic(saved, json.dumps(dataclasses.asdict(config), indent=2))
+        cells = [(model, seed) for model in config.models for seed in config.seeds]
+        failures = _train_on_ray(config, cells) if on_ray else _train_here(config, cells)
     if failures:
         raise ValueError(
             f"{out}: {len(failures)} run(s) failed: {', '.join(sorted(failures))} "
@@ -315,7 +315,7 @@ def _train_on_ray(config: StudyConfig, cells: list[tuple[str, int]]) -> list[str
         for model, seed in cells
     ]
     failures = []
-    with cluster.connect(config.ray):
+    with cluster.connect(config.ray):  # connected already by study(): nothing to do
         gpus = (config.devices or 1) if cluster.cluster_gpus() else 0
         log.info(
             "%d runs on Ray, %g CPU(s) and %d GPU(s) each (logs in %s)",

@@ -32,6 +32,7 @@ from nightact.cli.scoring import compare_config, evaluate_config, robustness_con
 from nightact.cli.serve import export_config, predict_config, timeline_config
 from nightact.cli.sources import download_config, synth_config
 from nightact.cli.training import demo_config, study_config, train_config
+from nightact.core.cluster import ClusterUnreachable
 from nightact.core.extras import MissingPackageError
 from nightact.core.files import DiskFullError, DiskSpaceError
 from nightact.core.locks import FolderLockedError
@@ -83,6 +84,7 @@ COMMANDS = (
 # Errors the user can fix: one clear line and exit status 2, not a traceback.
 USER_ERRORS = (
     ValueError,
+    ClusterUnreachable,
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,

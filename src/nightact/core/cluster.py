@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ from nightact.core import extras
 
 __all__ = [
     "LOCAL",
+    "ClusterUnreachable",
     "Finished",
     "cluster_cpus",
     "cluster_gpus",
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 
 # The address that starts a new instance here: Ray's own spelling.
 LOCAL = "local"
+
+
+class ClusterUnreachable(ConnectionError):
+    """No Ray cluster at the address given (none running, a wrong address, no token)."""
 
 
 def require_ray():
@@ -60,21 +66,39 @@ def connect(address: str | None = LOCAL, cpus: int | None = None) -> Iterator[No
         yield
         return
     local = address in (None, LOCAL)
-    with _quiet_start():
-        ray.init(
-            address=LOCAL if local else address,
-            num_cpus=cpus if local else None,
-            include_dashboard=False,
-            # The tasks' own output stays in the cluster's logs (`ray logs`); nightact reports
-            # what each job returns, and a study keeps each run's log in its own folder.
-            log_to_driver=False,
-            configure_logging=False,
-        )
+    if not local:
+        _check_reachable(address)
+    try:
+        with _quiet_start():
+            ray.init(
+                address=LOCAL if local else address,
+                num_cpus=cpus if local else None,
+                include_dashboard=False,
+                # The tasks' own output stays in the cluster's logs (`ray logs`); nightact
+                # reports what each job returns, and a study keeps each run's log in its folder.
+                log_to_driver=False,
+                configure_logging=False,
+            )
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise ClusterUnreachable(f"--ray {address or LOCAL}: {first_line}") from error
     log.info("Ray: %s, %d CPUs, %d GPUs", address or LOCAL, cluster_cpus(), cluster_gpus())
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, seconds: float = 10) -> None:
+    """Refuse a HOST:PORT that nothing answers on, at once: Ray would retry it for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray itself will judge
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ClusterUnreachable(f"--ray {address}: nothing answers there ({reason})") from error
 
 
 @contextlib.contextmanager

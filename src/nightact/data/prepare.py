@@ -20,6 +20,7 @@ the arrays are compacted (rows of skipped files removed) and moved into place wi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -233,16 +234,17 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareSummary:
     the clips done so far stay in ``STORE/.partial`` and the same command resumes from them.
     """
     started = time.perf_counter()
-    if config.ray is not None:
-        cluster.require_ray()  # before anything is written
     class_names, entries, ignored = index_videos(config.src, config.extensions)
     if not entries:
         raise ValueError(
             f"{config.src}: no videos found; expected SRC/<class name>/*"
             f"{{{','.join(config.extensions)}}}"
         )
-    with folder_lock(config.out):
-        return _prepare(config, overwrite, started, class_names, entries, ignored)
+    # On Ray, connected (or told why not) before anything is written.
+    on_ray = config.ray is not None
+    with cluster.connect(config.ray, cpus=config.workers) if on_ray else contextlib.nullcontext():
+        with folder_lock(config.out):
+            return _prepare(config, overwrite, started, class_names, entries, ignored)
 
 
 def _prepare(
@@ -445,7 +447,7 @@ def _results(config: PrepareConfig, jobs: list, count: int) -> Iterator[dict]:
     if config.ray is None:
         yield from workers.map_unordered(_prepare_one, jobs, count)
         return
-    with cluster.connect(config.ray, cpus=config.workers):
+    with cluster.connect(config.ray, cpus=config.workers):  # connected already by prepare()
         for finished in cluster.map_unordered(_decode_one, jobs):
             if finished.error is not None:
                 raise finished.error
