@@ -32,6 +32,8 @@ from pathlib import Path
 
 import common
 
+# What `python benchmarks/figures.py --quick` runs this with.
+QUICK_ARGS = ["--smoke"]
 NIGHTACT = [sys.executable, "-m", "nightact.cli"]
 STARTUP = (
     "from nightact.core import cluster\n"
