@@ -1,13 +1,14 @@
 """Optional packages: imported where a feature needs them, refused in one line naming the extra.
 
-nightact's core install runs every command but three paths, which need packages from the extras
+nightact's core install runs every command but four paths, which need packages from the extras
 in ``pyproject.toml``::
 
     predict / timeline --engine onnx   onnxruntime                 nightact[onnx]
     export --format onnx               tf2onnx, onnx, onnxruntime  nightact[export]
     timeline --annotate                Pillow                      (matplotlib's own dependency)
+    study / prepare --ray              ray                         nightact[ray]
 
-``make demo`` installs the ``export`` extra, which holds all of them. Where one is missing,
+``make demo`` installs the ``export`` extra, which holds the first three. Where one is missing,
 :func:`require` raises :class:`MissingPackageError`, an ``ImportError`` whose message is one line
 that says what to install; the command line prints it with exit status 2, never a traceback.
 """
