@@ -278,7 +278,7 @@ def train_run(job: RunJob) -> float:
             [sys.executable, *job.command[1:]],
             stdout=handle,
             stderr=subprocess.STDOUT,
-            preexec_fn=_end_with_parent,
+            preexec_fn=_end_with_parent(),
         )
     if finished.returncode < 0:
         raise RunKilled(f"{job.name}: killed by signal {-finished.returncode}")
@@ -287,18 +287,24 @@ def train_run(job: RunJob) -> float:
     return time.perf_counter() - started
 
 
-def _end_with_parent() -> None:
-    """In the run's process: die with the Ray worker that started it (Linux).
+def _end_with_parent():
+    """A call for the run's process to make before it runs: die with the Ray worker that
+    started it (Linux; elsewhere None: no call).
 
     A worker that Ray kills (its task cancelled, its driver gone) would otherwise leave the run
-    training on, and a study started again would find that run's folder taken.
+    training on, and a study started again would find that run's folder taken. The C function is
+    looked up here, before the fork: the child, a copy of a process with many threads, only calls
+    it (a lookup there could wait forever on a lock some other thread held at the fork).
     """
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import functools
+    import signal
 
-        set_parent_death_signal = 1  # prctl's PR_SET_PDEATHSIG
-        ctypes.CDLL(None).prctl(set_parent_death_signal, signal.SIGKILL)
+    set_parent_death_signal = 1  # prctl's PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return functools.partial(prctl, set_parent_death_signal, signal.SIGKILL)
 
 
 def _train_on_ray(config: StudyConfig, cells: list[tuple[str, int]]) -> list[str]:
