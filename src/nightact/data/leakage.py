@@ -71,6 +71,8 @@ from nightact.core import files
 from nightact.core.store import SPLIT_NAMES, open_split, read_manifest
 
 __all__ = [
+    "CROP_FLOOR",
+    "CROP_SEARCH",
     "CROPS",
     "CSV_COLUMNS",
     "CSV_NAME",
@@ -128,6 +130,11 @@ VERIFY_FLOOR = 0.6  # content score from which a pair is compared with crops and
 WARP_PENALTY = 0.05  # content lost per unit of |offset| + |log scale| of a trim alignment
 SHARED_NOISE = 0.1  # noise score (above chance) from which two clips hold the same frames
 NOISE_DISCOUNT = 0.4  # share of (1 - content) left for pairs with the same frames
+CROP_FLOOR = 0.8  # content (without light) from which a pair's noise is searched under crops
+CROP_SEARCH = 0.15  # the largest share of each border that the crop search cuts
+_CROP_COARSE = (0.0, 0.05, 0.1, 0.15)  # borders of the crop search's first, coarse grid
+_CROP_STEPS = (0.025, 0.0125, 0.006, 0.003)  # its refinement on the still pictures
+_NOISE_STEPS = (0.008, 0.004, 0.002)  # ... and then on the noise
 STILL_ENERGY = 0.12  # motion energy below which a clip's detail is its still picture
 STILL_SLACK = 0.08  # detail + slack caps the similarity of a still pair of one shape
 MOVING_SLACK = 0.15  # ... and of a moving pair of one shape
@@ -624,12 +631,20 @@ class _Fine:
     side: int  # cells per side
 
 
-def _fine_views(signature: Signature, mirror: bool) -> _Fine:
+def _standard_cells(signature: Signature, mirror: bool) -> np.ndarray:
+    """The fine cells in log, standardised over the clip (frames, side, side), mirrored or not."""
     cells = np.log1p(np.maximum(signature.fine.astype(np.float32), 0))
     # The log makes a gain an offset and a gamma a factor; standardising removes both.
     cells = (cells - cells.mean()) / max(float(cells.std()), 1e-6)
-    if mirror:
-        cells = cells[..., ::-1]
+    return cells[..., ::-1] if mirror else cells
+
+
+def _fine_views(signature: Signature, mirror: bool) -> _Fine:
+    return _views_of_cells(_standard_cells(signature, mirror))
+
+
+def _views_of_cells(cells: np.ndarray) -> _Fine:
+    """Detail, still picture, noise and quiet cells of standardised fine cells."""
     frames, side = cells.shape[0], cells.shape[-1]
     detail = cells - _blur_cells(cells, _DETAIL_BLURS)
     median = np.median(cells, axis=0)
@@ -708,6 +723,91 @@ def _same_shape(a: Signature, b: Signature) -> bool:
     return difference <= 1.0 / min(a.size[0], b.size[0]) + 1.0 / min(a.size[1], b.size[1])
 
 
+# --- verifying a cropped pair: find the crop, then the same frames? -----------------------------
+
+
+def _crop_of(cells: np.ndarray, crop: tuple[float, float, float, float]) -> np.ndarray:
+    """The part of (..., side, side) cells left by ``crop`` (top, bottom, left, right), resampled
+    to side x side cells."""
+    side = cells.shape[-1]
+    rows = _resampling(side, side, crop[0], crop[1])
+    columns = _resampling(side, side, crop[2], crop[3])
+    return rows @ cells @ columns.T
+
+
+def _picture_correlations(pictures: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Correlation of each of (..., side, side) pictures with one target picture."""
+    pictures = pictures - pictures.mean(axis=(-1, -2), keepdims=True)
+    target = target - target.mean()
+    numerator = (pictures * target).sum(axis=(-1, -2))
+    norms = np.sqrt((pictures**2).sum(axis=(-1, -2)) * float((target**2).sum()))
+    return numerator / np.maximum(norms, 1e-12)
+
+
+def _still_alignment(big: np.ndarray, small: np.ndarray) -> tuple[float, list[float]]:
+    """The crop of the still picture ``big`` that best matches ``small``: every crop of a coarse
+    grid, then each border moved in ever smaller steps while that improves the match."""
+    side = big.shape[-1]
+    borders = [(start, end) for start in _CROP_COARSE for end in _CROP_COARSE]
+    rows = np.stack([_resampling(side, side, start, end) for start, end in borders])
+    pictures = (rows @ big)[:, None] @ rows.transpose(0, 2, 1)[None, :]
+    scores = _picture_correlations(pictures, small)
+    row, column = np.unravel_index(int(scores.argmax()), scores.shape)
+    crop = [*borders[row], *borders[column]]
+    best = float(scores[row, column])
+    for step in _CROP_STEPS:
+        moves = [(k, sign * step) for k in range(4) for sign in (-1, 1)]
+        tried = [_moved(crop, k, move) for k, move in moves]
+        scores = _picture_correlations(
+            np.stack([_crop_of(big, candidate) for candidate in tried]), small
+        )
+        if scores.max() > best:
+            best, crop = float(scores.max()), tried[int(scores.argmax())]
+    return best, crop
+
+
+def _moved(crop: list[float], border: int, move: float) -> list[float]:
+    moved = list(crop)
+    moved[border] = min(max(moved[border] + move, 0.0), CROP_SEARCH)
+    return moved
+
+
+def _cropped_noise(a: Signature, b: Signature) -> float:
+    """Shared noise of two clips, one a crop of the other (either way round, either mirrored).
+
+    A crop keeps the recording's frames, and so their noise, only shifted and rescaled. The crop
+    is found on the still pictures (the temporal medians), then refined on the noise itself:
+    noise matches only where cells cover the same pixels, to a fraction of a cell. The score is
+    _shared_noise's at the crop found, chance subtracted.
+    """
+    found = []
+    for mirror in (False, True):
+        first, second = _standard_cells(a, False), _standard_cells(b, mirror)
+        medians = np.median(first, axis=0), np.median(second, axis=0)
+        for big, small, order in ((0, 1, (first, second)), (1, 0, (second, first))):
+            score, crop = _still_alignment(medians[big], medians[small])
+            found.append((score, crop, order))
+    _, crop, (big, small) = max(found, key=lambda candidate: candidate[0])
+    target = _views_of_cells(small)
+
+    def match(candidate: list[float]) -> float:
+        cropped = _views_of_cells(_crop_of(big, candidate))
+        return _best_frames(cropped.noise, cropped.quiet, target.noise, target.quiet)
+
+    best = match(crop)
+    for step in _NOISE_STEPS:
+        improved = True
+        while improved:
+            improved = False
+            for border in range(4):
+                for move in (-step, step):
+                    candidate = _moved(crop, border, move)
+                    score = match(candidate)
+                    if score > best + 1e-6:
+                        best, crop, improved = score, candidate, True
+    return _shared_noise(_views_of_cells(_crop_of(big, crop)), target)
+
+
 def _verify_batch(first, second, content, views) -> np.ndarray:
     """(pairs, 3): similarity, detail, noise; see verify_pairs."""
     plain = [views(s, False) for s in first]
@@ -720,12 +820,20 @@ def _verify_batch(first, second, content, views) -> np.ndarray:
         detail = max(stills) if still else float(moving[k])
         noise = max(_shared_noise(plain[k], both[m][k]) for m in (False, True))
         lit, unlit = content[k]
+        same_frames = 1.0 - (1.0 - unlit) * NOISE_DISCOUNT
         if noise >= SHARED_NOISE:
-            similarity = 1.0 - (1.0 - unlit) * NOISE_DISCOUNT
+            similarity = same_frames
         elif _same_shape(a, b):
             similarity = min(lit, detail + (STILL_SLACK if still else MOVING_SLACK))
         else:
             similarity = lit
+            if unlit >= CROP_FLOOR and lit < same_frames:
+                # A crop may relate them: once the crop is found, their noise may still show
+                # the same frames. (Not tried on pairs of one shape: searching crops there lets
+                # two takes of one dark scene match by chance, measured.)
+                cropped = _cropped_noise(a, b)
+                if cropped >= SHARED_NOISE:
+                    similarity, noise = same_frames, cropped
         out[k] = (similarity, detail, noise)
     return out
 
