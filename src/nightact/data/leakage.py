@@ -744,26 +744,56 @@ def _picture_correlations(pictures: np.ndarray, target: np.ndarray) -> np.ndarra
     return numerator / np.maximum(norms, 1e-12)
 
 
-def _still_alignment(big: np.ndarray, small: np.ndarray) -> tuple[float, list[float]]:
-    """The crop of the still picture ``big`` that best matches ``small``: every crop of a coarse
-    grid, then each border moved in ever smaller steps while that improves the match."""
-    side = big.shape[-1]
-    borders = [(start, end) for start in _CROP_COARSE for end in _CROP_COARSE]
-    rows = np.stack([_resampling(side, side, start, end) for start, end in borders])
-    pictures = (rows @ big)[:, None] @ rows.transpose(0, 2, 1)[None, :]
-    scores = _picture_correlations(pictures, small)
-    row, column = np.unravel_index(int(scores.argmax()), scores.shape)
-    crop = [*borders[row], *borders[column]]
-    best = float(scores[row, column])
-    for step in _CROP_STEPS:
-        moves = [(k, sign * step) for k in range(4) for sign in (-1, 1)]
-        tried = [_moved(crop, k, move) for k, move in moves]
-        scores = _picture_correlations(
-            np.stack([_crop_of(big, candidate) for candidate in tried]), small
-        )
+def _still_alignment(
+    big: np.ndarray, small: np.ndarray, widening: float
+) -> tuple[float, list[float]]:
+    """The crop of the still picture ``big`` that best matches ``small``, and how well.
+
+    A crop is resized whole to fit the store, so its pixels keep their shape: the part of ``big``
+    it shows is ``widening`` times as wide (as a share of big's width) as it is high (as a share
+    of its height), and three borders decide the fourth. Every crop of a coarse grid is tried,
+    then each border moved in ever smaller steps while that improves the match.
+    """
+    grid = [
+        [top, bottom, left]
+        for top in _CROP_COARSE
+        for bottom in _CROP_COARSE
+        for left in np.arange(0.0, CROP_SEARCH + 1e-9, _CROP_STEPS[0]).tolist()
+    ]
+    best, crop = -2.0, None
+    for start in range(0, len(grid), 64):
+        borders = [_fourth_border(three, widening) for three in grid[start : start + 64]]
+        borders = [candidate for candidate in borders if candidate is not None]
+        if not borders:
+            continue
+        scores = _picture_correlations(np.stack([_crop_of(big, c) for c in borders]), small)
         if scores.max() > best:
+            best, crop = float(scores.max()), borders[int(scores.argmax())]
+    if crop is None:
+        return -2.0, [0.0, 0.0, 0.0, 0.0]
+    for step in _CROP_STEPS:
+        for _ in range(4):
+            tried = [
+                _fourth_border(_moved(crop, border, sign * step)[:3], widening)
+                for border in range(3)
+                for sign in (-1, 1)
+            ]
+            tried = [candidate for candidate in tried if candidate is not None]
+            scores = _picture_correlations(np.stack([_crop_of(big, c) for c in tried]), small)
+            if scores.max() <= best:
+                break
             best, crop = float(scores.max()), tried[int(scores.argmax())]
     return best, crop
+
+
+def _fourth_border(three: list[float], widening: float) -> list[float] | None:
+    """(top, bottom, left, right) of the crop whose width is ``widening`` times its height, or
+    None when its right border falls outside the search."""
+    top, bottom, left = three
+    right = 1.0 - left - (1.0 - top - bottom) * widening
+    if not -_CROP_STEPS[-1] <= right <= CROP_SEARCH:
+        return None
+    return [top, bottom, left, right]
 
 
 def _moved(crop: list[float], border: int, move: float) -> list[float]:
@@ -781,11 +811,16 @@ def _cropped_noise(a: Signature, b: Signature) -> float:
     _shared_noise's at the crop found, chance subtracted.
     """
     found = []
+    # The share of the bigger picture's width a crop of it shows, per share of its height.
+    widening = (a.size[0] / max(a.size[1], 1)) * (b.size[1] / max(b.size[0], 1))
     for mirror in (False, True):
         first, second = _standard_cells(a, False), _standard_cells(b, mirror)
         medians = np.median(first, axis=0), np.median(second, axis=0)
-        for big, small, order in ((0, 1, (first, second)), (1, 0, (second, first))):
-            score, crop = _still_alignment(medians[big], medians[small])
+        for big, small, order, ratio in (
+            (0, 1, (first, second), widening),
+            (1, 0, (second, first), 1 / widening),
+        ):
+            score, crop = _still_alignment(medians[big], medians[small], ratio)
             found.append((score, crop, order))
     _, crop, (big, small) = max(found, key=lambda candidate: candidate[0])
     target = _views_of_cells(small)
