@@ -44,7 +44,9 @@ chance of what changes from frame to frame); such a pair keeps only NOISE_DISCOU
 from a perfect match. Re-encoding wipes that noise out; without it, two clips of one shape (no
 crop relates them) must also agree in fine *detail*, at 48x48 cells with the smooth light removed:
 still clips in their temporal median, moving ones frame by frame. Different recordings differ
-there by a few percent of position, size or pose; copies do not.
+there by a few percent of position, size or pose; copies do not. Clips of different shapes may be
+crops of each other (``_cropped_noise``): the crop is found on their still pictures (keeping the
+crop's pixel shape) and refined on their noise, and a crop keeps the frames' noise, shifted.
 
 A store of thousands of clips has millions of pairs: each clip is compared in full only with its
 ``candidates`` nearest neighbours by a cheap, mirror- and trim-invariant summary (the time-mean of
@@ -885,8 +887,9 @@ def verify_pairs(
     agree in fine detail (48x48 cells, the smooth light removed): still clips in their temporal
     median, where noise averages out, moving ones frame by frame. Different recordings of one
     action, even in one scene, differ there by a few percent of position or size; copies do
-    not. Clips of different shapes may be crops of each other, which shifts detail: their content
-    decides.
+    not. Clips of different shapes may be crops of each other, which shifts detail: when their
+    content (without light) reaches CROP_FLOOR, the crop relating them is searched and their
+    noise compared there; without shared noise their content decides.
     """
     cache: dict[tuple[int, bool], _Fine] = {}
 
