@@ -46,7 +46,8 @@ crop relates them) must also agree in fine *detail*, at 48x48 cells with the smo
 still clips in their temporal median, moving ones frame by frame. Different recordings differ
 there by a few percent of position, size or pose; copies do not. Clips of different shapes may be
 crops of each other (``_cropped_noise``): the crop is found on their still pictures (keeping the
-crop's pixel shape) and refined on their noise, and a crop keeps the frames' noise, shifted.
+crop's pixel shape) and refined on their noise, and a crop keeps the frames' noise, shifted. So may
+clips of one shape whose content is nearly equal but whose detail is not alike at all.
 
 A store of thousands of clips has millions of pairs: each clip is compared in full only with its
 ``candidates`` nearest neighbours by a cheap, mirror- and trim-invariant summary (the time-mean of
@@ -73,7 +74,9 @@ from nightact.core import files
 from nightact.core.store import SPLIT_NAMES, open_split, read_manifest
 
 __all__ = [
+    "CROP_DETAIL",
     "CROP_FLOOR",
+    "CROP_FLOOR_SAME_SHAPE",
     "CROP_SEARCH",
     "CROPS",
     "CSV_COLUMNS",
@@ -133,6 +136,8 @@ WARP_PENALTY = 0.05  # content lost per unit of |offset| + |log scale| of a trim
 SHARED_NOISE = 0.1  # noise score (above chance) from which two clips hold the same frames
 NOISE_DISCOUNT = 0.4  # share of (1 - content) left for pairs with the same frames
 CROP_FLOOR = 0.8  # content (without light) from which a pair's noise is searched under crops
+CROP_FLOOR_SAME_SHAPE = 0.9  # ... for a pair of one shape, whose detail must also differ:
+CROP_DETAIL = 0.25  # detail below which alike clips of one shape may be a crop of each other
 CROP_SEARCH = 0.15  # the largest share of each border that the crop search cuts
 _CROP_COARSE = (0.0, 0.05, 0.1, 0.15)  # borders of the crop search's first, coarse grid
 _CROP_STEPS = (0.025, 0.0125, 0.006, 0.003)  # its refinement on the still pictures
@@ -845,6 +850,20 @@ def _cropped_noise(a: Signature, b: Signature) -> float:
     return _shared_noise(_views_of_cells(_crop_of(big, crop)), target)
 
 
+def _may_be_crop(a: Signature, b: Signature, unlit: float, detail: float) -> bool:
+    """Whether a crop may relate two clips that share no noise as they are.
+
+    Clips of other shapes whose content is alike, CROP_FLOOR and up. A crop may also keep the
+    shape to a pixel: then content must be nearly equal (CROP_FLOOR_SAME_SHAPE) while fine detail
+    is not alike at all (below CROP_DETAIL), as when a crop shifts every cell. Searching crops for
+    every pair of one shape lets two takes of one dark scene match by chance (measured); takes
+    lie a few pixels apart and keep part of their detail.
+    """
+    if _same_shape(a, b):
+        return unlit >= CROP_FLOOR_SAME_SHAPE and detail < CROP_DETAIL
+    return unlit >= CROP_FLOOR
+
+
 def _verify_batch(first, second, content, views) -> np.ndarray:
     """(pairs, 3): similarity, detail, noise; see verify_pairs."""
     plain = [views(s, False) for s in first]
@@ -864,13 +883,11 @@ def _verify_batch(first, second, content, views) -> np.ndarray:
             similarity = min(lit, detail + (STILL_SLACK if still else MOVING_SLACK))
         else:
             similarity = lit
-            if unlit >= CROP_FLOOR and lit < same_frames:
-                # A crop may relate them: once the crop is found, their noise may still show
-                # the same frames. (Not tried on pairs of one shape: searching crops there lets
-                # two takes of one dark scene match by chance, measured.)
-                cropped = _cropped_noise(a, b)
-                if cropped >= SHARED_NOISE:
-                    similarity, noise = same_frames, cropped
+        if similarity < same_frames and _may_be_crop(a, b, unlit, detail):
+            # Once the crop is found, their noise may still show the same frames.
+            cropped = _cropped_noise(a, b)
+            if cropped >= SHARED_NOISE:
+                similarity, noise = same_frames, cropped
         out[k] = (similarity, detail, noise)
     return out
 
@@ -889,7 +906,8 @@ def verify_pairs(
     action, even in one scene, differ there by a few percent of position or size; copies do
     not. Clips of different shapes may be crops of each other, which shifts detail: when their
     content (without light) reaches CROP_FLOOR, the crop relating them is searched and their
-    noise compared there; without shared noise their content decides.
+    noise compared there; without shared noise their content decides. So are clips of one shape
+    whose content is nearly equal but whose detail is not alike at all (``_may_be_crop``).
     """
     cache: dict[tuple[int, bool], _Fine] = {}
 
