@@ -11,7 +11,7 @@ import pytest
 
 from nightact.cli import main
 from nightact.core.store import read_manifest
-from nightact.core.videos import write_video
+from nightact.core.videos import letterbox, write_video
 from nightact.data import leakage
 from nightact.data.groups import assign_grouped_splits, assign_groups
 from nightact.data.prepare import PrepareConfig, prepare
@@ -189,6 +189,43 @@ def test_verification_needs_the_same_frames_or_the_same_detail():
     assert shared[0] > leakage.SHARED_NOISE > shared[1]
     assert similarity[0] > 0.95
     assert detail[1] < detail[0] and similarity[1] < leakage.LeakageConfig("x").threshold
+
+
+def test_a_cropped_copy_is_verified_by_the_noise_its_frames_keep():
+    """A cropped copy of a dark, still clip has another shape and shifted detail: once the crop
+    is found, its noise shows the same frames. Another take of the scene, alike in content and
+    searched the same way, shares none."""
+    rng = np.random.default_rng(5)
+    rows, columns = np.mgrid[0:240, 0:320]
+    lamp = 10 * np.exp(-((rows - 40) ** 2 + (columns - 60) ** 2) / 6000.0)
+    scene = np.zeros((240, 320), dtype=np.float32)
+    for top, left in rng.integers(0, 200, size=(12, 2)):
+        scene[top : top + 30, left : left + 24] += 6  # dim furniture
+    figure = np.zeros((240, 320), dtype=np.float32)
+    figure[60:200, 140:170] = 20  # a dim standing figure
+
+    def clip(picture):
+        noise = rng.normal(0, 6, (10, 240, 320))
+        return np.clip(4 + lamp + scene + picture[None] + noise, 0, 255).astype(np.uint8)
+
+    original = clip(figure)
+    # 5 % off the top, 7.5 % off the bottom, 6 % left and 4 % right, resized to fit the store.
+    part = np.repeat(original[:, 12:222, 19:307, None], 3, axis=3)
+    copy = np.stack([letterbox(frame, 240, 320) for frame in part])
+    take = clip(np.roll(figure, 4, axis=1))  # another take: a few pixels off
+    signatures = [leakage.clip_signature(frames) for frames in (original, copy, take)]
+    assert signatures[1].size != signatures[0].size
+    clips = [("original.mp4", "train"), ("copy.mp4", "test"), ("take.mp4", "test")]
+    settings = dict(within=True, candidates=0, threshold=0.5)
+    report = leakage.find_near_duplicates(clips, signatures, leakage.LeakageConfig("x", **settings))
+    pairs = {(pair.path_a, pair.path_b): pair for pair in report.pairs}
+    threshold = leakage.LeakageConfig("x").threshold
+    copied = pairs["original.mp4", "copy.mp4"]
+    assert copied.noise >= leakage.SHARED_NOISE and copied.similarity >= threshold
+    other = pairs["copy.mp4", "take.mp4"]
+    # Alike enough in content for the crop search, but no frame of it is a frame of the copy.
+    assert other.appearance >= leakage.CROP_FLOOR
+    assert other.noise < leakage.SHARED_NOISE and other.similarity < threshold
 
 
 def test_demo_videos_are_not_copies_and_a_real_copy_still_warns(tmp_path, caplog):

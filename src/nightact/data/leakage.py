@@ -44,7 +44,10 @@ chance of what changes from frame to frame); such a pair keeps only NOISE_DISCOU
 from a perfect match. Re-encoding wipes that noise out; without it, two clips of one shape (no
 crop relates them) must also agree in fine *detail*, at 48x48 cells with the smooth light removed:
 still clips in their temporal median, moving ones frame by frame. Different recordings differ
-there by a few percent of position, size or pose; copies do not.
+there by a few percent of position, size or pose; copies do not. Clips of different shapes may be
+crops of each other (``_cropped_noise``): the crop is found on their still pictures (keeping the
+crop's pixel shape) and refined on their noise, and a crop keeps the frames' noise, shifted. So may
+clips of one shape whose content is nearly equal but whose detail is not alike at all.
 
 A store of thousands of clips has millions of pairs: each clip is compared in full only with its
 ``candidates`` nearest neighbours by a cheap, mirror- and trim-invariant summary (the time-mean of
@@ -71,6 +74,10 @@ from nightact.core import files
 from nightact.core.store import SPLIT_NAMES, open_split, read_manifest
 
 __all__ = [
+    "CROP_DETAIL",
+    "CROP_FLOOR",
+    "CROP_FLOOR_SAME_SHAPE",
+    "CROP_SEARCH",
     "CROPS",
     "CSV_COLUMNS",
     "CSV_NAME",
@@ -128,6 +135,13 @@ VERIFY_FLOOR = 0.6  # content score from which a pair is compared with crops and
 WARP_PENALTY = 0.05  # content lost per unit of |offset| + |log scale| of a trim alignment
 SHARED_NOISE = 0.1  # noise score (above chance) from which two clips hold the same frames
 NOISE_DISCOUNT = 0.4  # share of (1 - content) left for pairs with the same frames
+CROP_FLOOR = 0.8  # content (without light) from which a pair's noise is searched under crops
+CROP_FLOOR_SAME_SHAPE = 0.9  # ... for a pair of one shape, whose detail must also differ:
+CROP_DETAIL = 0.25  # detail below which alike clips of one shape may be a crop of each other
+CROP_SEARCH = 0.15  # the largest share of each border that the crop search cuts
+_CROP_COARSE = (0.0, 0.05, 0.1, 0.15)  # borders of the crop search's first, coarse grid
+_CROP_STEPS = (0.025, 0.0125, 0.006, 0.003)  # its refinement on the still pictures
+_NOISE_STEPS = (0.008, 0.004, 0.002)  # ... and then on the noise
 STILL_ENERGY = 0.12  # motion energy below which a clip's detail is its still picture
 STILL_SLACK = 0.08  # detail + slack caps the similarity of a still pair of one shape
 MOVING_SLACK = 0.15  # ... and of a moving pair of one shape
@@ -624,12 +638,20 @@ class _Fine:
     side: int  # cells per side
 
 
-def _fine_views(signature: Signature, mirror: bool) -> _Fine:
+def _standard_cells(signature: Signature, mirror: bool) -> np.ndarray:
+    """The fine cells in log, standardised over the clip (frames, side, side), mirrored or not."""
     cells = np.log1p(np.maximum(signature.fine.astype(np.float32), 0))
     # The log makes a gain an offset and a gamma a factor; standardising removes both.
     cells = (cells - cells.mean()) / max(float(cells.std()), 1e-6)
-    if mirror:
-        cells = cells[..., ::-1]
+    return cells[..., ::-1] if mirror else cells
+
+
+def _fine_views(signature: Signature, mirror: bool) -> _Fine:
+    return _views_of_cells(_standard_cells(signature, mirror))
+
+
+def _views_of_cells(cells: np.ndarray) -> _Fine:
+    """Detail, still picture, noise and quiet cells of standardised fine cells."""
     frames, side = cells.shape[0], cells.shape[-1]
     detail = cells - _blur_cells(cells, _DETAIL_BLURS)
     median = np.median(cells, axis=0)
@@ -708,6 +730,156 @@ def _same_shape(a: Signature, b: Signature) -> bool:
     return difference <= 1.0 / min(a.size[0], b.size[0]) + 1.0 / min(a.size[1], b.size[1])
 
 
+# --- verifying a cropped pair: find the crop, then the same frames? -----------------------------
+
+
+def _crop_of(cells: np.ndarray, crop: tuple[float, float, float, float]) -> np.ndarray:
+    """The part of (..., side, side) cells left by ``crop`` (top, bottom, left, right), resampled
+    to side x side cells."""
+    side = cells.shape[-1]
+    rows = _resampling(side, side, crop[0], crop[1])
+    columns = _resampling(side, side, crop[2], crop[3])
+    return rows @ cells @ columns.T
+
+
+def _picture_correlations(pictures: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Correlation of each of (..., side, side) pictures with one target picture."""
+    pictures = pictures - pictures.mean(axis=(-1, -2), keepdims=True)
+    target = target - target.mean()
+    numerator = (pictures * target).sum(axis=(-1, -2))
+    norms = np.sqrt((pictures**2).sum(axis=(-1, -2)) * float((target**2).sum()))
+    return numerator / np.maximum(norms, 1e-12)
+
+
+def _still_alignment(
+    big: np.ndarray, small: np.ndarray, widening: float
+) -> tuple[float, list[float]]:
+    """The crop of the still picture ``big`` that best matches ``small``, and how well.
+
+    A crop is resized whole to fit the store, so its pixels keep their shape: the part of ``big``
+    it shows is ``widening`` times as wide (as a share of big's width) as it is high (as a share
+    of its height), and three borders decide the fourth. Every crop of a coarse grid is tried,
+    then each border moved in ever smaller steps while that improves the match.
+    """
+    grid = [
+        [top, bottom, left]
+        for top in _CROP_COARSE
+        for bottom in _CROP_COARSE
+        for left in np.arange(0.0, CROP_SEARCH + 1e-9, _CROP_STEPS[0]).tolist()
+    ]
+    borders = [_fourth_border(three, widening) for three in grid]
+    borders = [candidate for candidate in borders if candidate is not None]
+    if not borders:
+        return -2.0, [0.0, 0.0, 0.0, 0.0]
+    # The coarse grid on pictures of half the side: a quarter of the cells, the same answer.
+    halved_big, halved_small = _halve(big[None])[0], _halve(small[None])[0]
+    scores = _picture_correlations(
+        np.stack([_crop_of(halved_big, c) for c in borders]), halved_small
+    )
+    crop = borders[int(scores.argmax())]
+    best = float(_picture_correlations(_crop_of(big, crop), small))
+    for step in _CROP_STEPS:
+        for _ in range(4):
+            tried = [
+                _fourth_border(_moved(crop, border, sign * step)[:3], widening)
+                for border in range(3)
+                for sign in (-1, 1)
+            ]
+            tried = [candidate for candidate in tried if candidate is not None]
+            scores = _picture_correlations(np.stack([_crop_of(big, c) for c in tried]), small)
+            if scores.max() <= best:
+                break
+            best, crop = float(scores.max()), tried[int(scores.argmax())]
+    return best, crop
+
+
+def _fourth_border(three: list[float], widening: float) -> list[float] | None:
+    """(top, bottom, left, right) of the crop whose width is ``widening`` times its height, or
+    None when its right border falls outside the search."""
+    top, bottom, left = three
+    right = 1.0 - left - (1.0 - top - bottom) * widening
+    if not -_CROP_STEPS[-1] <= right <= CROP_SEARCH:
+        return None
+    return [top, bottom, left, right]
+
+
+def _moved(crop: list[float], border: int, move: float) -> list[float]:
+    moved = list(crop)
+    moved[border] = min(max(moved[border] + move, 0.0), CROP_SEARCH)
+    return moved
+
+
+def _cropped_noise(a: Signature, b: Signature) -> float:
+    """Shared noise of two clips, one a crop of the other (either way round, either mirrored).
+
+    A crop keeps the recording's frames, and so their noise, only shifted and rescaled. The crop
+    is found on the still pictures (the temporal medians), then refined on the noise itself:
+    noise matches only where cells cover the same pixels, to a fraction of a cell. The score is
+    _shared_noise's at the crop found, chance subtracted.
+    """
+    found = []
+    # The share of the bigger picture's width a crop of it shows, per share of its height.
+    widening = (a.size[0] / max(a.size[1], 1)) * (b.size[1] / max(b.size[0], 1))
+    for mirror in (False, True):
+        first, second = _standard_cells(a, False), _standard_cells(b, mirror)
+        medians = np.median(first, axis=0), np.median(second, axis=0)
+        for big, small, order, ratio in (
+            (0, 1, (first, second), widening),
+            (1, 0, (second, first), 1 / widening),
+        ):
+            score, crop = _still_alignment(medians[big], medians[small], ratio)
+            found.append((score, crop, order))
+    _, crop, (big, small) = max(found, key=lambda candidate: candidate[0])
+    target = _views_of_cells(small)
+    crop = _noise_alignment(big, target, crop)
+    return _shared_noise(_views_of_cells(_crop_of(big, crop)), target)
+
+
+def _noise_alignment(big: np.ndarray, target: _Fine, crop: list[float]) -> list[float]:
+    """The crop of ``big`` (standardised cells) near ``crop`` whose noise best matches the
+    target's: each border moved in ever smaller steps while that improves the match.
+
+    While searching, the noise is cropped rather than recomputed from the cropped cells, and the
+    quiet cells are those at the first crop: both change little over steps of a fraction of a
+    cell, and recomputing them is most of the cost.
+    """
+    change = big - np.median(big, axis=0)
+    noise = change - _blur_cells(change, _DETAIL_BLURS)
+    quiet = _views_of_cells(_crop_of(big, crop)).quiet
+    frames = len(big)
+
+    def match(candidate: list[float]) -> float:
+        cropped = _crop_of(noise, candidate).reshape(frames, -1)
+        return _best_frames(cropped, quiet, target.noise, target.quiet)
+
+    best = match(crop)
+    for step in _NOISE_STEPS:
+        improved = True
+        while improved:
+            improved = False
+            for border in range(4):
+                for move in (-step, step):
+                    candidate = _moved(crop, border, move)
+                    score = match(candidate)
+                    if score > best + 1e-6:
+                        best, crop, improved = score, candidate, True
+    return crop
+
+
+def _may_be_crop(a: Signature, b: Signature, unlit: float, detail: float) -> bool:
+    """Whether a crop may relate two clips that share no noise as they are.
+
+    Clips of other shapes whose content is alike, CROP_FLOOR and up. A crop may also keep the
+    shape to a pixel: then content must be nearly equal (CROP_FLOOR_SAME_SHAPE) while fine detail
+    is not alike at all (below CROP_DETAIL), as when a crop shifts every cell. Searching crops for
+    every pair of one shape lets two takes of one dark scene match by chance (measured); takes
+    lie a few pixels apart and keep part of their detail.
+    """
+    if _same_shape(a, b):
+        return unlit >= CROP_FLOOR_SAME_SHAPE and detail < CROP_DETAIL
+    return unlit >= CROP_FLOOR
+
+
 def _verify_batch(first, second, content, views) -> np.ndarray:
     """(pairs, 3): similarity, detail, noise; see verify_pairs."""
     plain = [views(s, False) for s in first]
@@ -720,12 +892,18 @@ def _verify_batch(first, second, content, views) -> np.ndarray:
         detail = max(stills) if still else float(moving[k])
         noise = max(_shared_noise(plain[k], both[m][k]) for m in (False, True))
         lit, unlit = content[k]
+        same_frames = 1.0 - (1.0 - unlit) * NOISE_DISCOUNT
         if noise >= SHARED_NOISE:
-            similarity = 1.0 - (1.0 - unlit) * NOISE_DISCOUNT
+            similarity = same_frames
         elif _same_shape(a, b):
             similarity = min(lit, detail + (STILL_SLACK if still else MOVING_SLACK))
         else:
             similarity = lit
+        if similarity < same_frames and _may_be_crop(a, b, unlit, detail):
+            # Once the crop is found, their noise may still show the same frames.
+            cropped = _cropped_noise(a, b)
+            if cropped >= SHARED_NOISE:
+                similarity, noise = same_frames, cropped
         out[k] = (similarity, detail, noise)
     return out
 
@@ -742,8 +920,10 @@ def verify_pairs(
     agree in fine detail (48x48 cells, the smooth light removed): still clips in their temporal
     median, where noise averages out, moving ones frame by frame. Different recordings of one
     action, even in one scene, differ there by a few percent of position or size; copies do
-    not. Clips of different shapes may be crops of each other, which shifts detail: their content
-    decides.
+    not. Clips of different shapes may be crops of each other, which shifts detail: when their
+    content (without light) reaches CROP_FLOOR, the crop relating them is searched and their
+    noise compared there; without shared noise their content decides. So are clips of one shape
+    whose content is nearly equal but whose detail is not alike at all (``_may_be_crop``).
     """
     cache: dict[tuple[int, bool], _Fine] = {}
 
