@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from nightact.core.cluster import LOCAL
+
 __all__ = [
     "build_config",
     "comma_separated",
@@ -97,7 +99,7 @@ def ray_option(parser, what: str) -> None:
     parser.add_argument(
         "--ray",
         nargs="?",
-        const="local",
+        const=LOCAL,
         default=None,
         metavar="ADDRESS",
         help=f"{what} on a Ray cluster: without ADDRESS a new one on this machine, 'auto' the "
