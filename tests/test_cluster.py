@@ -17,24 +17,20 @@ from nightact.core import cluster  # noqa: E402
 from support import cluster_jobs  # noqa: E402
 
 
+def _jobs_importable(patch: pytest.MonkeyPatch) -> None:
+    """PYTHONPATH for the Ray workers started from now on (they inherit this environment), so
+    they import ``support.cluster_jobs`` as a cluster's nodes import nightact's own."""
+    tests = str(Path(__file__).resolve().parent)
+    patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+
+
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local instance of 2 CPUs for the module (each start costs seconds).
-
-    Its workers inherit this environment: PYTHONPATH lets them import the jobs of
-    ``support.cluster_jobs``, as a cluster's nodes import nightact's own.
-    """
-    tests = str(Path(__file__).resolve().parent)
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, before]))
-    try:
+    """One local instance of 2 CPUs for the module (each start costs seconds)."""
+    with pytest.MonkeyPatch.context() as patch:
+        _jobs_importable(patch)
         with cluster.connect(cluster.LOCAL, cpus=2):
             yield
-    finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
 
 
 def test_every_job_comes_back_and_a_failing_one_alone_fails(local_ray):
@@ -109,12 +105,12 @@ def two_nodes(monkeypatch):
     """A cluster of two raylets on this machine, started as a lab starts one: `ray start`."""
     ray_command = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     address = f"127.0.0.1:{_free_port()}"
-    tests = str(Path(__file__).resolve().parent)
+    # The module's local instance, if a test before this one started it, would take the
+    # place of this cluster (connect() inside a connection does nothing): let go of it.
+    ray.shutdown()
     # On loopback only, for the test's lifetime: no token to hand around.
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
-    )
+    _jobs_importable(monkeypatch)
     starts = [
         (
             "head",

@@ -308,8 +308,8 @@ def _end_with_parent():
 
 
 def _train_on_ray(config: StudyConfig, cells: list[tuple[str, int]]) -> list[str]:
-    """Train the cells as Ray tasks on the cluster at ``config.ray``; return the names that
-    failed. Every node must see the study folder and the store by the same paths."""
+    """Train the cells as Ray tasks on the cluster :func:`study` connected to; return the names
+    that failed. Every node must see the study folder and the store by the same paths."""
     out = Path(config.out).resolve()
     absolute = dataclasses.replace(config, data=str(Path(config.data).resolve()), out=str(out))
     jobs = [
@@ -321,29 +321,28 @@ def _train_on_ray(config: StudyConfig, cells: list[tuple[str, int]]) -> list[str
         for model, seed in cells
     ]
     failures = []
-    with cluster.connect(config.ray):  # connected already by study(): nothing to do
-        gpus = (config.devices or 1) if cluster.cluster_gpus() else 0
-        log.info(
-            "%d runs on Ray, %g CPU(s) and %d GPU(s) each (logs in %s)",
-            len(jobs),
-            config.cpus_per_run,
-            gpus,
-            out / "logs",
-        )
-        for finished in cluster.map_unordered(
-            train_run,
-            jobs,
-            cpus=config.cpus_per_run,
-            gpus=gpus,
-            in_flight=config.parallel,
-            retry_on=(RunKilled,),
-        ):
-            name = finished.job.name
-            if finished.error is None:
-                log.info("%s: done in %.0f s", name, finished.value)
-            else:
-                failures.append(name)
-                _report_failure(out, name, str(finished.error))
+    gpus = (config.devices or 1) if cluster.cluster_gpus() else 0
+    log.info(
+        "%d runs on Ray, %g CPU(s) and %d GPU(s) each (logs in %s)",
+        len(jobs),
+        config.cpus_per_run,
+        gpus,
+        out / "logs",
+    )
+    for finished in cluster.map_unordered(
+        train_run,
+        jobs,
+        cpus=config.cpus_per_run,
+        gpus=gpus,
+        in_flight=config.parallel,
+        retry_on=(RunKilled,),
+    ):
+        name = finished.job.name
+        if finished.error is None:
+            log.info("%s: done in %.0f s", name, finished.value)
+        else:
+            failures.append(name)
+            _report_failure(out, name, str(finished.error))
     return failures
 
 

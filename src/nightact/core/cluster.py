@@ -165,7 +165,7 @@ def map_unordered(
         retry_exceptions=list(retry_on) or False,
     )
     if in_flight is None:
-        slots = cluster_gpus() / gpus if gpus else cluster_cpus() / max(cpus, 1e-3)
+        slots = cluster_gpus() / gpus if gpus else cluster_cpus() / cpus
         in_flight = max(1, int(2 * slots))
     pending: dict = {}
     jobs = iter(jobs)

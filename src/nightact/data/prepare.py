@@ -447,15 +447,15 @@ def _results(config: PrepareConfig, jobs: list, count: int) -> Iterator[dict]:
     if config.ray is None:
         yield from workers.map_unordered(_prepare_one, jobs, count)
         return
-    with cluster.connect(config.ray, cpus=config.workers):  # connected already by prepare()
-        for finished in cluster.map_unordered(_decode_one, jobs):
-            if finished.error is not None:
-                raise finished.error
-            result, frames = finished.value
-            if frames is not None:
-                job = finished.job
-                _write_row(str(Path(job.partial) / f"{job.split}.npy"), job.row, frames)
-            yield result
+    # prepare() connected to the cluster before anything was written.
+    for finished in cluster.map_unordered(_decode_one, jobs):
+        if finished.error is not None:
+            raise finished.error
+        result, frames = finished.value
+        if frames is not None:
+            job = finished.job
+            _write_row(str(Path(job.partial) / f"{job.split}.npy"), job.row, frames)
+        yield result
 
 
 # Clips per worker made durable and journaled together (see _Journal).
