@@ -440,3 +440,133 @@ def score_detection(found: Sequence[tuple[str, str]], corpus: dict) -> dict:
             "precision": len(dark_found & dark_truth) / len(dark_found) if dark_found else 1.0,
         },
     }
+
+
+# --- copies of real footage ---------------------------------------------------------------------
+
+# Gamma and gain that turn daylight footage into night footage: mean luma ~100 becomes ~15.
+NIGHT_GAMMA, NIGHT_GAIN = 2.2, 0.6
+
+
+@dataclass
+class RealCopyCorpusConfig:
+    """Settings of a corpus cut from real videos; saved in ``OUT/corpus.json``.
+
+    Each source video is one *scene*: it is cut into segments of ``segment_seconds`` (a gap of
+    ``gap_seconds`` between them), each segment an original recording, and the other segments
+    of the same source are other takes of that scene (the same camera, background and light:
+    the hard negatives). Each original gets one transformed copy, the transforms dealt in turn.
+    With ``night``, every source brighter than ``NIGHT_ABOVE`` (mean luma) is darkened into a night
+    scene (gamma ``NIGHT_GAMMA``, gain ``NIGHT_GAIN``, before encoding; its folder and recordings
+    end in "-night"); sources already that dark are night scenes as they are.
+    """
+
+    out: str | os.PathLike
+    sources: Sequence[str | os.PathLike] = ()
+    segment_seconds: float = 3.0
+    gap_seconds: float = 0.5
+    max_width: int = 640  # sources are decoded at most this wide (1080p would not fit in RAM)
+    night: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.sources = [Path(source) for source in self.sources]
+        if not self.sources:
+            raise ValueError("sources must name at least one video")
+        if self.segment_seconds <= 0 or self.gap_seconds < 0:
+            raise ValueError("segment_seconds must be positive and gap_seconds not negative")
+
+
+NIGHT_ABOVE = 40.0  # mean luma above which a source is daylight footage
+
+
+def _read_scaled(path: Path, max_width: int) -> tuple[list[np.ndarray], float]:
+    """Every frame of ``path`` as RGB uint8, scaled to at most ``max_width`` (even sides)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        frames = []
+        for frame in container.decode(stream):
+            scale = min(1.0, max_width / frame.width)
+            width, height = _even(frame.width * scale), _even(frame.height * scale)
+            frames.append(frame.reformat(width=width, height=height, format="rgb24").to_ndarray())
+    if not frames:
+        raise ValueError(f"{path}: no decodable frames")
+    return frames, fps
+
+
+def _night(frames: list[np.ndarray]) -> list[np.ndarray]:
+    table = np.clip(255.0 * NIGHT_GAIN * (np.arange(256) / 255.0) ** NIGHT_GAMMA, 0, 255)
+    table = table.round().astype(np.uint8)
+    return [table[frame] for frame in frames]
+
+
+def _segments(count: int, fps: float, segment_seconds: float, gap_seconds: float) -> list[slice]:
+    length = max(2, int(round(segment_seconds * fps)))
+    step = length + int(round(gap_seconds * fps))
+    starts = range(0, count - length + 1, step)
+    return [slice(start, start + length) for start in starts] or [slice(0, count)]
+
+
+def write_real_copy_corpus(config: RealCopyCorpusConfig) -> dict:
+    """Write the corpus of real footage under ``config.out``; return ``corpus.json``'s content.
+
+    Files: ``OUT/<scene>/<scene>_take-<k>.mp4`` (segment k, recording "<scene>_take-<k>") and
+    ``OUT/<scene>/<scene>_take-<k>_copy-<t>.mp4`` (its copy after transform t). Takes of one
+    scene share the recording id's part before "_take-", which ``score_detection`` counts as a
+    take mistaken for a copy. ``dark_stills`` lists the night scenes.
+    """
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([config.seed, 7933])
+    recordings: dict[str, str] = {}
+    transforms: dict[str, str] = {}
+    details: dict[str, dict] = {}
+    night_scenes: list[str] = []
+    turn = 0
+    for source in tqdm(config.sources, desc="real copy corpus", unit="source"):
+        frames, fps = _read_scaled(source, config.max_width)
+        luma = float(np.mean([frame.mean() for frame in frames[:: max(1, len(frames) // 20)]]))
+        scene, scene_frames = source.stem, frames
+        if config.night and luma > NIGHT_ABOVE:
+            # Only the night version: a day and a night version of one segment would be copies.
+            scene, scene_frames = f"{source.stem}-night", _night(frames)
+        if config.night or luma <= NIGHT_ABOVE:
+            night_scenes.append(scene)
+        if True:
+            folder = out / scene
+            for take, part in enumerate(
+                _segments(len(scene_frames), fps, config.segment_seconds, config.gap_seconds)
+            ):
+                recording = f"{scene}_take-{take}"
+                segment = scene_frames[part]
+                path = folder / f"{recording}.mp4"
+                if not path.is_file():
+                    write_video(path, segment, fps=fps, crf=18, preset="ultrafast")
+                relative = path.relative_to(out).as_posix()
+                recordings[relative], transforms[relative] = recording, "original"
+                name = TRANSFORMS[turn % len(TRANSFORMS)]
+                turn += 1
+                copied, drawn = apply_transform(name, segment, rng)
+                path = folder / f"{recording}_copy-{name}.mp4"
+                write_video(path, copied, fps=fps, crf=drawn.get("crf", 23), preset="ultrafast")
+                relative = path.relative_to(out).as_posix()
+                recordings[relative], transforms[relative], details[relative] = (
+                    recording,
+                    name,
+                    drawn,
+                )
+    settings = dataclasses.asdict(config)
+    settings["out"] = str(out)
+    settings["sources"] = [str(source) for source in config.sources]
+    corpus = {
+        "recordings": recordings,
+        "transforms": transforms,
+        "details": details,
+        "dark_stills": night_scenes,
+        "config": settings,
+    }
+    files.write_json_atomic(out / CORPUS_FILE, corpus)
+    log.info("%s: %d clips of %d recordings", out, len(recordings), len(set(recordings.values())))
+    return corpus

@@ -48,6 +48,9 @@ there by a few percent of position, size or pose; copies do not. Clips of differ
 crops of each other (``_cropped_noise``): the crop is found on their still pictures (keeping the
 crop's pixel shape) and refined on their noise, and a crop keeps the frames' noise, shifted. So may
 clips of one shape whose content is nearly equal but whose detail is not alike at all.
+Last, takes filmed by one fixed camera share their whole background, so content, detail and
+even some noise (an encoder's frozen blocks) agree: where both clips hold clear foreground motion
+(people walking through the scene), they must also move alike there (``_foreground_agreement``).
 
 A store of thousands of clips has millions of pairs: each clip is compared in full only with its
 ``candidates`` nearest neighbours by a cheap, mirror- and trim-invariant summary (the time-mean of
@@ -81,6 +84,9 @@ __all__ = [
     "CROPS",
     "CSV_COLUMNS",
     "CSV_NAME",
+    "FOREGROUND_SHARE",
+    "FOREGROUND_SLACK",
+    "FOREGROUND_STRENGTH",
     "JSON_NAME",
     "MAX_TRIM",
     "MOVING_SLACK",
@@ -145,6 +151,9 @@ _NOISE_STEPS = (0.008, 0.004, 0.002)  # ... and then on the noise
 STILL_ENERGY = 0.12  # motion energy below which a clip's detail is its still picture
 STILL_SLACK = 0.08  # detail + slack caps the similarity of a still pair of one shape
 MOVING_SLACK = 0.15  # ... and of a moving pair of one shape
+FOREGROUND_SHARE = 0.05  # a clip's foreground: the share of its cells that move the most
+FOREGROUND_STRENGTH = 3.0  # foreground motion, in typical cells' motion, that people make
+FOREGROUND_SLACK = 0.12  # foreground agreement + slack caps the similarity of such a pair
 _MOTION_BLURS = 2  # [1, 2, 1] passes over the motion view
 _HIGH_PASS_BLURS = 8  # [1, 2, 1] passes of the background estimate: sigma 2 cells
 _DETAIL_BLURS = 2  # [1, 2, 1] passes of the smooth part removed from fine cells (detail, noise)
@@ -866,6 +875,43 @@ def _noise_alignment(big: np.ndarray, target: _Fine, crop: list[float]) -> list[
     return crop
 
 
+def _foreground(signature: Signature) -> tuple[np.ndarray, float]:
+    """The cells where a clip moves the most (FOREGROUND_SHARE of them), and how clearly: the
+    median peak motion there over the median peak motion of all cells."""
+    peak = np.abs(signature.motion).max(axis=0).ravel()
+    cells = peak >= np.quantile(peak, 1.0 - FOREGROUND_SHARE)
+    return cells, float(np.median(peak[cells]) / max(float(np.median(peak)), 1e-6))
+
+
+def _foreground_agreement(a: Signature, b: Signature, mirror: bool) -> float | None:
+    """How well two clips that both hold clear foreground motion (people walking through a
+    scene) move alike where they move, at the best trim alignment, ``b`` mirrored or not as
+    their content matched best; None when either clip's foreground is not clear
+    (FOREGROUND_STRENGTH), as in a near-still clip.
+
+    Takes filmed by one fixed camera share their whole background, so their content, detail and
+    even some noise (an encoder's frozen blocks, a sensor's fixed pattern) agree; only what moves
+    tells them apart. The motion is compared on each clip's own foreground cells in turn and the
+    better kept: a transform that adds flicker elsewhere in one clip does not count against it.
+    """
+    cells_a, strength_a = _foreground(a)
+    cells_b, strength_b = _foreground(b)
+    if min(strength_a, strength_b) < FOREGROUND_STRENGTH:
+        return None
+    frames, side = a.motion.shape[0], a.motion.shape[-1]
+    alignment = _alignments(frames)
+    min_valid = alignment[3].sum(axis=1) >= max(2, frames // 2)
+    penalties = _warp_penalties()
+    first = a.motion.reshape(1, frames, -1)
+    second = (b.motion[..., ::-1] if mirror else b.motion).reshape(1, frames, -1)
+    cells_b = cells_b.reshape(side, side)
+    best = -1.0
+    for cells in (cells_a, (cells_b[:, ::-1] if mirror else cells_b).ravel()):
+        scores = _aligned_scores(first[..., cells], second[..., cells], alignment, False)
+        best = max(best, float(np.where(min_valid, scores[0] - penalties, -1.0).max()))
+    return best
+
+
 def _may_be_crop(a: Signature, b: Signature, unlit: float, detail: float) -> bool:
     """Whether a crop may relate two clips that share no noise as they are.
 
@@ -880,7 +926,7 @@ def _may_be_crop(a: Signature, b: Signature, unlit: float, detail: float) -> boo
     return unlit >= CROP_FLOOR
 
 
-def _verify_batch(first, second, content, views) -> np.ndarray:
+def _verify_batch(first, second, content, mirrored, views) -> np.ndarray:
     """(pairs, 3): similarity, detail, noise; see verify_pairs."""
     plain = [views(s, False) for s in first]
     both = {mirror: [views(s, mirror) for s in second] for mirror in (False, True)}
@@ -904,15 +950,25 @@ def _verify_batch(first, second, content, views) -> np.ndarray:
             cropped = _cropped_noise(a, b)
             if cropped >= SHARED_NOISE:
                 similarity, noise = same_frames, cropped
+        ways = (False, True) if np.isnan(mirrored[k]) else (bool(mirrored[k]),)
+        agreements = [_foreground_agreement(a, b, mirror) for mirror in ways]
+        if None not in agreements:
+            foreground = max(agreements)
+            similarity = min(similarity, foreground + FOREGROUND_SLACK)
         out[k] = (similarity, detail, noise)
     return out
 
 
 def verify_pairs(
-    first: list[Signature], second: list[Signature], content: np.ndarray, batch: int = 128
+    first: list[Signature],
+    second: list[Signature],
+    content: np.ndarray,
+    batch: int = 128,
+    mirrored: np.ndarray | None = None,
 ) -> np.ndarray:
     """Final similarity of pairs whose content (compare_signatures) is alike: (pairs, 3) columns
-    similarity, detail, noise. ``content`` is (pairs, 2): the content with and without light.
+    similarity, detail, noise. ``content`` is (pairs, 2): the content with and without light;
+    ``mirrored`` whether it matched with the second clip mirrored (None: either way).
 
     *Noise*: frames that share their sensor noise are the same frames, so the pair is a copy
     whatever a transform did to its content; only NOISE_DISCOUNT of its distance from a perfect
@@ -924,7 +980,12 @@ def verify_pairs(
     content (without light) reaches CROP_FLOOR, the crop relating them is searched and their
     noise compared there; without shared noise their content decides. So are clips of one shape
     whose content is nearly equal but whose detail is not alike at all (``_may_be_crop``).
+    *Foreground*: two clips that both hold clear motion (people walking through a scene) must
+    also move alike where they move (``_foreground_agreement``): takes filmed by one fixed
+    camera share everything else, even some of their noise.
     """
+    if mirrored is None:
+        mirrored = np.full(len(first), np.nan)
     cache: dict[tuple[int, bool], _Fine] = {}
 
     def views(signature: Signature, mirror: bool) -> _Fine:
@@ -934,7 +995,13 @@ def verify_pairs(
         return cache[key]
 
     parts = [
-        _verify_batch(first[i : i + batch], second[i : i + batch], content[i : i + batch], views)
+        _verify_batch(
+            first[i : i + batch],
+            second[i : i + batch],
+            content[i : i + batch],
+            mirrored[i : i + batch],
+            views,
+        )
         for i in range(0, len(first), batch)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.float32)
@@ -1055,6 +1122,7 @@ def _pair_scores(signatures: list[Signature], candidates: np.ndarray, config) ->
         [signatures[i] for i in candidates[alike, 0]],
         [signatures[j] for j in candidates[alike, 1]],
         content[alike][:, [0, 4]],
+        mirrored=content[alike, 3],
     )
     scores[alike, 0] = verified[:, 0]
     scores[alike, 4:] = verified[:, 1:]
