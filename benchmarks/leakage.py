@@ -25,8 +25,9 @@ a recording of its own: any pair there is a false alarm the demo would print.
                                                       # only the corpus cut from real footage
 
 With ``--real DIR`` it also cuts the real videos in DIR (``support.copies.write_real_copy_corpus``)
-into segments of one scene each, darkened into night footage, with a copy of every segment: the
-other segments of a source are other takes of its scene, filmed by the same camera.
+into segments of one scene each, darkened into night footage (``--daylight``: as they are), with a
+copy of every segment: the other segments of a source are other takes of its scene, filmed by the
+same camera.
 
 Prints a table and writes benchmarks/results/leakage.json.
 """
@@ -85,6 +86,9 @@ def main() -> None:
     parser.add_argument("--real", default=None, help="folder of real videos to cut a corpus from")
     parser.add_argument(
         "--segment-seconds", type=float, default=3.0, help="length of each real take (--real)"
+    )
+    parser.add_argument(
+        "--daylight", action="store_true", help="keep daylight footage as it is (--real)"
     )
     parser.add_argument("--workers", type=int, default=None, help="prepare/pre-pass processes")
     parser.add_argument("--work", default=None, help="folder for the corpus (default: a temp)")
@@ -248,7 +252,11 @@ def benchmark_real(args, work: Path, detectors: dict) -> dict:
     shutil.rmtree(store, ignore_errors=True)
     truth = copies.write_real_copy_corpus(
         copies.RealCopyCorpusConfig(
-            videos, sources, segment_seconds=args.segment_seconds, seed=args.seed
+            videos,
+            sources,
+            segment_seconds=args.segment_seconds,
+            night=not args.daylight,
+            seed=args.seed,
         )
     )
     height, width = (int(side) for side in args.size.split("x"))
@@ -267,6 +275,7 @@ def benchmark_real(args, work: Path, detectors: dict) -> dict:
         "sources": [path.name for path in sources],
         "clips": len(truth["recordings"]),
         "segment_seconds": args.segment_seconds,
+        "night": not args.daylight,
         "seed": args.seed,
         "detectors": {},
     }
@@ -331,7 +340,9 @@ def table(result: dict) -> str:
         lines += [
             "",
             f"real footage ({real['clips']} clips cut from {', '.join(real['sources'])}, "
-            f"takes of {real['segment_seconds']} s, seed {real['seed']}):",
+            f"takes of {real['segment_seconds']} s, "
+            f"{'darkened to night' if real.get('night', True) else 'daylight as it is'}, "
+            f"seed {real['seed']}):",
             "| detector | recall | precision | takes taken for copies | seconds |",
             "|---|---:|---:|---:|---:|",
         ]
