@@ -25,6 +25,10 @@ action look most alike: every take is the same dim figure standing in the same d
 
 Two clips are true duplicates exactly when they share a recording id.
 
+``write_real_copy_corpus`` does the same with real footage: each source video is cut into takes
+of one scene filmed by one camera (the hard negatives), each with a transformed copy, and
+daylight footage is darkened into night footage.
+
 Transforms (``TRANSFORMS``), each with randomly drawn strength: ``reencode`` (x264 at a much
 lower bitrate), ``resize`` (to 0.55-1.6 of the size), ``mirror`` (left-right), ``gamma``
 (gamma 0.6-1.7 and gain 0.7-1.4), ``noise`` (Gaussian sensor noise and white speckles),
@@ -446,6 +450,7 @@ def score_detection(found: Sequence[tuple[str, str]], corpus: dict) -> dict:
 
 # Gamma and gain that turn daylight footage into night footage: mean luma ~100 becomes ~15.
 NIGHT_GAMMA, NIGHT_GAIN = 2.2, 0.6
+NIGHT_ABOVE = 40.0  # mean luma above which a source is daylight footage
 
 
 @dataclass
@@ -476,9 +481,6 @@ class RealCopyCorpusConfig:
             raise ValueError("sources must name at least one video")
         if self.segment_seconds <= 0 or self.gap_seconds < 0:
             raise ValueError("segment_seconds must be positive and gap_seconds not negative")
-
-
-NIGHT_ABOVE = 40.0  # mean luma above which a source is daylight footage
 
 
 def _read_scaled(path: Path, max_width: int) -> tuple[list[np.ndarray], float]:
@@ -534,29 +536,28 @@ def write_real_copy_corpus(config: RealCopyCorpusConfig) -> dict:
             scene, scene_frames = f"{source.stem}-night", _night(frames)
         if config.night or luma <= NIGHT_ABOVE:
             night_scenes.append(scene)
-        if True:
-            folder = out / scene
-            for take, part in enumerate(
-                _segments(len(scene_frames), fps, config.segment_seconds, config.gap_seconds)
-            ):
-                recording = f"{scene}_take-{take}"
-                segment = scene_frames[part]
-                path = folder / f"{recording}.mp4"
-                if not path.is_file():
-                    write_video(path, segment, fps=fps, crf=18, preset="ultrafast")
-                relative = path.relative_to(out).as_posix()
-                recordings[relative], transforms[relative] = recording, "original"
-                name = TRANSFORMS[turn % len(TRANSFORMS)]
-                turn += 1
-                copied, drawn = apply_transform(name, segment, rng)
-                path = folder / f"{recording}_copy-{name}.mp4"
-                write_video(path, copied, fps=fps, crf=drawn.get("crf", 23), preset="ultrafast")
-                relative = path.relative_to(out).as_posix()
-                recordings[relative], transforms[relative], details[relative] = (
-                    recording,
-                    name,
-                    drawn,
-                )
+        folder = out / scene
+        for take, part in enumerate(
+            _segments(len(scene_frames), fps, config.segment_seconds, config.gap_seconds)
+        ):
+            recording = f"{scene}_take-{take}"
+            segment = scene_frames[part]
+            path = folder / f"{recording}.mp4"
+            if not path.is_file():
+                write_video(path, segment, fps=fps, crf=18, preset="ultrafast")
+            relative = path.relative_to(out).as_posix()
+            recordings[relative], transforms[relative] = recording, "original"
+            name = TRANSFORMS[turn % len(TRANSFORMS)]
+            turn += 1
+            copied, drawn = apply_transform(name, segment, rng)
+            path = folder / f"{recording}_copy-{name}.mp4"
+            write_video(path, copied, fps=fps, crf=drawn.get("crf", 23), preset="ultrafast")
+            relative = path.relative_to(out).as_posix()
+            recordings[relative], transforms[relative], details[relative] = (
+                recording,
+                name,
+                drawn,
+            )
     settings = dataclasses.asdict(config)
     settings["out"] = str(out)
     settings["sources"] = [str(source) for source in config.sources]
