@@ -145,6 +145,25 @@ def load_baseline(revision: str, work: Path):
     return module
 
 
+def prepare_store(args, videos: Path, store: Path) -> None:
+    """Prepare ``videos`` as ``--frames`` x ``--size``, without the check prepare runs at its end
+    (the benchmark times and scores the check itself)."""
+    from nightact.data.prepare import PrepareConfig, prepare
+
+    height, width = (int(side) for side in args.size.split("x"))
+    prepare(
+        PrepareConfig(
+            videos,
+            store,
+            frames=args.frames,
+            height=height,
+            width=width,
+            workers=args.workers,
+            check_leakage=False,
+        )
+    )
+
+
 def found_pairs(pairs) -> list[tuple[str, str]]:
     return [(pair.path_a, pair.path_b) for pair in pairs]
 
@@ -152,7 +171,6 @@ def found_pairs(pairs) -> list[tuple[str, str]]:
 def benchmark_corpus(args, work: Path, detectors: dict) -> dict:
     """The corpus of known copies: write, prepare, check, pre-pass, and a threshold sweep."""
     from nightact.data.groups import near_duplicate_groups
-    from nightact.data.prepare import PrepareConfig, prepare
     from nightact.data.splits import index_videos
     from support import copies
 
@@ -175,18 +193,7 @@ def benchmark_corpus(args, work: Path, detectors: dict) -> dict:
     clips = len(truth["recordings"])
 
     started = time.perf_counter()
-    prepare(
-        PrepareConfig(
-            videos,
-            store,
-            frames=args.frames,
-            height=height,
-            width=width,
-            workers=args.workers,
-            # prepare's own time, without the check it runs at its end (timed below).
-            check_leakage=False,
-        )
-    )
+    prepare_store(args, videos, store)
     prepare_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -239,7 +246,6 @@ REAL_SOURCES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 def benchmark_real(args, work: Path, detectors: dict) -> dict:
     """The corpus cut from real footage: takes of one scene by one camera, and their copies."""
-    from nightact.data.prepare import PrepareConfig, prepare
     from support import copies
 
     sources = sorted(
@@ -259,18 +265,7 @@ def benchmark_real(args, work: Path, detectors: dict) -> dict:
             seed=args.seed,
         )
     )
-    height, width = (int(side) for side in args.size.split("x"))
-    prepare(
-        PrepareConfig(
-            videos,
-            store,
-            frames=args.frames,
-            height=height,
-            width=width,
-            workers=args.workers,
-            check_leakage=False,
-        )
-    )
+    prepare_store(args, videos, store)
     result = {
         "sources": [path.name for path in sources],
         "clips": len(truth["recordings"]),

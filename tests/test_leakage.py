@@ -224,7 +224,7 @@ def test_takes_of_one_fixed_camera_differ_where_people_move():
     assert detail[1] > 0.8
     threshold = leakage.LeakageConfig("x").threshold
     assert similarity[0] >= threshold > similarity[1]
-    agreement = leakage._foreground_agreement(signatures[0], signatures[2], False)
+    agreement = leakage.foreground_agreement(signatures[0], signatures[2], False)
     assert agreement is not None and agreement + leakage.FOREGROUND_SLACK < threshold
 
 

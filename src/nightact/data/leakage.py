@@ -50,7 +50,7 @@ crop's pixel shape) and refined on their noise, and a crop keeps the frames' noi
 clips of one shape whose content is nearly equal but whose detail is not alike at all.
 Last, takes filmed by one fixed camera share their whole background, so content, detail and
 even some noise (an encoder's frozen blocks) agree: where both clips hold clear foreground motion
-(people walking through the scene), they must also move alike there (``_foreground_agreement``).
+(people walking through the scene), they must also move alike there (``foreground_agreement``).
 
 A store of thousands of clips has millions of pairs: each clip is compared in full only with its
 ``candidates`` nearest neighbours by a cheap, mirror- and trim-invariant summary (the time-mean of
@@ -105,6 +105,7 @@ __all__ = [
     "content_box",
     "crop_variants",
     "find_near_duplicates",
+    "foreground_agreement",
     "LeakageConfig",
     "LeakageReport",
     "Pair",
@@ -883,7 +884,7 @@ def _foreground(signature: Signature) -> tuple[np.ndarray, float]:
     return cells, float(np.median(peak[cells]) / max(float(np.median(peak)), 1e-6))
 
 
-def _foreground_agreement(a: Signature, b: Signature, mirror: bool) -> float | None:
+def foreground_agreement(a: Signature, b: Signature, mirror: bool) -> float | None:
     """How well two clips that both hold clear foreground motion (people walking through a
     scene) move alike where they move, at the best trim alignment, ``b`` mirrored or not as
     their content matched best; None when either clip's foreground is not clear
@@ -951,7 +952,7 @@ def _verify_batch(first, second, content, mirrored, views) -> np.ndarray:
             if cropped >= SHARED_NOISE:
                 similarity, noise = same_frames, cropped
         ways = (False, True) if np.isnan(mirrored[k]) else (bool(mirrored[k]),)
-        agreements = [_foreground_agreement(a, b, mirror) for mirror in ways]
+        agreements = [foreground_agreement(a, b, mirror) for mirror in ways]
         if None not in agreements:
             foreground = max(agreements)
             similarity = min(similarity, foreground + FOREGROUND_SLACK)
@@ -981,7 +982,7 @@ def verify_pairs(
     noise compared there; without shared noise their content decides. So are clips of one shape
     whose content is nearly equal but whose detail is not alike at all (``_may_be_crop``).
     *Foreground*: two clips that both hold clear motion (people walking through a scene) must
-    also move alike where they move (``_foreground_agreement``): takes filmed by one fixed
+    also move alike where they move (``foreground_agreement``): takes filmed by one fixed
     camera share everything else, even some of their noise.
     """
     if mirrored is None:
