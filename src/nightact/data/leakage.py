@@ -3,7 +3,7 @@
 A dataset of "modified" videos may hold several copies of one recording: re-encoded, resized,
 mirrored, brightened, noisier, trimmed or cropped. A random split puts such copies in train and
 test, and the test score then measures memory. This module finds them from the frames already in
-a prepared store (``nightact prepare``), with NumPy only, and writes::
+a prepared store (``nightact prepare``), with NumPy and SciPy (no Keras), and writes::
 
     STORE/leakage.csv    path_a, split_a, path_b, split_b, similarity, appearance, motion,
                          detail, noise, mirrored, cluster  (paths as in manifest.csv; cross-split
@@ -48,9 +48,14 @@ there by a few percent of position, size or pose; copies do not. Clips of differ
 crops of each other (``_cropped_noise``): the crop is found on their still pictures (keeping the
 crop's pixel shape) and refined on their noise, and a crop keeps the frames' noise, shifted. So may
 clips of one shape whose content is nearly equal but whose detail is not alike at all.
-Last, takes filmed by one fixed camera share their whole background, so content, detail and
-even some noise (an encoder's frozen blocks) agree: where both clips hold clear foreground motion
-(people walking through the scene), they must also move alike there (``foreground_agreement``).
+Near-still clips of one aspect ratio that hold what stands out of their still pictures (a
+figure, a lamp) at the same place, spread and brightness to a pixel (``nightact.data.figures``)
+count as alike as their content without light: a re-encoded or noisier copy of a figure standing
+in the dark keeps neither noise nor detail, but keeps its figure where it was, and another take
+does not. Last, takes filmed by one fixed camera share their whole background, so content,
+detail and even some noise (an encoder's frozen blocks) agree: where both clips hold clear
+foreground motion (people walking through the scene), they must also move alike there
+(``foreground_agreement``).
 
 A store of thousands of clips has millions of pairs: each clip is compared in full only with its
 ``candidates`` nearest neighbours by a cheap, mirror- and trim-invariant summary (the time-mean of
@@ -75,6 +80,7 @@ from tqdm.auto import tqdm
 
 from nightact.core import files
 from nightact.core.store import SPLIT_NAMES, open_split, read_manifest
+from nightact.data.figures import Regions, regions_agree, still_regions
 
 __all__ = [
     "CROP_DETAIL",
@@ -87,6 +93,7 @@ __all__ = [
     "FOREGROUND_SHARE",
     "FOREGROUND_SLACK",
     "FOREGROUND_STRENGTH",
+    "FIGURE_ASPECT",
     "JSON_NAME",
     "MAX_TRIM",
     "MOVING_SLACK",
@@ -155,6 +162,7 @@ MOVING_SLACK = 0.15  # ... and of a moving pair of one shape
 FOREGROUND_SHARE = 0.05  # a clip's foreground: the share of its cells that move the most
 FOREGROUND_STRENGTH = 3.0  # foreground motion, in typical cells' motion, that people make
 FOREGROUND_SLACK = 0.12  # foreground agreement + slack caps the similarity of such a pair
+FIGURE_ASPECT = 0.01  # |log| of the ratio of two aspect ratios that a resize keeps
 _MOTION_BLURS = 2  # [1, 2, 1] passes over the motion view
 _HIGH_PASS_BLURS = 8  # [1, 2, 1] passes of the background estimate: sigma 2 cells
 _DETAIL_BLURS = 2  # [1, 2, 1] passes of the smooth part removed from fine cells (detail, noise)
@@ -200,6 +208,7 @@ class Signature:
     light: np.ndarray  # float32 (grid, grid), the scene with the figure ranked away, centred
     fine: np.ndarray  # float16 (frames, 2 grid, 2 grid) cell means: crop variants, detail, noise
     size: tuple[int, int] = (0, 0)  # (height, width) in pixels of the content (no letterbox)
+    regions: Regions | None = None  # what stands out of the still picture (nightact.data.figures)
 
 
 @dataclass
@@ -464,7 +473,11 @@ def _signature_from_fine(
 def clip_signature(frames: np.ndarray, grid: int = 24) -> Signature:
     """The signature of one stored clip, uint8 (frames, height, width, 3) or (frames, h, w)."""
     fine, size = _fine_cells(frames, _FINE * grid)
-    return _signature_from_fine(fine, grid, size=size)
+    signature = _signature_from_fine(fine, grid, size=size)
+    # Measured on every clip, not only near-still ones: noise added to a copy makes it flicker
+    # like a moving clip, though its figure stands where it stood.
+    signature.regions = still_regions(frames, content_box(np.asarray(frames)))
+    return signature
 
 
 def crop_variants(signature: Signature) -> list[Signature]:
@@ -913,6 +926,25 @@ def foreground_agreement(a: Signature, b: Signature, mirror: bool) -> float | No
     return best
 
 
+def _same_figures(a: Signature, b: Signature, ways: tuple[bool, ...]) -> bool:
+    """Whether two clips of one aspect ratio, one of them near-still, hold what stands out of
+    their still pictures at the same place, spread and brightness (``figures.regions_agree``),
+    one of them mirrored as ``ways`` allows.
+
+    A re-encoded or noisier copy of a figure standing in the dark keeps neither its frames'
+    noise nor its fine detail, so it looks like another take in the same room, but it keeps its
+    figure where it was to a pixel; another take does not (``nightact.data.figures``).
+    """
+    if min(a.motion_energy, b.motion_energy) >= STILL_ENERGY:
+        return False
+    (height_a, width_a), (height_b, width_b) = a.size, b.size
+    if min(height_a, width_a, height_b, width_b) <= 0:
+        return False
+    if abs(np.log(height_a * width_b / (width_a * height_b))) > FIGURE_ASPECT:
+        return False
+    return any(regions_agree(a.regions, b.regions, mirror) for mirror in ways)
+
+
 def _may_be_crop(a: Signature, b: Signature, unlit: float, detail: float) -> bool:
     """Whether a crop may relate two clips that share no noise as they are.
 
@@ -946,12 +978,14 @@ def _verify_batch(first, second, content, mirrored, views) -> np.ndarray:
             similarity = min(lit, detail + (STILL_SLACK if still else MOVING_SLACK))
         else:
             similarity = lit
+        ways = (False, True) if np.isnan(mirrored[k]) else (bool(mirrored[k]),)
+        if similarity < unlit and _same_figures(a, b, ways):
+            similarity = unlit
         if similarity < same_frames and _may_be_crop(a, b, unlit, detail):
             # Once the crop is found, their noise may still show the same frames.
             cropped = _cropped_noise(a, b)
             if cropped >= SHARED_NOISE:
                 similarity, noise = same_frames, cropped
-        ways = (False, True) if np.isnan(mirrored[k]) else (bool(mirrored[k]),)
         agreements = [foreground_agreement(a, b, mirror) for mirror in ways]
         if None not in agreements:
             foreground = max(agreements)
