@@ -120,12 +120,13 @@ def still_regions(frames: np.ndarray, box: tuple[slice, slice] | None = None) ->
     (MIN_SIDE) or nothing stands out."""
     from scipy import ndimage  # see _light
 
+    frames = np.asarray(frames)
     if box is not None:
-        frames = np.asarray(frames)[:, box[0], box[1]]
+        frames = frames[:, box[0], box[1]]
+    if min(frames.shape[1:3]) < MIN_SIDE:
+        return None
     picture = _still_picture(frames)
     height, width = picture.shape
-    if min(height, width) < MIN_SIDE:
-        return None
     above = ndimage.gaussian_filter(picture - _light(picture), 1.0)
     spread = 1.4826 * float(np.median(np.abs(above - np.median(above))))
     peak = float(np.percentile(above, 99.9))
