@@ -13,7 +13,7 @@ near-still and alike in content.
 How the regions are found (``still_regions``), and why:
 
 1. The picture is the per-pixel temporal median of the clip's grey frames (the letterbox bars
-   stripped), at full resolution: a place to a pixel needs the pixels.
+   stripped by the caller), at full resolution: a place to a pixel needs the pixels.
 2. The scene's light is a low percentile over a window a third of the height and a sixth of the
    width, wider than a figure (on means of 8x8 blocks, then smoothed and enlarged): the
    lamp's glow and the floor stay in it, the figure does not.
@@ -77,7 +77,6 @@ class Regions:
 
 def _still_picture(frames: np.ndarray) -> np.ndarray:
     """Per-pixel temporal median of the grey frames, float32 (height, width)."""
-    frames = np.asarray(frames)
     if frames.ndim == 4:
         # Sums of the three channels in uint16 (exact), divided once at the end: converting the
         # frames to float first costs more than the median itself.
@@ -114,15 +113,13 @@ def _light(picture: np.ndarray) -> np.ndarray:
     return np.pad(light, ((top, bottom), (left, right)), mode="edge")
 
 
-def still_regions(frames: np.ndarray, box: tuple[slice, slice] | None = None) -> Regions | None:
-    """The regions of uint8 (frames, height, width[, 3]) pixels, inside ``box`` (rows, columns:
-    the content without letterbox bars) when given; None when the picture is too small
-    (MIN_SIDE) or nothing stands out."""
+def still_regions(frames: np.ndarray) -> Regions | None:
+    """The regions of uint8 (frames, height, width[, 3]) pixels, letterbox bars already stripped
+    (``leakage.content_box``); None when the picture is too small (MIN_SIDE) or nothing stands
+    out."""
     from scipy import ndimage  # see _light
 
     frames = np.asarray(frames)
-    if box is not None:
-        frames = frames[:, box[0], box[1]]
     if min(frames.shape[1:3]) < MIN_SIDE:
         return None
     picture = _still_picture(frames)

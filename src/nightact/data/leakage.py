@@ -380,14 +380,9 @@ def _blur_cells(cells: np.ndarray, passes: int = 1) -> np.ndarray:
     return rows @ cells @ columns.T
 
 
-def _fine_cells(frames: np.ndarray, cells: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Mean brightness of CELLSxCELLS cells of the content, speckles filtered out first, and the
-    content's (height, width) in pixels."""
-    frames = np.asarray(frames)
-    if frames.ndim not in (3, 4) or frames.shape[0] < 1:
-        raise ValueError(f"expected (frames, height, width[, 3]) pixels, got {frames.shape}")
-    rows, columns = content_box(frames)
-    content = frames[:, rows, columns]
+def _fine_cells(content: np.ndarray, cells: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Mean brightness of CELLSxCELLS cells of the content (the frames without letterbox bars),
+    speckles filtered out first, and the content's (height, width) in pixels."""
     size = (int(content.shape[1]), int(content.shape[2]))
     while min(content.shape[1:3]) >= 4 * _WORK_SIDE:
         # Every other pixel of a large frame: the cells average hundreds of pixels anyway, and
@@ -472,11 +467,16 @@ def _signature_from_fine(
 
 def clip_signature(frames: np.ndarray, grid: int = 24) -> Signature:
     """The signature of one stored clip, uint8 (frames, height, width, 3) or (frames, h, w)."""
-    fine, size = _fine_cells(frames, _FINE * grid)
+    frames = np.asarray(frames)
+    if frames.ndim not in (3, 4) or frames.shape[0] < 1:
+        raise ValueError(f"expected (frames, height, width[, 3]) pixels, got {frames.shape}")
+    rows, columns = content_box(frames)
+    content = frames[:, rows, columns]
+    fine, size = _fine_cells(content, _FINE * grid)
     signature = _signature_from_fine(fine, grid, size=size)
     # Measured on every clip, not only near-still ones: noise added to a copy makes it flicker
     # like a moving clip, though its figure stands where it stood.
-    signature.regions = still_regions(frames, content_box(np.asarray(frames)))
+    signature.regions = still_regions(content)
     return signature
 
 
